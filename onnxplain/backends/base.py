@@ -1,0 +1,128 @@
+"""The abstract backend: what a method may ask of a model, and nothing more.
+
+Methods never import torch or onnxruntime; they call a :class:`Backend`. A backend
+declares its :class:`Capability` set; a method declares what it ``requires``; the model
+picks a backend that has it (``backend="auto"``) or refuses with a clear error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from onnxplain.core.errors import BackendCapabilityError
+
+if TYPE_CHECKING:
+    from onnxplain.core.model import Model
+    from onnxplain.core.targets import Objective
+
+#: Name under which gradients with respect to the model input are returned.
+INPUT = "__input__"
+
+
+class Capability(str, Enum):
+    FORWARD = "forward"  # outputs for a batch of inputs
+    ACTIVATIONS = "activations"  # intermediate tensors by name
+    GRADIENTS = "gradients"  # d objective / d input and / d intermediate tensors
+    RULES = "rules"  # replace the backward rule of individual graph nodes
+
+
+@dataclass
+class GradientResult:
+    """What :meth:`Backend.gradients` returns, all numpy.
+
+    ``scores``: the objective per example (N,); ``gradients``: name -> d sum(scores) / d
+    tensor, same shape as the tensor; ``activations``: name -> the tensor's value.
+    """
+
+    scores: np.ndarray
+    gradients: dict[str, np.ndarray]
+    activations: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class Backend(ABC):
+    """Runs one model. Subclasses set ``name`` and ``capabilities``.
+
+    ``forward`` is the only required operation. ``max_batch_size`` bounds the number of
+    examples sent to the model at once: every backend splits larger inputs itself.
+    """
+
+    name: ClassVar[str] = "abstract"
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()
+
+    def __init__(self, model: Model | None, max_batch_size: int = 32) -> None:
+        if max_batch_size < 1:
+            from onnxplain.core.errors import InputValidationError
+
+            raise InputValidationError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        self.model = model
+        self.max_batch_size = int(max_batch_size)
+
+    # -- description -------------------------------------------------------------------
+    @property
+    def input_name(self) -> str:
+        assert self.model is not None
+        return self.model.input_name
+
+    @property
+    def output_name(self) -> str:
+        assert self.model is not None
+        return self.model.output_name
+
+    @property
+    def device(self) -> str:
+        """Where the computation really runs (e.g. ``"cpu"``, ``"cuda:0"``)."""
+        return "cpu"
+
+    def has(self, *needs: Capability) -> bool:
+        return set(needs) <= self.capabilities
+
+    def require(self, needs: frozenset[Capability], what: str) -> None:
+        missing = set(needs) - self.capabilities
+        if missing:
+            names = ", ".join(sorted(c.value for c in missing))
+            raise BackendCapabilityError(
+                f"{what} needs {names}, which the {self.name!r} backend does not provide; "
+                f"use backend='auto' or a backend with {names} (e.g. 'torch')"
+            )
+
+    # -- operations --------------------------------------------------------------------
+    @abstractmethod
+    def forward(self, x: np.ndarray, outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Run ``x`` (N, ...) and return the tensors named in ``outputs``.
+
+        ``outputs=None`` means the model output. Batches larger than ``max_batch_size``
+        are split here.
+        """
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """The model output for ``x``."""
+        return self.forward(x)[self.output_name]
+
+    def gradients(
+        self,
+        x: np.ndarray,
+        objective: Objective,
+        wrt: Sequence[str] = (INPUT,),
+        rules: Mapping[str, Any] | None = None,
+    ) -> GradientResult:
+        """Gradients of ``sum(objective.scores)`` w.r.t. the input and/or named tensors."""
+        raise BackendCapabilityError(f"the {self.name!r} backend cannot compute gradients")
+
+    @contextlib.contextmanager
+    def node_rules(self, rules: Mapping[str, Any]) -> Iterator[None]:
+        """Within the block, replace the backward rule of the named graph nodes."""
+        raise BackendCapabilityError(f"the {self.name!r} backend cannot replace backward rules")
+        yield  # pragma: no cover
+
+
+def batches(n: int, size: int) -> Iterator[slice]:
+    """Consecutive slices of at most ``size`` covering ``range(n)``."""
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))

@@ -1,0 +1,297 @@
+"""The ``Model``: a loaded, canonical ONNX graph with its queries and its backends."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from onnxplain.core.errors import (
+    InputValidationError,
+    LayerNotFoundError,
+    ModelLoadError,
+)
+
+if TYPE_CHECKING:
+    from onnxplain.backends.base import Backend, Capability
+
+Dim = int | str | None
+
+_GLOBAL_POOLS = {"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"}
+_SPATIAL_REDUCES = {"ReduceMean", "ReduceMax", "ReduceSum", "ReduceL2", "ReduceL1"}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A graph input or output: name, shape (ints, symbolic names or None) and numpy dtype."""
+
+    name: str
+    shape: tuple[Dim, ...] | None
+    dtype: np.dtype
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """A feature map of the graph: the tensor ``name``, its producer and its shape."""
+
+    name: str
+    op_type: str
+    node: str
+    shape: tuple[Dim, ...]
+
+
+def _dims(value: ir.Value) -> tuple[Dim, ...] | None:
+    if value.shape is None:
+        return None
+    out: list[Dim] = []
+    for d in value.shape:
+        if isinstance(d, int):
+            out.append(d)
+        else:
+            out.append(getattr(d, "value", None) or None)
+    return tuple(out)
+
+
+def _np_dtype(value: ir.Value) -> np.dtype | None:
+    if value.dtype is None:
+        return None
+    try:
+        return np.dtype(value.dtype.numpy())
+    except Exception:  # pragma: no cover - e.g. float8
+        return None
+
+
+class Model:
+    """A model loaded with :func:`onnxplain.load`.
+
+    Holds the canonical graph IR (``model.ir``), answers graph queries (``inputs``,
+    ``outputs``, ``layers()``, ``find_layer()``), and creates backends on demand
+    (``model.backend("onnxruntime")``), each built once and reused.
+    """
+
+    def __init__(self, ir_model: ir.Model, source: str = "<memory>") -> None:
+        self.ir = ir_model
+        self.source = source
+        graph = ir_model.graph
+        self._values: dict[str, ir.Value] = {}
+        for v in graph.inputs:
+            self._values[v.name] = v
+        for node in graph:
+            for v in node.outputs:
+                if v.name:
+                    self._values[v.name] = v
+        self.inputs = [TensorSpec(v.name, _dims(v), _np_dtype(v)) for v in graph.inputs]
+        self.outputs = [TensorSpec(v.name, _dims(v), _np_dtype(v)) for v in graph.outputs]
+        floats = [s for s in self.inputs if s.dtype is not None and np.issubdtype(s.dtype, np.floating)]
+        if not floats:
+            raise ModelLoadError(
+                "the model has no floating-point input to explain "
+                f"(inputs: {[(s.name, str(s.dtype)) for s in self.inputs]})"
+            )
+        if len(self.inputs) > 1:
+            raise ModelLoadError(
+                f"the model has {len(self.inputs)} inputs {[s.name for s in self.inputs]}; "
+                "onnxplain explains models with one input tensor"
+            )
+        if not self.outputs:
+            raise ModelLoadError("the model has no outputs")
+        self.input_spec = floats[0]
+        self._serialized: dict[tuple[str, ...], bytes] = {}
+        self._backends: dict[tuple, Backend] = {}
+        self._lock = threading.RLock()
+
+    # -- description -------------------------------------------------------------------
+    @property
+    def input_name(self) -> str:
+        return self.input_spec.name
+
+    @property
+    def input_dtype(self) -> np.dtype:
+        return self.input_spec.dtype
+
+    @property
+    def output_name(self) -> str:
+        return self.outputs[0].name
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o.name for o in self.outputs]
+
+    @property
+    def opset(self) -> int:
+        return self.ir.opset_imports.get("", self.ir.opset_imports.get("ai.onnx", 0))
+
+    @property
+    def fixed_batch(self) -> int | None:
+        """The batch size the input is fixed to, or None when the batch is dynamic."""
+        shape = self.input_spec.shape
+        if shape and isinstance(shape[0], int) and shape[0] > 0:
+            return shape[0]
+        return None
+
+    @property
+    def num_classes(self) -> int | None:
+        """Number of entries per example in the primary output, when static."""
+        shape = self.outputs[0].shape
+        if not shape or len(shape) < 2 or not all(isinstance(d, int) for d in shape[1:]):
+            return None
+        return int(np.prod(shape[1:]))
+
+    def __repr__(self) -> str:
+        return (
+            f"Model({self.source!r}, input={self.input_name}{self.input_spec.shape}, "
+            f"output={self.output_name}{self.outputs[0].shape}, opset={self.opset})"
+        )
+
+    # -- graph queries -----------------------------------------------------------------
+    def tensor_shape(self, name: str) -> tuple[Dim, ...] | None:
+        self.check_tensors([name])
+        return _dims(self._values[name])
+
+    def check_tensors(self, names: Iterable[str]) -> None:
+        missing = [n for n in names if n not in self._values]
+        if missing:
+            raise LayerNotFoundError(
+                f"no tensor named {missing} in the model; model.layers() lists the feature maps"
+            )
+
+    def layers(self) -> list[LayerSpec]:
+        """Every 4-D tensor computed by the graph, in topological order."""
+        out = []
+        for node in self.ir.graph:
+            for v in node.outputs:
+                dims = _dims(v)
+                if v.name and dims is not None and len(dims) == 4:
+                    out.append(LayerSpec(v.name, node.op_type, node.name or "", dims))
+        return out
+
+    def find_layer(self, layer: str = "auto") -> LayerSpec:
+        """A feature map by tensor name or node name, or ``"auto"``.
+
+        ``"auto"`` is the last spatial feature map before global pooling: the input of the
+        last global pooling (GlobalAveragePool, or a mean/max over both spatial axes); in
+        models without one, the last 4-D tensor with spatial extent before the output.
+        """
+        layers = self.layers()
+        if layer != "auto":
+            for spec in layers:
+                if layer in (spec.name, spec.node):
+                    return spec
+            if layer in self._values:
+                v = self._values[layer]
+                producer = v.producer()
+                dims = _dims(v) or ()
+                return LayerSpec(layer, producer.op_type if producer else "Input",
+                                 producer.name if producer else "", dims)
+            raise LayerNotFoundError(
+                f"no layer {layer!r}; choose one of model.layers(), e.g. "
+                f"{[s.name for s in layers[-3:]]}"
+            )
+        by_name = {s.name: s for s in layers}
+        pooled = None
+        for node in self.ir.graph:
+            if self._is_global_pool(node) and node.inputs[0].name in by_name:
+                pooled = by_name[node.inputs[0].name]
+        if pooled is not None:
+            return pooled
+        spatial = [s for s in layers if all(not isinstance(d, int) or d > 1 for d in s.shape[2:])]
+        if spatial:
+            return spatial[-1]
+        raise LayerNotFoundError(
+            "found no spatial feature map for layer='auto' (no 4-D tensor with height and "
+            "width > 1); pass a layer name from model.layers()"
+        )
+
+    @staticmethod
+    def _is_global_pool(node: ir.Node) -> bool:
+        if node.op_type in _GLOBAL_POOLS:
+            return True
+        if node.op_type in _SPATIAL_REDUCES and node.inputs:
+            rank = len(node.inputs[0].shape) if node.inputs[0].shape is not None else 4
+            axes = None
+            if "axes" in node.attributes:
+                axes = node.attributes["axes"].as_ints()
+            elif len(node.inputs) > 1 and node.inputs[1] is not None:
+                const = node.inputs[1].const_value
+                axes = const.numpy().tolist() if const is not None else None
+            if axes is None:
+                return False
+            return rank == 4 and {a % 4 for a in axes} == {2, 3}
+        if node.op_type == "AveragePool" and node.inputs[0].shape is not None:
+            kernel = tuple(node.attributes["kernel_shape"].as_ints())
+            dims = _dims(node.inputs[0]) or ()
+            return len(dims) == 4 and kernel == tuple(dims[2:])
+        return False
+
+    # -- serialisation -----------------------------------------------------------------
+    def proto(self) -> onnx.ModelProto:
+        """The canonical model as an ``onnx.ModelProto`` (a fresh copy)."""
+        return onnx.load_from_string(self.serialized())
+
+    def serialized(self, extra_outputs: Sequence[str] = ()) -> bytes:
+        """The canonical model as bytes, with intermediate tensors added as outputs."""
+        key = tuple(extra_outputs)
+        with self._lock:
+            data = self._serialized.get(key)
+            if data is not None:
+                return data
+            proto = ir.to_proto(self.ir)
+            for name in key:
+                v = self._values[name]
+                elem = v.dtype.value if v.dtype is not None else onnx.TensorProto.FLOAT
+                proto.graph.output.append(onnx.helper.make_tensor_value_info(name, elem, None))
+            data = proto.SerializeToString()
+            self._serialized[key] = data
+            return data
+
+    # -- backends ----------------------------------------------------------------------
+    def backend(self, name: str | Backend = "onnxruntime", **options: Any) -> Backend:
+        """The backend ``name`` for this model, created once per name and options."""
+        from onnxplain.backends import registry
+        from onnxplain.backends.base import Backend
+
+        if isinstance(name, Backend):
+            return name
+        key = (name, tuple(sorted((k, repr(v)) for k, v in options.items())))
+        with self._lock:
+            be = self._backends.get(key)
+            if be is None:
+                be = registry.create(name, self, **options)
+                self._backends[key] = be
+            return be
+
+    def backend_for(
+        self, needs: frozenset[Capability], backend: str | Backend = "auto", what: str = "this method",
+        **options: Any,
+    ) -> Backend:
+        """The backend a method with ``needs`` runs on: ``"auto"`` picks the first fit."""
+        from onnxplain.backends import registry
+        from onnxplain.backends.base import Backend
+
+        if isinstance(backend, Backend):
+            backend.require(needs, what)
+            return backend
+        if backend == "auto":
+            names = registry.choose(needs)
+            return self.backend(names[0], **options)
+        if not isinstance(backend, str):
+            raise InputValidationError(f"backend must be a name or a Backend, got {backend!r}")
+        registry.entry(backend)  # clear error for unknown names
+        be = self.backend(backend, **options)
+        be.require(needs, what)
+        return be
+
+    def predict(self, x: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+        """The model output for ``x`` (N, ...), on ONNX Runtime."""
+        from onnxplain.core.validation import check_input
+
+        x = check_input(self, x)
+        be = self.backend("onnxruntime")
+        if batch_size is None:
+            return be.predict(x)
+        return np.concatenate([be.predict(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])

@@ -1,0 +1,72 @@
+"""Validation of what users pass in, in one place for every method."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+import pydantic
+
+from onnxplain.core.errors import InputValidationError
+
+if TYPE_CHECKING:
+    from onnxplain.core.model import Model
+
+P = TypeVar("P", bound=pydantic.BaseModel)
+
+
+class Params(pydantic.BaseModel):
+    """Base of method parameter sets: strict, immutable, errors name the field."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+
+def validate_params(cls: type[P], what: str, **values: Any) -> P:
+    """Build ``cls(**values)``; a pydantic error becomes an InputValidationError."""
+    try:
+        return cls(**values)
+    except pydantic.ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'value'}: {err['msg']}" for err in exc.errors()
+        )
+        raise InputValidationError(f"{what}: {problems}") from None
+
+
+def check_input(model: Model | None, x: Any, name: str = "inputs") -> np.ndarray:
+    """Return ``x`` as a contiguous array of the model's input dtype, or raise.
+
+    Accepts any floating-point array of shape (N, ...) matching the model input's rank
+    and static dims. Integer, boolean, NaN and Inf inputs are refused.
+    """
+    if not isinstance(x, np.ndarray):
+        if hasattr(x, "detach") and hasattr(x, "cpu"):  # a torch tensor, without importing torch
+            x = x.detach().cpu().numpy()
+        else:
+            raise InputValidationError(
+                f"{name} must be a numpy array of shape (N, C, H, W), got {type(x).__name__}"
+            )
+    if not np.issubdtype(x.dtype, np.floating):
+        raise InputValidationError(
+            f"{name} must hold floating-point values, got dtype {x.dtype}; convert and "
+            "normalise the images as the model expects"
+        )
+    if x.ndim == 0 or x.shape[0] == 0:
+        raise InputValidationError(f"{name} must be a non-empty batch (N, ...), got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise InputValidationError(f"{name} contains NaN or Inf values")
+    if model is None:
+        return np.ascontiguousarray(x, dtype=np.float32)
+    spec = model.input_spec
+    if spec.shape is not None:
+        if x.ndim != len(spec.shape):
+            raise InputValidationError(
+                f"{name} has shape {x.shape} but the model input {spec.name!r} has rank "
+                f"{len(spec.shape)} {spec.shape}; add the batch axis if it is missing"
+            )
+        for axis, (got, want) in enumerate(zip(x.shape[1:], spec.shape[1:]), start=1):
+            if isinstance(want, int) and want > 0 and got != want:
+                raise InputValidationError(
+                    f"{name} has shape {x.shape} but the model input {spec.name!r} expects "
+                    f"{spec.shape} (axis {axis}: {got} != {want})"
+                )
+    return np.ascontiguousarray(x, dtype=spec.dtype)

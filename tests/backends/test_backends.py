@@ -1,0 +1,118 @@
+"""The backend interface: registry, capabilities, intermediate tensors, rule hooks."""
+
+import numpy as np
+import pytest
+import torch
+from helpers import unconvertible_cnn
+
+import onnxplain as ox
+from onnxplain.backends import INPUT, Backend, Capability
+
+
+def test_auto_backend_is_onnxruntime_for_forward_and_torch_for_gradients(small_model):
+    assert small_model.backend_for(frozenset({Capability.FORWARD})).name == "onnxruntime"
+    assert small_model.backend_for(frozenset({Capability.GRADIENTS})).name == "torch"
+
+
+def test_backends_are_built_once(small_model):
+    assert small_model.backend("onnxruntime") is small_model.backend("onnxruntime")
+    assert small_model.backend("torch") is small_model.backend("torch")
+
+
+def test_asking_a_forward_backend_for_gradients_is_a_clear_error(small_model):
+    with pytest.raises(ox.BackendCapabilityError, match="gradients"):
+        ox.Saliency(small_model, backend="onnxruntime")
+
+
+def test_unknown_backend_name_lists_the_registered_ones(small_model):
+    with pytest.raises(ox.InputValidationError, match="onnxruntime"):
+        ox.Occlusion(small_model, backend="tensorrt")
+
+
+def test_intermediate_tensors_agree_between_backends(small_model, images):
+    names = [s.name for s in small_model.layers()]
+    a = small_model.backend("onnxruntime").forward(images, outputs=names)
+    b = small_model.backend("torch").forward(images, outputs=names)
+    for n in names:
+        np.testing.assert_allclose(a[n], b[n], atol=1e-5)
+
+
+def test_onnxruntime_reports_what_really_runs(small_model):
+    be = small_model.backend("onnxruntime")
+    assert be.providers[-1] == "CPUExecutionProvider"
+    assert be.device in ("cpu", "cuda")
+
+
+def test_max_batch_size_splits_forward_passes(small_model, images):
+    be = small_model.backend("onnxruntime", max_batch_size=1)
+    np.testing.assert_allclose(be.predict(images), small_model.predict(images), atol=1e-6)
+
+
+def test_gradient_with_respect_to_an_intermediate_tensor(small_model, small_torch, images):
+    layer = small_model.find_layer().name
+    objective = ox.core.resolve_target(1, 2, small_model.output_name, 5)
+    res = small_model.backend("torch").gradients(images, objective, wrt=[INPUT, layer])
+    acts = {}
+    handle = small_torch.relu2.register_forward_hook(lambda m, i, o: acts.setdefault("a", o))
+    x = torch.from_numpy(images).requires_grad_()
+    out = small_torch(x)[:, 1].sum()
+    g_act, g_in = torch.autograd.grad(out, [acts["a"], x])
+    handle.remove()
+    np.testing.assert_allclose(res.gradients[layer], g_act.numpy(), atol=1e-6)
+    np.testing.assert_allclose(res.gradients[INPUT], g_in.numpy(), atol=1e-6)
+    np.testing.assert_allclose(res.activations[layer], acts["a"].detach().numpy(), atol=1e-5)
+
+
+def test_node_rule_replaces_the_backward_of_one_node_and_is_removed(small_model, images):
+    be = small_model.backend("torch")
+    relus = [n.name for n in small_model.ir.graph if n.op_type == "Relu"]
+    objective = ox.core.resolve_target(0, 2, small_model.output_name, 5)
+    plain = be.gradients(images, objective).gradients[INPUT]
+    seen = []
+
+    def guided(ctx):  # guided backprop: pass only positive gradients through positive inputs
+        seen.append(ctx.op_type)
+        return (ctx.grad_input[0].clamp(min=0),)
+
+    guided_grad = be.gradients(images, objective, rules={r: guided for r in relus}).gradients[INPUT]
+    assert seen == ["Relu"] * len(relus)  # each hooked node once per backward pass
+    assert not np.allclose(plain, guided_grad)
+    with pytest.raises(RuntimeError):
+        with be.node_rules({relus[0]: guided}):
+            raise RuntimeError("interrupted")
+    # every hook is gone, even after the exception
+    np.testing.assert_array_equal(be.gradients(images, objective).gradients[INPUT], plain)
+    assert all(not m._forward_hooks and not m._backward_hooks for m in be.module.modules())
+
+
+def test_unconvertible_model_still_runs_occlusion_and_names_the_operator():
+    model = ox.load(unconvertible_cnn())
+    x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    occ = ox.Occlusion(model).attribute(x, sliding_window_shapes=(3, 4, 4), strides=(3, 4, 4), target=0)
+    assert occ.shape == x.shape and np.abs(occ).sum() > 0
+    with pytest.raises(ox.UnsupportedOperatorError, match="Shrink") as info:
+        ox.Saliency(model).attribute(x, target=0)
+    assert info.value.operators == ["Shrink-9"]
+
+
+class ConstantBackend(Backend):
+    name = "constant"
+    capabilities = frozenset({Capability.FORWARD})
+
+    def forward(self, x, outputs=None):
+        return {self.output_name: np.tile(x.reshape(len(x), -1).mean(1, keepdims=True), (1, 5))}
+
+
+def test_a_registered_backend_serves_every_forward_only_method(small_model, images):
+    ox.backends.register("constant", ConstantBackend)
+    try:
+        assert "constant" in ox.backends.available()
+        occ = ox.Occlusion(small_model, backend="constant").attribute(
+            images, sliding_window_shapes=(3, 8, 8), strides=(3, 8, 8), target=0)
+        # the score is the mean pixel: occluding a window with 0 drops it by that window's mean share
+        window_sum = images[:, :, :8, :8].sum(axis=(1, 2, 3)) / images[0].size
+        np.testing.assert_allclose(occ[:, 0, 0, 0], window_sum, rtol=1e-5)
+        with pytest.raises(ox.BackendCapabilityError):
+            ox.Saliency(small_model, backend="constant")
+    finally:
+        ox.backends.unregister("constant")

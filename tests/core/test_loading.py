@@ -1,0 +1,137 @@
+"""Loading: sources, validation errors, and the canonicalisation passes."""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxplain as ox
+
+
+def test_loads_from_path_bytes_and_proto(tmp_path):
+    proto = ox.examples.tiny_cnn()
+    path = tmp_path / "tiny.onnx"
+    onnx.save(proto, path)
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    outs = [ox.load(src).predict(x) for src in (str(path), path, path.read_bytes(), proto)]
+    for out in outs[1:]:
+        np.testing.assert_array_equal(out, outs[0])
+
+
+def test_loading_never_modifies_the_source(tmp_path):
+    path = tmp_path / "tiny.onnx"
+    onnx.save(ox.examples.tiny_cnn(), path)
+    before = path.read_bytes()
+    ox.load(path).backend("torch")
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.onnx"]
+
+
+def test_not_an_onnx_file_is_a_clear_error(tmp_path):
+    bad = tmp_path / "notes.onnx"
+    bad.write_text("this is not a model")
+    with pytest.raises(ox.ModelLoadError, match="not an ONNX model"):
+        ox.load(bad)
+    with pytest.raises(ox.ModelLoadError, match="no model file"):
+        ox.load(tmp_path / "missing.onnx")
+    with pytest.raises(ox.ModelLoadError, match="file path, bytes"):
+        ox.load(42)
+
+
+def test_missing_external_data_is_reported(tmp_path):
+    proto = ox.examples.tiny_cnn()
+    path = tmp_path / "ext.onnx"
+    onnx.save(proto, path, save_as_external_data=True, all_tensors_to_one_file=True,
+              location="weights.bin", size_threshold=0)
+    assert ox.load(path).num_classes == 3  # complete: loads
+    (tmp_path / "weights.bin").unlink()
+    with pytest.raises(ox.ModelLoadError, match="external data|cannot"):
+        ox.load(path)
+    with pytest.raises(ox.ModelLoadError, match="external data"):
+        ox.load(onnx.load(path, load_external_data=False))
+
+
+def test_unsupported_opset_is_refused():
+    proto = ox.examples.tiny_cnn()
+    proto.opset_import[0].version = 5
+    with pytest.raises(ox.ModelLoadError, match="opset 5"):
+        ox.load(proto)
+
+
+def test_model_without_float_input_is_refused():
+    node = helper.make_node("Cast", ["ids"], ["out"], to=TensorProto.FLOAT)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 4])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4])])
+    with pytest.raises(ox.ModelLoadError, match="floating-point input"):
+        ox.load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def test_custom_domains_are_refused():
+    proto = ox.examples.tiny_cnn()
+    proto.graph.node[1].domain = "com.vendor"
+    proto.opset_import.append(helper.make_opsetid("com.vendor", 1))
+    with pytest.raises(ox.ModelLoadError, match="com.vendor"):
+        ox.load(proto)
+
+
+def _legacy_style_export() -> onnx.ModelProto:
+    """Weights behind Identity, a shape behind Constant, Reshape(allowzero=1), a dead node."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w_shared")
+    fc = numpy_helper.from_array(rng.standard_normal((2, 4)).astype(np.float32), "fc")
+    shape = helper.make_tensor("shape_value", TensorProto.INT64, [2], [-1, 4])
+    nodes = [
+        helper.make_node("Identity", ["w_shared"], ["w"], name="id"),
+        helper.make_node("Constant", [], ["shape"], name="const", value=shape),
+        helper.make_node("Conv", ["input", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("GlobalAveragePool", ["r"], ["g"], name="gap"),
+        helper.make_node("Reshape", ["g", "shape"], ["f"], name="reshape", allowzero=1),
+        helper.make_node("Gemm", ["f", "fc"], ["logits"], name="fc", transB=1),
+        helper.make_node("Sigmoid", ["r"], ["unused"], name="dead"),
+    ]
+    graph = helper.make_graph(nodes, "legacy", [helper.make_tensor_value_info(
+        "input", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2])], initializer=[w, fc])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 9
+    return model
+
+
+def test_canonicalisation_makes_exports_convertible():
+    model = ox.load(_legacy_style_export())
+    ops = [n.op_type for n in model.ir.graph]
+    assert ops == ["Conv", "Relu", "GlobalAveragePool", "Reshape", "Gemm"]
+    reshape = next(n for n in model.ir.graph if n.op_type == "Reshape")
+    assert "allowzero" not in reshape.attributes
+    assert {"w_shared", "shape"} <= set(model.ir.graph.initializers)
+    x = np.random.default_rng(1).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(model.backend("torch").predict(x), model.predict(x), atol=1e-5)
+
+
+def test_graph_queries(small_model):
+    assert small_model.input_spec.shape[1:] == (3, 32, 32)
+    assert small_model.num_classes == 5
+    layers = small_model.layers()
+    assert [s.op_type for s in layers][:2] == ["Conv", "Relu"]
+    assert all(len(s.shape) == 4 for s in layers)
+    auto = small_model.find_layer("auto")
+    assert auto.op_type == "Relu" and auto.shape[1:] == (16, 16, 16)
+    assert small_model.find_layer(auto.node) == auto
+
+
+def test_input_validation_messages(small_model):
+    good = np.zeros((1, 3, 32, 32), np.float32)
+    with pytest.raises(ox.InputValidationError, match="axis 2"):
+        small_model.predict(np.zeros((1, 3, 16, 32), np.float32))
+    with pytest.raises(ox.InputValidationError, match="rank"):
+        small_model.predict(good[0])
+    with pytest.raises(ox.InputValidationError, match="floating-point"):
+        small_model.predict(good.astype(np.int64))
+    bad = good.copy()
+    bad[0, 0, 0, 0] = np.nan
+    with pytest.raises(ox.InputValidationError, match="NaN"):
+        small_model.predict(bad)
+    with pytest.raises(ox.InputValidationError, match="numpy array"):
+        small_model.predict([[1.0]])
+    assert small_model.predict(good.astype(np.float64)).dtype == np.float32

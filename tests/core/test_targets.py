@@ -1,0 +1,46 @@
+"""Targets are resolved in one place; every kind and every mistake."""
+
+import numpy as np
+import pytest
+
+import onnxplain as ox
+from onnxplain.core import resolve_target
+
+
+def test_int_list_and_predicted_targets():
+    out = np.array([[0.1, 2.0, 0.3], [5.0, 0.0, 1.0]])
+    assert resolve_target(2, 2, "y", 3).index[:, 0].tolist() == [2, 2]
+    assert resolve_target([0, 1], 2, "y", 3).index[:, 0].tolist() == [0, 1]
+    assert resolve_target(np.array([1, 2]), 2, "y", 3).index[:, 0].tolist() == [1, 2]
+    assert resolve_target(None, 2, "y", 3, predict=lambda: out).index[:, 0].tolist() == [1, 0]
+
+
+def test_scores_select_from_numpy_like_from_torch():
+    import torch
+
+    values = np.arange(2 * 3 * 2 * 2, dtype=np.float32).reshape(2, 3, 2, 2)
+    neuron = resolve_target(ox.Neuron("f", (1, 0, 1)), 2, "y", None)
+    channel = resolve_target(ox.Channel("f", 2), 2, "y", None)
+    flat = resolve_target(ox.Neuron("f", 5), 2, "y", None)
+    for obj, expected in [(neuron, values[:, 1, 0, 1]), (channel, values[:, 2].mean((1, 2))),
+                          (flat, values.reshape(2, -1)[:, 5])]:
+        np.testing.assert_array_equal(obj.scores(values), expected)
+        np.testing.assert_array_equal(obj.scores(torch.from_numpy(values)).numpy(), expected)
+
+
+@pytest.mark.parametrize("target, match", [
+    (3, "out of range"), (-1, "out of range"), ([0, 1, 2], "3 classes but there are 2"),
+    ("cat", "target must be"), (1.5, "target must be"), (True, "target must be"),
+])
+def test_bad_targets_are_clear_errors(target, match):
+    with pytest.raises(ox.InputValidationError, match=match):
+        resolve_target(target, 2, "y", 3)
+
+
+def test_channel_target_maximises_a_feature_map(small_model, images):
+    layer = small_model.find_layer().name
+    grads = ox.Saliency(small_model).attribute(images, target=ox.Channel(layer, 4), abs=False)
+    assert grads.shape == images.shape and np.abs(grads).sum() > 0
+    occ = ox.Occlusion(small_model).attribute(images, sliding_window_shapes=(3, 8, 8), strides=(3, 8, 8),
+                                              target=ox.Channel(layer, 4))
+    assert occ.shape == images.shape

@@ -1,0 +1,91 @@
+"""Models and checks the tests share (no downloads: seeded random weights only)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+
+
+def max_rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
+    """max |ours − ref| / max |ref|: the error measure every parity test states."""
+    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+    return float(np.abs(ours - ref).max() / max(np.abs(ref).max(), 1e-12))
+
+
+class SmallCNN(nn.Module):
+    """Conv-ReLU-MaxPool-Conv-ReLU-GAP-Linear, no BatchNorm: exact parity is expected."""
+
+    def __init__(self, classes: int = 5) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.relu1 = nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.relu2 = nn.ReLU()
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu2(self.conv2(self.pool(self.relu1(self.conv1(x)))))
+        return self.fc(torch.flatten(self.gap(x), 1))
+
+
+def small_cnn(seed: int = 0) -> SmallCNN:
+    torch.manual_seed(seed)
+    return SmallCNN().eval()
+
+
+def fold_batchnorm_resnet(model: nn.Module) -> nn.Module:
+    """Fold every Conv–BatchNorm pair of a torchvision ResNet, as the ONNX exporters do."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    model.conv1 = fuse_conv_bn_eval(model.conv1, model.bn1)
+    model.bn1 = nn.Identity()
+    for layer in (model.layer1, model.layer2, model.layer3, model.layer4):
+        for block in layer:
+            for i in (1, 2, 3):
+                conv, bn = getattr(block, f"conv{i}", None), getattr(block, f"bn{i}", None)
+                if conv is not None and bn is not None:
+                    setattr(block, f"conv{i}", fuse_conv_bn_eval(conv, bn))
+                    setattr(block, f"bn{i}", nn.Identity())
+            if block.downsample is not None:
+                block.downsample = nn.Sequential(fuse_conv_bn_eval(block.downsample[0], block.downsample[1]))
+    return model.eval()
+
+
+def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give BatchNorm layers non-trivial statistics so folding is really exercised."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    return model
+
+
+def unconvertible_cnn() -> onnx.ModelProto:
+    """Conv → Shrink → GlobalAveragePool → Flatten → Gemm. onnx2torch has no Shrink."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    fc = numpy_helper.from_array(rng.standard_normal((3, 4)).astype(np.float32), "fc")
+    nodes = [
+        helper.make_node("Conv", ["input", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Shrink", ["c"], ["s"], name="shrink", lambd=0.1),
+        helper.make_node("GlobalAveragePool", ["s"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "fc"], ["logits"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "shrink_cnn",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])],
+        initializer=[w, fc],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
