@@ -7,7 +7,6 @@ from pathlib import Path
 
 import onnx
 import onnx_ir as ir
-from google.protobuf.message import DecodeError
 
 from onnxplain.core.canonical import canonicalize
 from onnxplain.core.errors import ModelLoadError
@@ -18,28 +17,84 @@ MIN_OPSET = 7
 _KNOWN_DOMAINS = {"", "ai.onnx", "ai.onnx.ml"}
 
 
-def _uses_external_data(proto: onnx.ModelProto) -> bool:
-    return any(
-        t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer
-    )
+#: Default limits (bytes) for :func:`load`; both can be raised per call.
+MAX_MODEL_BYTES = 2 * 1024**3  # protobuf's own ceiling
+MAX_EXTERNAL_BYTES = 16 * 1024**3
 
 
-def _read(source: str | os.PathLike | bytes | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
+def _external_tensors(proto: onnx.ModelProto) -> list[onnx.TensorProto]:
+    from onnx.external_data_helper import _get_all_tensors
+
+    return [t for t in _get_all_tensors(proto) if t.data_location == onnx.TensorProto.EXTERNAL]
+
+
+def _check_external_data(proto: onnx.ModelProto, folder: Path, limit: int) -> None:
+    """Every external-data file must lie inside ``folder`` (no absolute paths, no ``..``,
+    no symlink or hard link leading out) and their sizes must stay under ``limit``."""
+    root = folder.resolve()
+    total = 0
+    for tensor in _external_tensors(proto):
+        info = {e.key: e.value for e in tensor.external_data}
+        location = info.get("location", "")
+        rel = Path(location)
+        if not location or rel.is_absolute() or ".." in rel.parts or location.startswith(("/", "\\")):
+            raise ModelLoadError(
+                f"tensor {tensor.name!r} points at external data {location!r} outside the model's "
+                "folder; external data must be a relative path inside that folder"
+            )
+        target = (folder / rel)
+        resolved = target.resolve()
+        if not resolved.is_relative_to(root):
+            raise ModelLoadError(
+                f"external data {location!r} of tensor {tensor.name!r} resolves to {resolved}, "
+                "outside the model's folder (a symlink?); refusing to read it"
+            )
+        if not resolved.is_file():
+            raise ModelLoadError(
+                f"missing external data file {location!r} for tensor {tensor.name!r}; copy it "
+                "next to the model"
+            )
+        stat = resolved.stat()
+        if stat.st_nlink > 1:
+            raise ModelLoadError(
+                f"external data {location!r} is a hard link; refusing it (it may expose a file "
+                "from outside the model's folder). Copy the data instead"
+            )
+        offset = int(info.get("offset", 0) or 0)
+        length = int(info.get("length", stat.st_size - offset) or 0)
+        if offset < 0 or length < 0 or offset + length > stat.st_size:
+            raise ModelLoadError(
+                f"external data of tensor {tensor.name!r} asks for bytes {offset}..{offset + length} "
+                f"of {location!r}, which has {stat.st_size}"
+            )
+        total += length
+        if total > limit:
+            raise ModelLoadError(
+                f"the model's external data exceeds max_external_bytes={limit}; raise the limit "
+                "if you trust this model"
+            )
+
+
+def _read(
+    source: str | os.PathLike | bytes | onnx.ModelProto, max_model_bytes: int, max_external_bytes: int
+) -> tuple[onnx.ModelProto, str]:
     if isinstance(source, onnx.ModelProto):
         proto = onnx.ModelProto()
         proto.CopyFrom(source)
-        if _uses_external_data(proto):
+        if _external_tensors(proto):
             raise ModelLoadError(
                 "this ModelProto references external data that is not loaded; "
                 "load the model from its file path instead"
             )
         return proto, "<ModelProto>"
     if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) > max_model_bytes:
+            raise ModelLoadError(f"the model is {len(source)} bytes, over max_model_bytes={max_model_bytes}")
         try:
             proto = onnx.load_from_string(bytes(source))
-        except (DecodeError, ValueError, RuntimeError) as exc:
+        except Exception as exc:
             raise ModelLoadError(f"these bytes are not an ONNX model: {exc}") from None
-        if _uses_external_data(proto):
+        if _external_tensors(proto):
             raise ModelLoadError(
                 "the model references external data files; load it from its file path"
             )
@@ -48,16 +103,25 @@ def _read(source: str | os.PathLike | bytes | onnx.ModelProto) -> tuple[onnx.Mod
         path = Path(source).expanduser()
         if not path.is_file():
             raise ModelLoadError(f"no model file at {str(path)!r}")
-        # An absolute path makes onnx check that external data stays inside the folder.
         path = path.resolve()
+        size = path.stat().st_size
+        if size > max_model_bytes:
+            raise ModelLoadError(
+                f"{path} is {size} bytes, over max_model_bytes={max_model_bytes}; raise the limit "
+                "if you trust this model"
+            )
         try:
-            proto = onnx.load(str(path), load_external_data=True)
-        except (DecodeError, ValueError) as exc:
+            proto = onnx.load(str(path), load_external_data=False)
+        except Exception as exc:
             raise ModelLoadError(f"{path} is not an ONNX model file: {exc}") from None
-        except (FileNotFoundError, OSError) as exc:
-            raise ModelLoadError(f"cannot read {path} or its external data: {exc}") from None
-        except Exception as exc:  # onnx raises its own types for bad external data
-            raise ModelLoadError(f"cannot load {path}: {exc}") from None
+        if _external_tensors(proto):
+            _check_external_data(proto, path.parent, max_external_bytes)
+            try:
+                from onnx.external_data_helper import load_external_data_for_model
+
+                load_external_data_for_model(proto, str(path.parent))
+            except Exception as exc:
+                raise ModelLoadError(f"cannot read the external data of {path}: {exc}") from None
         return proto, str(path)
     raise ModelLoadError(
         f"load() takes a file path, bytes or an onnx.ModelProto, got {type(source).__name__}"
@@ -91,23 +155,32 @@ def _validate(proto: onnx.ModelProto) -> None:
             "run; export with standard ONNX operators only"
         )
     try:
-        onnx.checker.check_model(proto)
-    except onnx.checker.ValidationError as exc:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as exc:  # ValidationError, InferenceError, ...
         raise ModelLoadError(f"the model is not valid ONNX: {str(exc).splitlines()[0]}") from None
 
 
-def load(source: str | os.PathLike | bytes | onnx.ModelProto) -> Model:
+def load(
+    source: str | os.PathLike | bytes | onnx.ModelProto,
+    *,
+    max_model_bytes: int = MAX_MODEL_BYTES,
+    max_external_bytes: int = MAX_EXTERNAL_BYTES,
+) -> Model:
     """Load an ONNX model from a file path, bytes or an ``onnx.ModelProto``.
 
-    The graph is validated and canonicalised (see :mod:`onnxplain.core.canonical`);
-    the source is never modified.
+    Safe for files from elsewhere: sizes are capped (``max_model_bytes``,
+    ``max_external_bytes``), external data must lie inside the model's folder (no
+    absolute paths, ``..``, symlinks or hard links out), the model is checked with
+    ``onnx.checker`` (full check), operators from custom domains are refused and no
+    custom-op library is ever loaded. The graph is then canonicalised (see
+    :mod:`onnxplain.core.canonical`); the source is never modified.
 
     >>> import onnxplain as ox
     >>> model = ox.load(ox.examples.tiny_cnn())
     >>> model.input_name, model.outputs[0].shape
     ('input', ('batch', 3))
     """
-    proto, where = _read(source)
+    proto, where = _read(source, max_model_bytes, max_external_bytes)
     _validate(proto)
     try:
         ir_model = ir.from_proto(proto)

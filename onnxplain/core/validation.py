@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
@@ -36,7 +37,9 @@ def check_input(model: Model | None, x: Any, name: str = "inputs") -> np.ndarray
     """Return ``x`` as a contiguous array of the model's input dtype, or raise.
 
     Accepts any floating-point array of shape (N, ...) matching the model input's rank
-    and static dims. Integer, boolean, NaN and Inf inputs are refused.
+    and static dims. Integer, boolean, NaN and Inf inputs are refused. Other float dtypes
+    are converted to the model's input dtype; a conversion that loses precision (float64
+    to float32) warns once per call site.
     """
     if not isinstance(x, np.ndarray):
         if hasattr(x, "detach") and hasattr(x, "cpu"):  # a torch tensor, without importing torch
@@ -69,4 +72,10 @@ def check_input(model: Model | None, x: Any, name: str = "inputs") -> np.ndarray
                     f"{name} has shape {x.shape} but the model input {spec.name!r} expects "
                     f"{spec.shape} (axis {axis}: {got} != {want})"
                 )
+    if np.dtype(x.dtype).itemsize > np.dtype(spec.dtype).itemsize:
+        warnings.warn(
+            f"{name} are {x.dtype}; converted to the model's input dtype {spec.dtype}",
+            UserWarning,
+            stacklevel=3,
+        )
     return np.ascontiguousarray(x, dtype=spec.dtype)

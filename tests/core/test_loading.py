@@ -134,4 +134,6 @@ def test_input_validation_messages(small_model):
         small_model.predict(bad)
     with pytest.raises(ox.InputValidationError, match="numpy array"):
         small_model.predict([[1.0]])
-    assert small_model.predict(good.astype(np.float64)).dtype == np.float32
+    with pytest.warns(UserWarning, match="float64"):
+        assert small_model.predict(good.astype(np.float64)).dtype == np.float32
+    assert small_model.predict(good.astype(np.float16)).dtype == np.float32  # lossless: silent
