@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -12,8 +13,14 @@ from onnxplain.core.canonical import canonicalize
 from onnxplain.core.errors import ModelLoadError
 from onnxplain.core.model import Model
 
+logger = logging.getLogger(__name__)
+
 #: The oldest default-domain opset accepted (older graphs use long-gone operator versions).
 MIN_OPSET = 7
+#: Graphs older than this are upgraded to ``UPGRADE_TO`` on load (e.g. Upsample → Resize),
+#: so that every backend sees the operator versions it knows.
+UPGRADE_BELOW = 11
+UPGRADE_TO = 13
 _KNOWN_DOMAINS = {"", "ai.onnx", "ai.onnx.ml"}
 
 
@@ -160,6 +167,19 @@ def _validate(proto: onnx.ModelProto) -> None:
         raise ModelLoadError(f"the model is not valid ONNX: {str(exc).splitlines()[0]}") from None
 
 
+def _upgrade_opset(proto: onnx.ModelProto) -> onnx.ModelProto:
+    opsets = {o.domain: o.version for o in proto.opset_import}
+    if opsets.get("", opsets.get("ai.onnx", UPGRADE_BELOW)) >= UPGRADE_BELOW:
+        return proto
+    try:
+        upgraded = onnx.version_converter.convert_version(proto, UPGRADE_TO)
+        onnx.checker.check_model(upgraded)
+    except Exception as exc:  # keep the original: ONNX Runtime still runs it
+        logger.warning("could not upgrade opset %s to %s: %s", opsets, UPGRADE_TO, exc)
+        return proto
+    return upgraded
+
+
 def load(
     source: str | os.PathLike | bytes | onnx.ModelProto,
     *,
@@ -182,6 +202,7 @@ def load(
     """
     proto, where = _read(source, max_model_bytes, max_external_bytes)
     _validate(proto)
+    proto = _upgrade_opset(proto)
     try:
         ir_model = ir.from_proto(proto)
     except Exception as exc:

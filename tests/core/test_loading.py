@@ -137,3 +137,30 @@ def test_input_validation_messages(small_model):
     with pytest.warns(UserWarning, match="float64"):
         assert small_model.predict(good.astype(np.float64)).dtype == np.float32
     assert small_model.predict(good.astype(np.float16)).dtype == np.float32  # lossless: silent
+
+
+def test_old_opsets_are_upgraded_so_the_torch_backend_converts_them():
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Conv", ["input", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Upsample", ["c", "scales"], ["u"], name="up", mode="nearest"),
+        helper.make_node("GlobalAveragePool", ["u"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "fc"], ["logits"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "opset9",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2])],
+        initializer=[
+            numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w"),
+            numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"),
+            numpy_helper.from_array(rng.standard_normal((2, 4)).astype(np.float32), "fc"),
+        ],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)])
+    proto.ir_version = 4
+    model = ox.load(proto)
+    assert model.opset == 13 and "Resize" in [n.op_type for n in model.ir.graph]
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(model.backend("torch").predict(x), model.predict(x), atol=1e-5)
