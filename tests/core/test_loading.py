@@ -146,7 +146,7 @@ def test_old_opsets_are_upgraded_so_the_torch_backend_converts_them():
         helper.make_node("Upsample", ["c", "scales"], ["u"], name="up", mode="nearest"),
         helper.make_node("GlobalAveragePool", ["u"], ["g"], name="gap"),
         helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
-        helper.make_node("Gemm", ["f", "fc"], ["logits"], name="fc", transB=1),
+        helper.make_node("Gemm", ["f", "fc", "fc_b"], ["logits"], name="fc", transB=1),
     ]
     graph = helper.make_graph(
         nodes, "opset9",
@@ -156,6 +156,7 @@ def test_old_opsets_are_upgraded_so_the_torch_backend_converts_them():
             numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w"),
             numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"),
             numpy_helper.from_array(rng.standard_normal((2, 4)).astype(np.float32), "fc"),
+            numpy_helper.from_array(np.zeros(2, np.float32), "fc_b"),
         ],
     )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)])
