@@ -3,7 +3,7 @@
 ``register(name, factory)`` adds a backend that every method can then use by name.
 """
 
-from onnxplain.backends.base import INPUT, Backend, Capability, GradientResult
+from onnxplain.backends.base import INPUT, RULE_NAMES, Backend, BackwardRule, Capability, GradientResult
 from onnxplain.backends.callable_backend import CallableBackend
 from onnxplain.backends.registry import available, choose, create, register, unregister
 
@@ -30,7 +30,9 @@ register(
 
 __all__ = [
     "INPUT",
+    "RULE_NAMES",
     "Backend",
+    "BackwardRule",
     "CallableBackend",
     "Capability",
     "GradientResult",

@@ -29,8 +29,37 @@ INPUT = "__input__"
 class Capability(str, Enum):
     FORWARD = "forward"  # outputs for a batch of inputs
     ACTIVATIONS = "activations"  # intermediate tensors by name
-    GRADIENTS = "gradients"  # d objective / d input and / d intermediate tensors
+    GRADIENTS = "gradients"  # d objective / d input and / d intermediate tensors (+ overrides)
     RULES = "rules"  # replace the backward rule of individual graph nodes
+
+
+#: The backward rules every backend with :attr:`Capability.RULES` understands by name.
+#: Methods ask for rules by name (a :class:`BackwardRule`), never by framework code, so
+#: a method file needs neither torch nor any other framework. For a rectifier node
+#: (Relu, LeakyRelu, Clip with min 0) with input z, output a = f(z), incoming gradient
+#: g = ∂S/∂a and ordinary input gradient f'(z)·g:
+#:
+#: - ``"gradient"``: f'(z)·g, the ordinary derivative (a no-op rule);
+#: - ``"guided"``: max(f'(z)·g, 0), guided backpropagation (Springenberg et al. 2015),
+#:   as Captum's ``GuidedBackprop`` computes it;
+#: - ``"deconvnet"``: max(g, 0), the deconvnet's backward ReLU (Zeiler & Fergus 2014),
+#:   which ignores the forward switch, as Captum's ``Deconvolution``;
+#: - ``"rectgrad"`` (param ``q``, a percentile in [0, 100]): f'(z)·g where a·g ≥ τ and 0
+#:   elsewhere, τ the q-th percentile of a·g over each example's units (Kim et al. 2019).
+RULE_NAMES = ("gradient", "guided", "deconvnet", "rectgrad")
+
+
+@dataclass(frozen=True)
+class BackwardRule:
+    """A backward rule by name and parameters, e.g. ``BackwardRule("rectgrad", {"q": 98})``.
+
+    This is how methods talk about rules: the backend maps the name to its own
+    implementation (for torch, :mod:`onnxplain.backends.torch_rules`). A plain string
+    ``"guided"`` means ``BackwardRule("guided")``. See :data:`RULE_NAMES`.
+    """
+
+    name: str
+    params: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -111,13 +140,28 @@ class Backend(ABC):
         objective: Objective,
         wrt: Sequence[str] = (INPUT,),
         rules: Mapping[str, Any] | None = None,
+        overrides: Mapping[str, np.ndarray] | None = None,
     ) -> GradientResult:
-        """Gradients of ``sum(objective.scores)`` w.r.t. the input and/or named tensors."""
+        """Gradients of ``sum(objective.scores)`` w.r.t. the input and/or named tensors.
+
+        ``wrt``: :data:`INPUT` and/or tensor names. ``rules``: node name -> backward rule
+        (a :class:`BackwardRule`, a rule name from :data:`RULE_NAMES`, or a backend-native
+        rule), applied during this call only (needs :attr:`Capability.RULES`).
+        ``overrides``: tensor name -> value (N, ...) aligned with ``x``; during the
+        forward pass the tensor takes that value instead of the one its node computes,
+        so everything downstream (the objective, other tensors) sees the replacement and
+        ``gradients[name]`` is the gradient with respect to it. Layer integrated gradients
+        uses this to move an intermediate tensor along a path.
+        """
         raise BackendCapabilityError(f"the {self.name!r} backend cannot compute gradients")
 
     @contextlib.contextmanager
     def node_rules(self, rules: Mapping[str, Any]) -> Iterator[None]:
-        """Within the block, replace the backward rule of the named graph nodes."""
+        """Within the block, replace the backward rule of the named graph nodes.
+
+        ``rules``: node name -> :class:`BackwardRule`, a name from :data:`RULE_NAMES`, or a
+        rule in the backend's own terms (for torch, a function of a ``RuleContext``).
+        """
         raise BackendCapabilityError(f"the {self.name!r} backend cannot replace backward rules")
         yield  # pragma: no cover
 

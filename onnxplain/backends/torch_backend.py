@@ -1,8 +1,10 @@
 """PyTorch backend: the canonical graph converted with onnx2torch, for gradients and rules.
 
 Each ONNX node becomes one torch module, so a tensor of the graph is a module output
-(captured with a forward hook) and a node's backward rule can be replaced by hooking its
-module. Hooks are always registered in context managers that remove them.
+(captured with a forward hook), a tensor's value can be replaced during the forward pass
+(``overrides``, a forward hook that returns the replacement) and a node's backward rule
+can be replaced by hooking its module (named rules live in :mod:`torch_rules`). Hooks are
+always registered in context managers that remove them.
 """
 
 from __future__ import annotations
@@ -17,7 +19,14 @@ import numpy as np
 import torch
 from onnx import defs
 
-from onnxplain.backends.base import INPUT, Backend, Capability, GradientResult, batches
+from onnxplain.backends.base import (
+    INPUT,
+    Backend,
+    BackwardRule,
+    Capability,
+    GradientResult,
+    batches,
+)
 from onnxplain.core.errors import (
     InputValidationError,
     OnnxplainError,
@@ -31,13 +40,22 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+#: Inputs larger than this (elements per example) skip the conversion check.
+VERIFY_MAX_ELEMENTS = 16 * 1024**2
+
+
 class ConversionMismatchError(OnnxplainError):
     """The converted torch module computes something else than ONNX Runtime."""
 
 
 @dataclass
 class RuleContext:
-    """What a backward rule sees for one node: see :meth:`TorchBackend.node_rules`."""
+    """What a backward rule sees for one node: see :meth:`TorchBackend.node_rules`.
+
+    ``inputs``/``output``: the node's forward values (output with its autograd graph);
+    ``grad_output``: the gradient arriving at each output; ``grad_input``: the ordinary
+    gradient of each input (None for inputs that need none).
+    """
 
     node: str
     op_type: str
@@ -160,6 +178,9 @@ class TorchBackend(Backend):
         shape = self.model.input_spec.shape
         if shape is None or not all(isinstance(d, int) and d > 0 for d in shape[1:]):
             return
+        if np.prod(shape[1:], dtype=np.float64) > VERIFY_MAX_ELEMENTS:
+            logger.info("input %s too large to verify the conversion on", shape)
+            return
         rng = np.random.default_rng(0)
         x = rng.standard_normal((min(2, self.model.fixed_batch or 2), *shape[1:])).astype(
             self.model.input_dtype
@@ -200,35 +221,66 @@ class TorchBackend(Backend):
                 h.remove()
 
     @contextlib.contextmanager
-    def node_rules(self, rules: Mapping[str, Rule]) -> Iterator[None]:
+    def node_rules(self, rules: Mapping[str, Rule | str | BackwardRule]) -> Iterator[None]:
         """Within the block, the backward pass of each named node is ``rules[node](ctx)``.
 
-        The rule receives a :class:`RuleContext` (inputs, output, grad_output and the
-        gradient autograd computed for the inputs) and returns new input gradients.
+        A rule is a :class:`~onnxplain.backends.base.BackwardRule` or a rule name (see
+        :data:`~onnxplain.backends.base.RULE_NAMES`, implemented in
+        :mod:`onnxplain.backends.torch_rules`), or a function that receives a
+        :class:`RuleContext` (inputs, output, grad_output and the gradient autograd
+        computed for the inputs) and returns new input gradients (``None`` keeps them).
+
+        The node's output is replaced, in a forward hook, by an identical tensor whose
+        backward is the rule; the rule therefore also applies when the objective or a
+        ``wrt`` tensor is that very output (a neuron of a ReLU layer, as in Captum).
         """
+        from onnxplain.backends import torch_rules
+
         handles = []
-        saved: dict[str, tuple] = {}
         try:
             for node, rule in rules.items():
                 module = self.node_module(node)
+                fn = torch_rules.resolve(rule)
 
-                def fwd(mod, args, output, node=node):
-                    saved[node] = (args, output)
-
-                def bwd(mod, grad_input, grad_output, node=node, rule=rule):
-                    args, output = saved[node]
-                    ctx = RuleContext(node, self._op_types[node], mod, tuple(args), output,
-                                      tuple(grad_output), tuple(grad_input))
-                    new = rule(ctx)
-                    return None if new is None else tuple(new)
+                def fwd(mod, args, output, node=node, fn=fn):
+                    return _RuledCall(node, self._op_types[node], mod, args, output, fn).apply()
 
                 handles.append(module.register_forward_hook(fwd))
-                handles.append(module.register_full_backward_hook(bwd))
             yield
         finally:
             for h in handles:
                 h.remove()
-            saved.clear()
+
+    @contextlib.contextmanager
+    def _overridden(self, names: Sequence[str], current: dict[str, torch.Tensor]) -> Iterator[None]:
+        """Forward hooks that return ``current[name]`` in place of the tensor ``name``."""
+        handles = []
+        try:
+            for name in names:
+                if name not in self._producers:
+                    self.model.check_tensors([name])
+                    raise InputValidationError(f"tensor {name!r} is not computed by a node")
+                node, index = self._producers[name]
+
+                def hook(mod, args, output, name=name, index=index):
+                    value = current[name]
+                    old = output[index] if isinstance(output, (tuple, list)) else output
+                    if tuple(value.shape) != tuple(old.shape):
+                        raise InputValidationError(
+                            f"overrides[{name!r}] has shape {tuple(value.shape)} but the tensor "
+                            f"has shape {tuple(old.shape)} for this batch"
+                        )
+                    if value.dtype != old.dtype:
+                        value = value.to(old.dtype)
+                    if isinstance(output, (tuple, list)):
+                        return type(output)(value if i == index else o for i, o in enumerate(output))
+                    return value
+
+                handles.append(self._modules[node].register_forward_hook(hook))
+            yield
+        finally:
+            for h in handles:
+                h.remove()
 
     # -- operations --------------------------------------------------------------------
     def _outputs(self, result: Any) -> dict[str, torch.Tensor]:
@@ -237,36 +289,68 @@ class TorchBackend(Backend):
             return dict(zip(names, result))
         return {names[0]: result}
 
+    @property
+    def _chunk(self) -> int:
+        """Rows per module call: the batch the model was exported with, if it is fixed."""
+        return self.model.fixed_batch or self.max_batch_size
+
+    def _pad(self, n: int) -> np.ndarray:
+        """Row indices that fill the last chunk of a fixed-batch model (repeating the last)."""
+        fixed = self.model.fixed_batch
+        extra = (-n) % fixed if fixed else 0
+        return np.concatenate([np.arange(n), np.full(extra, n - 1)])
+
     def forward(self, x: np.ndarray, outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         names = list(outputs) if outputs is not None else [self.model.output_name]
         inner = [n for n in names if n not in self.model.output_names]
         parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
-        x = np.asarray(x, dtype=self.model.input_dtype)
+        n_rows = len(x)
+        x = np.asarray(x, dtype=self.model.input_dtype)[self._pad(n_rows)]
         with torch.inference_mode(), self._capture(inner) as store:
-            for sl in batches(len(x), self.max_batch_size):
+            for sl in batches(len(x), self._chunk):
                 xb = torch.from_numpy(np.ascontiguousarray(x[sl])).to(self._device)
                 result = self._outputs(self.module(xb))
                 for n in names:
                     value = xb if n == self.model.input_name else store.get(n, result.get(n))
                     parts[n].append(value.detach().cpu().numpy())
-        return {n: np.concatenate(p) for n, p in parts.items()}
+        return {n: np.concatenate(p)[:n_rows] for n, p in parts.items()}
 
     def gradients(
         self,
         x: np.ndarray,
         objective: Objective,
         wrt: Sequence[str] = (INPUT,),
-        rules: Mapping[str, Rule] | None = None,
+        rules: Mapping[str, Rule | str | BackwardRule] | None = None,
+        overrides: Mapping[str, np.ndarray] | None = None,
     ) -> GradientResult:
         x = np.asarray(x, dtype=self.model.input_dtype)
+        overrides = dict(overrides or {})
+        for name, value in overrides.items():
+            if np.shape(value)[:1] != (len(x),):
+                raise InputValidationError(
+                    f"overrides[{name!r}] must hold one value per example ({len(x)}), got shape "
+                    f"{np.shape(value)}"
+                )
+        n_rows = len(x)
+        rows = self._pad(n_rows)
+        if len(rows) > n_rows:
+            x, objective = x[rows], objective.take(rows)
+            overrides = {k: np.asarray(v)[rows] for k, v in overrides.items()}
+        input_override = overrides.pop(self.model.input_name, None)
         inner = [n for n in wrt if n != INPUT]
         tensors = list(dict.fromkeys([*inner, objective.tensor]))
         scores, grads, acts = [], {n: [] for n in wrt}, {n: [] for n in inner}
+        current: dict[str, torch.Tensor] = {}
+        # hook order matters: rules, then overrides, then capture (each sees the previous)
         rule_ctx = self.node_rules(rules) if rules else contextlib.nullcontext()
-        with rule_ctx:
-            for sl in batches(len(x), self.max_batch_size):
-                xb = torch.from_numpy(np.ascontiguousarray(x[sl])).to(self._device)
+        with rule_ctx, self._overridden(list(overrides), current):
+            for sl in batches(len(x), self._chunk):
+                xs = x[sl] if input_override is None else np.asarray(input_override[sl], x.dtype)
+                xb = torch.from_numpy(np.ascontiguousarray(xs)).to(self._device)
                 xb.requires_grad_(True)
+                for name, value in overrides.items():
+                    v = torch.as_tensor(np.ascontiguousarray(value[sl]), device=self._device)
+                    current[name] = v.to(self._float_dtype(v)).requires_grad_(True)
                 with torch.enable_grad(), self._capture(tensors) as store:
                     result = self._outputs(self.module(xb))
                     store.update({k: v for k, v in result.items() if k not in store})
@@ -286,8 +370,71 @@ class TorchBackend(Backend):
                     grads[n].append(g.detach().cpu().numpy())
                 for n in inner:
                     acts[n].append(store[n].detach().cpu().numpy())
+                current.clear()
         return GradientResult(
-            scores=np.concatenate(scores),
-            gradients={n: np.concatenate(v) for n, v in grads.items()},
-            activations={n: np.concatenate(v) for n, v in acts.items()},
+            scores=np.concatenate(scores)[:n_rows],
+            gradients={n: np.concatenate(v)[:n_rows] for n, v in grads.items()},
+            activations={n: np.concatenate(v)[:n_rows] for n, v in acts.items()},
         )
+
+    @staticmethod
+    def _float_dtype(v: torch.Tensor) -> torch.dtype:
+        return v.dtype if v.is_floating_point() else torch.float32
+
+
+class _RuledCall:
+    """One call of a node whose backward is a rule: see :meth:`TorchBackend.node_rules`."""
+
+    def __init__(self, node: str, op_type: str, module: torch.nn.Module, args: tuple,
+                 output: Any, rule: Rule) -> None:
+        self.node, self.op_type, self.module, self.rule = node, op_type, module, rule
+        self.args = tuple(args)
+        self.output = output
+        self.outputs = tuple(output) if isinstance(output, (tuple, list)) else (output,)
+        self.diff = [i for i, a in enumerate(self.args)
+                     if isinstance(a, torch.Tensor) and a.requires_grad]
+
+    def apply(self) -> Any:
+        """The output again, now with the rule as its backward (or None: unchanged)."""
+        if not torch.is_grad_enabled() or not self.diff:
+            return None
+        if not all(isinstance(o, torch.Tensor) for o in self.outputs):
+            return None
+        new = _RuleFunction.apply(self, *(self.args[i] for i in self.diff))
+        if isinstance(self.output, (tuple, list)):
+            return type(self.output)(new)
+        return new[0]
+
+    def backward(self, grad_outputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor | None, ...]:
+        live = [(o, g) for o, g in zip(self.outputs, grad_outputs) if o.requires_grad]
+        inputs = [self.args[i] for i in self.diff]
+        auto: tuple[torch.Tensor | None, ...] = (None,) * len(inputs)
+        if live:
+            auto = torch.autograd.grad([o for o, _ in live], inputs, [g for _, g in live],
+                                       retain_graph=True, allow_unused=True)
+        grad_input: list[torch.Tensor | None] = [None] * len(self.args)
+        for i, g in zip(self.diff, auto):
+            grad_input[i] = g
+        ctx = RuleContext(self.node, self.op_type, self.module, self.args, self.output,
+                          tuple(grad_outputs), tuple(grad_input))
+        new = self.rule(ctx)
+        if new is not None:
+            new = tuple(new)
+            for i in self.diff:
+                if i < len(new) and new[i] is not None:
+                    grad_input[i] = new[i]
+        return tuple(grad_input[i] for i in self.diff)
+
+
+class _RuleFunction(torch.autograd.Function):
+    """Identity on a node's outputs whose backward sends the rule's gradients to its inputs."""
+
+    @staticmethod
+    def forward(ctx, call: _RuledCall, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        ctx.call = call
+        return tuple(o.detach() for o in call.outputs)  # aliases: no copy of the activations
+
+    @staticmethod
+    def backward(ctx, *grad_outputs: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        call: _RuledCall = ctx.call
+        return (None, *call.backward(grad_outputs))

@@ -13,13 +13,14 @@ attributions are ours × (n−1)/n, short of completeness by that factor.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
 import pydantic
 
 from onnxplain.backends.base import INPUT, Capability, batches
-from onnxplain.core.targets import TargetLike
+from onnxplain.core.targets import Objective, TargetLike
 from onnxplain.core.validation import Params, validate_params
 from onnxplain.methods.base import Attribution, expand_baseline
 
@@ -60,6 +61,46 @@ class _IGParams(Params):
         return self
 
 
+def path_integral(
+    method: Attribution,
+    start: np.ndarray,
+    end: np.ndarray,
+    gradient: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    params: _IGParams,
+    show_progress: bool | None,
+) -> np.ndarray:
+    """Σ_k w_k · g(start + α_k (end − start)) per example, in float64.
+
+    ``gradient(points, examples)`` returns the gradient at ``points``, row i belonging to
+    example ``examples[i]``. At most ``internal_batch_size`` points (default: the
+    backend's ``max_batch_size``) are evaluated at once; row r of the flattened
+    (steps × examples) grid is step r // N of example r % N, as in Captum.
+    """
+    sizes, alphas = approximation(params.method, params.n_steps)
+    n = len(start)
+    diff = end - start
+    shape = (-1, *([1] * (start.ndim - 1)))
+    total = np.zeros(start.shape, dtype=np.float64)
+    chunk = params.internal_batch_size or method.backend.max_batch_size
+    parts = list(batches(n * params.n_steps, chunk))
+    for sl in method._progress(parts, len(parts), show_progress, type(method).__name__):
+        r = np.arange(sl.start, sl.stop)
+        step, example = r // n, r % n
+        points = start[example] + alphas[step].astype(start.dtype).reshape(shape) * diff[example]
+        g = gradient(points, example)
+        np.add.at(total, example, g.astype(np.float64) * sizes[step].reshape(shape))
+    return total
+
+
+def convergence_delta(
+    method: Attribution, attributions: np.ndarray, x: np.ndarray, base: np.ndarray, objective: Objective
+) -> np.ndarray:
+    """Σ attributions − (S_c(x) − S_c(baseline)) per example: the completeness gap."""
+    n = len(x)
+    ends = method._scores(np.concatenate([x, base]), objective.take(np.concatenate([np.arange(n)] * 2)))
+    return attributions.reshape(n, -1).sum(1, dtype=np.float64) - (ends[:n] - ends[n:])
+
+
 class IntegratedGradients(Attribution):
     """Integrated gradients along the straight path from ``baselines`` to the input.
 
@@ -86,25 +127,12 @@ class IntegratedGradients(Attribution):
         x = self._inputs(inputs)
         base = expand_baseline(baselines, x)
         objective = self._objective(x, target)
-        sizes, alphas = approximation(p.method, p.n_steps)
-        n = len(x)
-        diff = x - base
-        total = np.zeros(x.shape, dtype=np.float64)
-        rows = n * p.n_steps  # row r is step r // n of example r % n, as in Captum
-        chunk = p.internal_batch_size or self.backend.max_batch_size
-        parts = list(batches(rows, chunk))
-        for sl in self._progress(parts, len(parts), show_progress, "IntegratedGradients"):
-            r = np.arange(sl.start, sl.stop)
-            step, example = r // n, r % n
-            a = alphas[step].astype(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
-            points = base[example] + a * diff[example]
-            g = self.backend.gradients(points, objective.take(example), wrt=[INPUT]).gradients[INPUT]
-            weighted = g.astype(np.float64) * sizes[step].reshape(-1, *([1] * (x.ndim - 1)))
-            np.add.at(total, example, weighted)
-        attributions = (total * diff).astype(x.dtype)
+        def gradient(points: np.ndarray, examples: np.ndarray) -> np.ndarray:
+            return self.backend.gradients(points, objective.take(examples), wrt=[INPUT]).gradients[INPUT]
+
+        total = path_integral(self, base, x, gradient, p, show_progress)
+        attributions = (total * (x - base)).astype(x.dtype)
         if not return_convergence_delta:
             return attributions
-        both = np.concatenate([np.arange(n), np.arange(n)])
-        ends = self._scores(np.concatenate([x, base]), objective.take(both))
-        delta = attributions.reshape(n, -1).sum(1, dtype=np.float64) - (ends[:n] - ends[n:])
-        return attributions, delta
+        return attributions, convergence_delta(self, attributions, x, base, objective)
+
