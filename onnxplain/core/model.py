@@ -24,6 +24,8 @@ Dim = int | str | None
 
 _GLOBAL_POOLS = {"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"}
 _SPATIAL_REDUCES = {"ReduceMean", "ReduceMax", "ReduceSum", "ReduceL2", "ReduceL1"}
+# Nodes that only reshape a pooled (N, K, 1, 1) vector between pooling and the classifier.
+_SHAPE_ONLY = {"Flatten", "Reshape", "Squeeze", "Identity", "Dropout"}
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,24 @@ class LayerSpec:
     op_type: str
     node: str
     shape: tuple[Dim, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class ClassifierHead:
+    """A global-average-pooling classifier: ``logits = weight · GAP(feature_map) + bias``.
+
+    ``feature_map``: the pooled tensor (N, K, h, w); ``pool`` / ``linear``: the node names
+    of the pooling and of the Gemm/MatMul; ``logits``: the tensor the head computes
+    (N, classes); ``weight``: (classes, K) with Gemm's ``alpha`` and ``transB`` applied;
+    ``bias``: (classes,) or None.
+    """
+
+    feature_map: str
+    pool: str
+    linear: str
+    logits: str
+    weight: np.ndarray
+    bias: np.ndarray | None
 
 
 def _dims(value: ir.Value) -> tuple[Dim, ...] | None:
@@ -100,6 +120,13 @@ class Model:
             )
         if not self.outputs:
             raise ModelLoadError("the model has no outputs")
+        # The output explained: the first floating-point one, so that a classifier whose
+        # first output is its label (skl2onnx: label, probabilities) is explained by its
+        # probabilities.
+        self.output_spec = next(
+            (o for o in self.outputs if o.dtype is not None and np.issubdtype(o.dtype, np.floating)),
+            self.outputs[0],
+        )
         self.input_spec = floats[0]
         self._serialized: dict[tuple[str, ...], bytes] = {}
         self._backends: dict[tuple, Backend] = {}
@@ -116,7 +143,7 @@ class Model:
 
     @property
     def output_name(self) -> str:
-        return self.outputs[0].name
+        return self.output_spec.name
 
     @property
     def output_names(self) -> list[str]:
@@ -137,7 +164,7 @@ class Model:
     @property
     def num_classes(self) -> int | None:
         """Number of entries per example in the primary output, when static."""
-        shape = self.outputs[0].shape
+        shape = self.output_spec.shape
         if not shape or len(shape) < 2 or not all(isinstance(d, int) for d in shape[1:]):
             return None
         return int(np.prod(shape[1:]))
@@ -145,7 +172,7 @@ class Model:
     def __repr__(self) -> str:
         return (
             f"Model({self.source!r}, input={self.input_name}{self.input_spec.shape}, "
-            f"output={self.output_name}{self.outputs[0].shape}, opset={self.opset})"
+            f"output={self.output_name}{self.output_spec.shape}, opset={self.opset})"
         )
 
     # -- graph queries -----------------------------------------------------------------
@@ -176,6 +203,13 @@ class Model:
         ``"auto"`` is the last spatial feature map before global pooling: the input of the
         last global pooling (GlobalAveragePool, or a mean/max over both spatial axes); in
         models without one, the last 4-D tensor with spatial extent before the output.
+
+        For torchvision's resnet18 and mobilenet_v2 this is the output of the layer
+        pytorch-grad-cam recommends (``layer4[-1]``, ``features[-1]``). For densenet121 it
+        is ``relu(features[-1])``: pytorch-grad-cam hooks ``features[-1]`` (norm5) because a
+        module hook cannot see the functional ReLU before the pooling; the pooling's input
+        is the tensor the class scores are linear in, which CAM needs. Name norm5's output
+        to get pytorch-grad-cam's choice.
         """
         layers = self.layers()
         if layer != "auto":
@@ -209,8 +243,14 @@ class Model:
 
     @staticmethod
     def _is_global_pool(node: ir.Node) -> bool:
+        return Model._global_pool_reduction(node) is not None
+
+    @staticmethod
+    def _global_pool_reduction(node: ir.Node) -> str | None:
+        """How ``node`` reduces a 4-D map over both spatial axes: ``"mean"``, ``"sum"``,
+        ``"max"``, ... or None when it is not a global pooling."""
         if node.op_type in _GLOBAL_POOLS:
-            return True
+            return {"GlobalAveragePool": "mean", "GlobalMaxPool": "max"}.get(node.op_type, "lp")
         if node.op_type in _SPATIAL_REDUCES and node.inputs:
             rank = len(node.inputs[0].shape) if node.inputs[0].shape is not None else 4
             axes = None
@@ -219,14 +259,105 @@ class Model:
             elif len(node.inputs) > 1 and node.inputs[1] is not None:
                 const = node.inputs[1].const_value
                 axes = const.numpy().tolist() if const is not None else None
-            if axes is None:
-                return False
-            return rank == 4 and {a % 4 for a in axes} == {2, 3}
+            if axes is None or rank != 4 or {a % 4 for a in axes} != {2, 3}:
+                return None
+            return node.op_type[len("Reduce"):].lower()
         if node.op_type == "AveragePool" and node.inputs[0].shape is not None:
             kernel = tuple(node.attributes["kernel_shape"].as_ints())
             dims = _dims(node.inputs[0]) or ()
-            return len(dims) == 4 and kernel == tuple(dims[2:])
-        return False
+            return "mean" if len(dims) == 4 and kernel == tuple(dims[2:]) else None
+        return None
+
+    def classifier_head(self) -> ClassifierHead | None:
+        """The global-average-pooling classifier head, or None when the graph has none.
+
+        Found as GAP (GlobalAveragePool, a mean over both spatial axes or a full-size
+        AveragePool) → any of Flatten/Reshape/Squeeze → Gemm, or MatMul (+ Add), whose
+        weight is an initializer: ``logits = W · GAP(A) + b``. When several qualify, the
+        last one in the graph.
+        """
+        head = None
+        for node in self.ir.graph:
+            if self._global_pool_reduction(node) == "mean" and node.inputs[0].name in self._values:
+                found = self._linear_after(node)
+                if found is not None:
+                    head = found
+        return head
+
+    def _linear_after(self, pool: ir.Node) -> ClassifierHead | None:
+        value = pool.outputs[0]
+        while True:
+            consumers = list(value.consumers())
+            if len(consumers) != 1:
+                return None
+            node = consumers[0]
+            if node.op_type in _SHAPE_ONLY and node.inputs[0] is value:
+                value = node.outputs[0]
+                continue
+            break
+        if node.inputs[0] is not value or len(node.inputs) < 2 or node.inputs[1] is None:
+            return None
+        weight = node.inputs[1].const_value
+        if weight is None or len(weight.shape) != 2:
+            return None
+        w = weight.numpy().astype(np.float64)
+        bias: np.ndarray | None = None
+        logits = node.outputs[0]
+        if node.op_type == "Gemm":
+            attrs = node.attributes
+            if attrs.get("transA") is not None and attrs["transA"].as_int() != 0:
+                return None
+            trans_b = attrs["transB"].as_int() if attrs.get("transB") is not None else 0
+            alpha = attrs["alpha"].as_float() if attrs.get("alpha") is not None else 1.0
+            beta = attrs["beta"].as_float() if attrs.get("beta") is not None else 1.0
+            w = alpha * (w if trans_b else w.T)
+            if len(node.inputs) > 2 and node.inputs[2] is not None:
+                c = node.inputs[2].const_value
+                if c is None:
+                    return None
+                bias = beta * np.broadcast_to(c.numpy().astype(np.float64), (w.shape[0],)).copy()
+        elif node.op_type == "MatMul":
+            w = w.T
+            after = list(logits.consumers())
+            if len(after) == 1 and after[0].op_type == "Add":
+                other = [v for v in after[0].inputs if v is not logits]
+                const = other[0].const_value if len(other) == 1 and other[0] is not None else None
+                if const is not None:
+                    bias = np.broadcast_to(const.numpy().astype(np.float64), (w.shape[0],)).copy()
+                    logits = after[0].outputs[0]
+        else:
+            return None
+        channels = (_dims(pool.inputs[0]) or (None, None))[1]
+        if isinstance(channels, int) and channels != w.shape[1]:
+            return None
+        return ClassifierHead(
+            feature_map=pool.inputs[0].name, pool=pool.name or "", linear=node.name or "",
+            logits=logits.name, weight=w, bias=bias,
+        )
+
+    def tail(self, tensor: str) -> Model:
+        """The part of the graph after ``tensor``: a Model whose one input is ``tensor``
+        and whose outputs are this model's outputs (for re-running the head on modified
+        feature maps, as Ablation-CAM does).
+
+        Raises :class:`InputValidationError` when the layers after ``tensor`` also need
+        tensors computed before it (a skip connection crosses it).
+        """
+        self.check_tensors([tensor])
+        if tensor == self.input_name:
+            return self
+        from onnx_ir import convenience
+
+        try:
+            graph = convenience.extract(self.ir.graph, [tensor], [o.name for o in self.outputs])
+        except ValueError as exc:
+            raise InputValidationError(
+                f"the graph after {tensor!r} also depends on tensors computed before it, so it "
+                f"cannot be re-run from {tensor!r} alone ({exc}); choose a layer that every "
+                "path to the output goes through, e.g. the input of the global pooling"
+            ) from None
+        sub = ir.Model(graph, ir_version=self.ir.ir_version, producer_name="onnxplain")
+        return Model(sub, source=f"{self.source} after {tensor}")
 
     # -- serialisation -----------------------------------------------------------------
     def proto(self) -> onnx.ModelProto:

@@ -26,9 +26,9 @@ def test_gradcam_equals_pytorch_grad_cam_on_resnet18(resnet_pair, resnet_images)
     net, model = resnet_pair
     ours = ox.GradCAM(model).attribute(resnet_images, target=[3, 9], relu_attributions=False,
                                        upsample=False)
-    ref = RawGradCAM(model=net, target_layers=[net.layer4[-1]])
-    ref(input_tensor=torch.from_numpy(resnet_images),
-        targets=[ClassifierOutputTarget(3), ClassifierOutputTarget(9)])
+    with RawGradCAM(model=net, target_layers=[net.layer4[-1]]) as ref:  # hooks removed on exit
+        ref(input_tensor=torch.from_numpy(resnet_images),
+            targets=[ClassifierOutputTarget(3), ClassifierOutputTarget(9)])
     assert ours.shape == ref.raw.shape == (2, 2, 2)
     assert max_rel_err(ours, ref.raw) < TOL
 
@@ -68,3 +68,15 @@ def test_gradcam_accepts_a_named_layer(resnet_pair, resnet_images):
 def test_gradcam_unknown_layer_names_the_alternatives(small_model):
     with pytest.raises(ox.LayerNotFoundError, match="model.layers"):
         ox.GradCAM(small_model, layer="no-such-layer")
+
+
+def test_gradcam_normalized_map_equals_pytorch_grad_cam_output(resnet_pair, resnet_images):
+    """Its ReLU → min-max → OpenCV resize → min-max equals our ReLU → bilinear upsampling
+    → min-max (min-max is a positive affine map, which bilinear resizing commutes with)."""
+    net, model = resnet_pair
+    ours = ox.GradCAM(model).attribute(resnet_images, target=[3, 9], normalize=True)
+    with RefGradCAM(model=net, target_layers=[net.layer4[-1]]) as ref:
+        final = ref(input_tensor=torch.from_numpy(resnet_images),
+                    targets=[ClassifierOutputTarget(3), ClassifierOutputTarget(9)])
+    assert ours.shape == final.shape == (2, 64, 64)
+    np.testing.assert_allclose(ours, final, atol=1e-5)

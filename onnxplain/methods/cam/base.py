@@ -1,64 +1,194 @@
-"""The class-activation-map base: a variant only says how channels are weighted.
+"""The class-activation-map base: a variant only says how the channels are weighted.
 
     L^c = ReLU( Σ_k w_k^c A^k )
 
-``A`` is the feature map of ``layer`` (N, K, h, w). Subclasses implement
-``channel_weights(activations, gradients) -> (N, K)``; hooks, targets, ReLU and
-upsampling live here.
+``A`` is the feature map of ``layer`` (N, K, h, w) and ``c`` the target. A variant
+implements one of two extension points, both given a :class:`LayerData`:
+
+- ``channel_weights(data) -> (N, K)``: the weights ``w_k^c`` (CAM, Grad-CAM, Grad-CAM++,
+  XGrad-CAM, Score-CAM, Ablation-CAM);
+- ``raw_map(data) -> (N, h, w)``: the map before the ReLU, for variants that are not a
+  channel-weighted sum (LayerCAM and HiResCAM weight element-wise, EigenCAM projects).
+
+Everything else lives here, once: the layer (``"auto"``: see
+:meth:`onnxplain.Model.find_layer`), targets (:mod:`onnxplain.core.targets`), the
+activations and gradients from the backend, the ReLU, bilinear upsampling to the input
+size and per-example min-max normalisation. A variant that needs only forward passes sets
+``requires`` to FORWARD + ACTIVATIONS and runs on ONNX Runtime.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+import pydantic
 
 from onnxplain.backends.base import Backend, Capability
 from onnxplain.core.errors import InputValidationError
-from onnxplain.core.model import Model
-from onnxplain.core.targets import TargetLike
+from onnxplain.core.model import LayerSpec, Model
+from onnxplain.core.targets import Objective, TargetLike, resolve_target
+from onnxplain.core.validation import Params, validate_params
 from onnxplain.methods.base import Attribution, resize_bilinear
 
 
+@dataclass
+class LayerData:
+    """What a CAM variant computes its map from, for a batch of N examples.
+
+    ``inputs``: x (N, C, H, W); ``objective``: the resolved target; ``scores``: the
+    target's score y^c per example (N,); ``activations``: A (N, K, h, w);
+    ``gradients``: ∂y^c/∂A (N, K, h, w), or None for forward-only variants;
+    ``show_progress``: for variants that loop (tqdm, see ``Attribution._progress``).
+    """
+
+    inputs: np.ndarray
+    objective: Objective
+    scores: np.ndarray
+    activations: np.ndarray
+    gradients: np.ndarray | None
+    show_progress: bool | None = None
+
+
+class _CAMParams(Params):
+    relu_attributions: pydantic.StrictBool
+    upsample: pydantic.StrictBool
+    normalize: pydantic.StrictBool
+    show_progress: pydantic.StrictBool | None
+
+
 class CAMBase(Attribution):
-    """Base of the CAM family. ``layer``: a tensor name from ``model.layers()`` or
-    ``"auto"`` (the last spatial feature map before global pooling)."""
+    """Base of the CAM family.
+
+    ``layer``: a tensor or node name from ``model.layers()``, a ``LayerSpec``, or
+    ``"auto"`` (the input of the last global pooling: the last spatial feature map).
+    ``backend``: ``"auto"`` picks ONNX Runtime for forward-only variants and torch for
+    gradient variants; see :class:`~onnxplain.methods.base.Attribution`.
+    """
 
     requires: ClassVar[frozenset[Capability]] = frozenset({Capability.ACTIVATIONS, Capability.GRADIENTS})
 
-    def __init__(self, model: Model | Backend, layer: str = "auto", backend: str | Backend = "auto",
-                 **backend_options: Any) -> None:
+    def __init__(self, model: Model | Backend, layer: str | LayerSpec = "auto",
+                 backend: str | Backend = "auto", **backend_options: Any) -> None:
         super().__init__(model, backend, **backend_options)
+        name = type(self).__name__
         if self.model is None:
-            raise InputValidationError(f"{type(self).__name__} needs a Model to find its layer")
-        self.layer = self.model.find_layer(layer)
+            raise InputValidationError(f"{name} needs a Model to find its layer")
+        if isinstance(layer, LayerSpec):
+            layer = layer.name
+        if not isinstance(layer, str):
+            raise InputValidationError(
+                f"{name}: layer must be a tensor name from model.layers() or 'auto', got {layer!r}"
+            )
+        self.layer = self._find_layer(layer)
         if len(self.layer.shape) != 4:
             raise InputValidationError(
                 f"layer {self.layer.name!r} has shape {self.layer.shape}; CAMs need a 4-D "
                 "(N, C, H, W) feature map, see model.layers()"
             )
 
-    def channel_weights(self, activations: np.ndarray, gradients: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+    def _find_layer(self, layer: str) -> LayerSpec:
+        return self.model.find_layer(layer)
 
+    # -- the extension points ----------------------------------------------------------
+    def channel_weights(self, data: LayerData) -> np.ndarray:
+        """The weights w_k^c, (N, K)."""
+        raise NotImplementedError(f"{type(self).__name__} defines neither channel_weights nor raw_map")
+
+    def raw_map(self, data: LayerData) -> np.ndarray:
+        """The map at the layer's resolution before the ReLU, (N, h, w): Σ_k w_k^c A^k."""
+        weights = np.asarray(self.channel_weights(data), dtype=np.float64)
+        return np.einsum("nk,nkhw->nhw", weights, data.activations.astype(np.float64))
+
+    # -- the method --------------------------------------------------------------------
     def attribute(
         self,
         inputs: Any,
         target: TargetLike = None,
         relu_attributions: bool = True,
         upsample: bool = True,
+        normalize: bool = False,
+        show_progress: bool | None = None,
     ) -> np.ndarray:
-        """The map per example: (N, H, W) at the input's size, or (N, h, w) at the
-        layer's size with ``upsample=False`` (bilinear, align_corners=False)."""
+        """The class activation map per example, float32.
+
+        Shape (N, H, W), bilinearly upsampled to the input's size (``align_corners=False``,
+        like ``torch.nn.functional.interpolate``), or (N, h, w) at the layer's size with
+        ``upsample=False``. ``relu_attributions``: keep only the positive part (the
+        papers' ReLU). ``normalize``: min-max scale each map to [0, 1] after the ReLU and
+        the upsampling, as pytorch-grad-cam does (a constant map becomes 0).
+        ``target``: see :mod:`onnxplain.core.targets`. ``show_progress``: a progress bar
+        for the variants that loop over channels (None: on terminals only).
+        """
+        p = validate_params(_CAMParams, type(self).__name__, relu_attributions=relu_attributions,
+                            upsample=upsample, normalize=normalize, show_progress=show_progress)
         x = self._inputs(inputs)
-        objective = self._objective(x, target)
-        name = self.layer.name
-        res = self.backend.gradients(x, objective, wrt=[name])
-        acts, grads = res.activations[name], res.gradients[name]
-        weights = self.channel_weights(acts, grads)
-        cam = np.einsum("nk,nkhw->nhw", weights, acts)
-        if relu_attributions:
+        data = self._layer_data(x, target, p.show_progress)
+        cam = np.asarray(self.raw_map(data), dtype=np.float64)
+        if p.relu_attributions:
             cam = np.maximum(cam, 0)
-        if upsample and x.ndim == 4:
+        if p.upsample:
+            if x.ndim != 4:
+                raise InputValidationError(
+                    f"upsample=True needs (N, C, H, W) inputs, got shape {x.shape}; pass upsample=False"
+                )
             cam = resize_bilinear(cam, x.shape[2:])
+        if p.normalize:
+            cam = normalize_maps(cam)
         return cam.astype(np.float32)
+
+    def _layer_data(self, x: np.ndarray, target: TargetLike, show_progress: bool | None) -> LayerData:
+        name = self.layer.name
+        if Capability.GRADIENTS in self.requires:
+            objective = self._objective(x, target)
+            res = self.backend.gradients(x, objective, wrt=[name])
+            return LayerData(x, objective, res.scores, res.activations[name], res.gradients[name],
+                             show_progress)
+        output = self.backend.output_name
+        outs = self.backend.forward(x, outputs=list(dict.fromkeys([name, output])))
+        objective = resolve_target(target, len(x), output, self.model.num_classes,
+                                   predict=lambda: outs[output])
+        if objective.tensor not in outs:
+            outs.update(self.backend.forward(x, outputs=[objective.tensor]))
+        scores = np.asarray(objective.scores(outs[objective.tensor]), dtype=np.float64)
+        return LayerData(x, objective, scores, outs[name], None, show_progress)
+
+
+def normalize_maps(maps: np.ndarray) -> np.ndarray:
+    """Min-max scale each map (N, ...) to [0, 1]; a constant map becomes all zeros."""
+    flat = maps.reshape(len(maps), -1)
+    low = flat.min(axis=1).reshape(-1, *([1] * (maps.ndim - 1)))
+    span = flat.max(axis=1).reshape(low.shape) - low
+    return np.where(span > 0, (maps - low) / np.where(span > 0, span, 1), 0.0)
+
+
+def upsample_maps(maps: np.ndarray, size: tuple[int, int], align_corners: bool = False) -> np.ndarray:
+    """Bilinear resize of (N, h, w) maps to (N, H, W), like ``torch.nn.functional.interpolate``
+    with ``align_corners`` (``True`` is ``torch.nn.UpsamplingBilinear2d``)."""
+    if not align_corners:
+        return resize_bilinear(maps, size)
+    n, h, w = maps.shape
+
+    def axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        scale = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
+        src = np.arange(n_out) * scale
+        i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+        i1 = np.minimum(i0 + 1, n_in - 1)
+        return i0, i1, (src - i0).astype(maps.dtype)
+
+    y0, y1, wy = axis(h, size[0])
+    x0, x1, wx = axis(w, size[1])
+    rows = maps[:, y0, :] * (1 - wy)[None, :, None] + maps[:, y1, :] * wy[None, :, None]
+    return rows[:, :, x0] * (1 - wx)[None, None, :] + rows[:, :, x1] * wx[None, None, :]
+
+
+def min_max_masks(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each (h, w) map of (N, h, w) scaled to [0, 1], and which maps are constant
+    (those come back as zeros)."""
+    flat = maps.reshape(len(maps), -1)
+    low, high = flat.min(axis=1), flat.max(axis=1)
+    constant = high <= low
+    span = np.where(constant, 1, high - low)[:, None, None]
+    masks = np.where(constant[:, None, None], 0, (maps - low[:, None, None]) / span)
+    return masks.astype(maps.dtype), constant

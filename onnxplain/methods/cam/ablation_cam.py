@@ -1,0 +1,72 @@
+"""Ablation-CAM: Desai & Ramaswamy, "Ablation-CAM: Visual Explanations for Deep
+Convolutional Network via Gradient-free Localization", WACV 2020.
+
+    w_k^c = ( y^c − y^c_k ) / y^c,      L^c = ReLU( Σ_k w_k^c A^k )
+
+y^c_k is the target score with channel k of A set to zero. Only the layers after
+``layer`` are re-run (:meth:`onnxplain.Model.tail`), on ``batch_size`` ablated copies of
+A at a time, which bounds the memory. Forward-only: runs on ONNX Runtime. pytorch-grad-cam
+ablates the same way wherever A's minimum is 0 (post-ReLU layers); on layers with
+negative values it instead sets the channel to min(A) − 10⁷ (cumulatively across its
+batch), which is not the paper's definition. Where y^c = 0 the weight is the plain drop
+y^c − y^c_k.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pydantic
+
+from onnxplain.backends.base import Backend, Capability
+from onnxplain.core.errors import BackendCapabilityError, InputValidationError
+from onnxplain.core.model import LayerSpec, Model
+from onnxplain.core.validation import Params, validate_params
+from onnxplain.methods.cam.base import CAMBase, LayerData
+
+
+class _Params(Params):
+    batch_size: pydantic.PositiveInt | None
+
+
+class AblationCAM(CAMBase):
+    """Ablation-CAM. ``batch_size``: ablated feature maps per forward pass (default: the
+    backend's ``max_batch_size``)."""
+
+    requires = frozenset({Capability.FORWARD, Capability.ACTIVATIONS})
+
+    def __init__(self, model: Model | Backend, layer: str | LayerSpec = "auto",
+                 backend: str | Backend = "auto", batch_size: int | None = None,
+                 **backend_options: Any) -> None:
+        p = validate_params(_Params, "AblationCAM", batch_size=batch_size)
+        super().__init__(model, layer, backend, **backend_options)
+        self.batch_size = p.batch_size or self.backend.max_batch_size
+        self.tail = self.model.tail(self.layer.name)  # the layers after `layer`
+        try:
+            self._tail_backend = self.tail.backend_for(self.requires, self.backend.name, "AblationCAM",
+                                                       **backend_options)
+        except InputValidationError:
+            raise BackendCapabilityError(
+                f"AblationCAM re-runs the layers after {self.layer.name!r} and needs a registered "
+                f"backend such as 'onnxruntime', not a {self.backend.name!r} backend"
+            ) from None
+
+    def channel_weights(self, data: LayerData) -> np.ndarray:
+        a, objective = data.activations, data.objective
+        if objective.tensor not in self.tail.output_names:
+            raise InputValidationError(
+                f"AblationCAM's target must be an output class, not {objective.tensor!r}"
+            )
+        n, k = a.shape[:2]
+        jobs = np.arange(n * k)  # (example, channel) pairs as n * K + k
+        ablated = np.zeros(n * k)
+        chunks = [jobs[i:i + self.batch_size] for i in range(0, len(jobs), self.batch_size)]
+        for chunk in self._progress(chunks, len(chunks), data.show_progress, "AblationCAM"):
+            rows = chunk // k
+            batch = a[rows].copy()
+            batch[np.arange(len(chunk)), chunk % k] = 0
+            out = self._tail_backend.forward(batch, outputs=[objective.tensor])[objective.tensor]
+            ablated[chunk] = objective.take(rows).scores(out)
+        y = data.scores[:, None]
+        return (y - ablated.reshape(n, k)) / np.where(y != 0, y, 1)

@@ -1,0 +1,308 @@
+"""The CAM family's own claims: CAM's head from the IR, forward-only variants on ONNX
+Runtime, Score-CAM's definitions, the identities between variants, options and errors."""
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import max_rel_err
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxplain as ox
+from onnxplain.methods.cam import (
+    CAM,
+    AblationCAM,
+    CAMBase,
+    EigenCAM,
+    GradCAM,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    ScoreCAM,
+    XGradCAM,
+)
+from onnxplain.methods.cam.base import upsample_maps
+
+TOL = 1e-5
+
+FORWARD_ONLY = [CAM, ScoreCAM, AblationCAM, EigenCAM]
+GRADIENT = [GradCAM, GradCAMPlusPlus, XGradCAM, LayerCAM, HiResCAM]
+
+
+def _tiny(nodes, initializers, opset=17) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        nodes, "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])],
+        initializer=[numpy_helper.from_array(v, k) for k, v in initializers.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model
+
+
+def _gap_matmul(scale: float = 1.0, softmax: bool = False, gemm: bool = False):
+    """Conv → Relu → ReduceMean(H, W) → MatMul → Add (→ Softmax): a GAP head without Gemm;
+    ``gemm=True``: Gemm(transB=0, alpha=2, beta=0.5) instead of MatMul → Add."""
+    rng = np.random.default_rng(0)
+    init = {"w": rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
+            "fc": scale * rng.standard_normal((4, 3)).astype(np.float32),
+            "b": rng.standard_normal(3).astype(np.float32)}
+    nodes = [
+        helper.make_node("Conv", ["input", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("ReduceMean", ["r"], ["g"], name="gap", axes=[2, 3], keepdims=0),
+        helper.make_node("MatMul", ["g", "fc"], ["m"], name="fc"),
+        helper.make_node("Add", ["m", "b"], ["z" if softmax else "logits"], name="bias"),
+    ]
+    if gemm:
+        nodes[3:] = [helper.make_node("Gemm", ["g", "fc", "b"], ["logits"], name="fc", alpha=2.0, beta=0.5)]
+    if softmax:
+        nodes.append(helper.make_node("Softmax", ["z"], ["logits"], name="softmax", axis=1))
+    return ox.load(_tiny(nodes, init)), init
+
+
+@pytest.fixture(scope="module")
+def matmul_head_model():
+    return _gap_matmul()
+
+
+@pytest.fixture(scope="module")
+def headless_model():
+    """Conv → Relu → Flatten → Gemm: a classifier without global pooling."""
+    rng = np.random.default_rng(0)
+    init = {"w": rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
+            "fc": rng.standard_normal((3, 4 * 8 * 8)).astype(np.float32)}
+    nodes = [
+        helper.make_node("Conv", ["input", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("Flatten", ["r"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "fc"], ["logits"], name="fc", transB=1),
+    ]
+    return ox.load(_tiny(nodes, init))
+
+
+# -- CAM and the classifier head ---------------------------------------------------------
+def test_classifier_head_is_found_in_both_exporters_output(small_torch, small_model, resnet_pair):
+    head = small_model.classifier_head()  # dynamo: ReduceMean → Reshape → Gemm
+    assert head.feature_map == small_model.find_layer("auto").name
+    np.testing.assert_allclose(head.weight, small_torch.fc.weight.detach().numpy(), atol=1e-7)
+    np.testing.assert_allclose(head.bias, small_torch.fc.bias.detach().numpy(), atol=1e-7)
+    net, model = resnet_pair  # legacy: GlobalAveragePool → Flatten → Gemm
+    head = model.classifier_head()
+    assert head.weight.shape == (1000, 512) and head.logits == model.output_name
+    np.testing.assert_allclose(head.weight, net.fc.weight.detach().numpy(), atol=1e-7)
+
+
+def test_classifier_head_reads_a_matmul_add_head(matmul_head_model):
+    model, init = matmul_head_model
+    head = model.classifier_head()
+    assert head.feature_map == "r" and head.linear == "fc" and head.logits == "logits"
+    np.testing.assert_array_equal(head.weight, init["fc"].T)
+    np.testing.assert_array_equal(head.bias, init["b"])
+
+
+def test_classifier_head_applies_gemm_alpha_beta_and_trans_b(images):
+    model, init = _gap_matmul(gemm=True)
+    head = model.classifier_head()
+    np.testing.assert_allclose(head.weight, 2 * init["fc"].T)
+    np.testing.assert_allclose(head.bias, 0.5 * init["b"])
+    x = images[:, :, :8, :8]
+    cam = CAM(model).attribute(x, target=[1, 2], relu_attributions=False, upsample=False)
+    grad = GradCAM(model).attribute(x, target=[1, 2], relu_attributions=False, upsample=False)
+    assert max_rel_err(cam, grad * 64) < TOL
+
+
+@pytest.mark.parametrize("which", ["small", "resnet18", "matmul"])
+def test_cam_equals_gradcam_times_hw_on_a_gap_fc_network(which, small_model, images, resnet_pair,
+                                                          resnet_images, matmul_head_model):
+    model, x = {"small": (small_model, images), "resnet18": (resnet_pair[1], resnet_images),
+                "matmul": (matmul_head_model[0], images[:, :, :8, :8])}[which]
+    cam = CAM(model).attribute(x, target=[1, 2], relu_attributions=False, upsample=False)
+    grad = GradCAM(model).attribute(x, target=[1, 2], relu_attributions=False, upsample=False)
+    assert max_rel_err(cam, grad * cam.shape[1] * cam.shape[2]) < TOL
+
+
+def test_cam_without_a_gap_fc_head_says_so_and_suggests_gradcam(headless_model):
+    assert headless_model.classifier_head() is None
+    with pytest.raises(ox.InputValidationError, match="fully-connected head.*GradCAM"):
+        CAM(headless_model)
+
+
+def test_cam_is_defined_only_at_the_pooled_layer(resnet_pair):
+    model = resnet_pair[1]
+    other = [s for s in model.layers() if s.shape[1] == 256][-1].name
+    with pytest.raises(ox.InputValidationError, match="input of the global pooling"):
+        CAM(model, layer=other)
+    assert CAM(model, layer=model.find_layer("auto").name).layer == model.find_layer("auto")
+
+
+@pytest.mark.parametrize("method", FORWARD_ONLY + GRADIENT, ids=lambda m: m.__name__)
+def test_forward_only_variants_run_on_onnxruntime_and_gradient_variants_on_torch(method, small_model):
+    expected = "onnxruntime" if method in FORWARD_ONLY else "torch"
+    assert method(small_model).backend.name == expected
+
+
+@pytest.mark.parametrize("method", FORWARD_ONLY + GRADIENT, ids=lambda m: m.__name__)
+def test_every_variant_gives_one_map_per_example_at_the_input_size(method, small_model, images):
+    cam = method(small_model).attribute(images, target=None)
+    assert cam.shape == (2, 32, 32) and cam.dtype == np.float32
+    assert np.isfinite(cam).all() and (cam >= 0).all()
+
+
+# -- Score-CAM ---------------------------------------------------------------------------
+def _authors_scorecam(net, layer, x, cls):
+    """haofanwang/Score-CAM cam/scorecam.py, one example, before its final min-max."""
+    seen = {}
+    handle = layer.register_forward_hook(lambda m, i, o: seen.update(a=o))
+    with torch.no_grad():
+        net(x)
+        handle.remove()
+        a = seen["a"]
+        total = torch.zeros(1, 1, *x.shape[2:])
+        for k in range(a.shape[1]):
+            up = F.interpolate(a[:, k:k + 1], size=x.shape[2:], mode="bilinear", align_corners=False)
+            if up.max() == up.min():
+                continue
+            mask = (up - up.min()) / (up.max() - up.min())
+            total += F.softmax(net(x * mask), dim=1)[0, cls] * up
+    return F.relu(total)[0, 0].numpy()
+
+
+def test_scorecam_default_is_the_authors_definition(small_torch, small_model, images):
+    ours = ScoreCAM(small_model).attribute(images, target=[1, 4])
+    for n, cls in enumerate([1, 4]):
+        ref = _authors_scorecam(small_torch, small_torch.relu2, torch.from_numpy(images[n:n + 1]), cls)
+        assert max_rel_err(ours[n], ref) < TOL
+
+
+@pytest.mark.parametrize("weighting", ["probability", "score", "channel_softmax"])
+def test_scorecam_on_onnxruntime_equals_scorecam_on_torch(weighting, small_model, images):
+    ort = ScoreCAM(small_model, backend="onnxruntime", weighting=weighting)
+    pt = ScoreCAM(small_model, backend="torch", weighting=weighting)
+    assert ort.backend.name == "onnxruntime" and pt.backend.name == "torch"
+    a = ort.attribute(images, target=[0, 3], relu_attributions=False, upsample=False)
+    b = pt.attribute(images, target=[0, 3], relu_attributions=False, upsample=False)
+    assert max_rel_err(a, b) < TOL
+
+
+@pytest.mark.parametrize("method", [ScoreCAM, AblationCAM], ids=lambda m: m.__name__)
+def test_channel_batching_changes_nothing(method, small_model, images):
+    small = method(small_model, batch_size=3).attribute(images, target=2, relu_attributions=False)
+    large = method(small_model, batch_size=64).attribute(images, target=2, relu_attributions=False)
+    np.testing.assert_allclose(small, large, rtol=1e-6, atol=1e-7)
+
+
+def test_scorecam_probability_needs_an_output_class(small_model, images):
+    unit = ox.Channel(small_model.find_layer().name, 0)
+    with pytest.raises(ox.InputValidationError, match="weighting='score'"):
+        ScoreCAM(small_model).attribute(images, target=unit)
+    assert ScoreCAM(small_model, weighting="score").attribute(images, target=unit).shape == (2, 32, 32)
+
+
+def test_scorecam_does_not_softmax_a_model_that_ends_in_softmax(matmul_head_model, images):
+    x = images[:, :, :8, :8]
+    logits_model, probs_model = matmul_head_model[0], _gap_matmul(softmax=True)[0]
+    a = ScoreCAM(logits_model).attribute(x, target=[0, 2])
+    b = ScoreCAM(probs_model).attribute(x, target=[0, 2])
+    assert max_rel_err(b, a) < TOL
+
+
+def test_align_corners_upsampling_equals_torch_upsampling_bilinear2d(rng):
+    maps = rng.standard_normal((3, 2, 5)).astype(np.float32)
+    ref = torch.nn.UpsamplingBilinear2d(size=(7, 16))(torch.from_numpy(maps)[:, None])[:, 0].numpy()
+    np.testing.assert_allclose(upsample_maps(maps, (7, 16), align_corners=True), ref, atol=1e-6)
+
+
+# -- Ablation-CAM ------------------------------------------------------------------------
+def test_ablationcam_refuses_a_layer_that_a_skip_connection_crosses(resnet_pair):
+    model = resnet_pair[1]
+    inside = "/layer4/layer4.1/relu/Relu_output_0"  # the block's residual input bypasses it
+    model.check_tensors([inside])
+    with pytest.raises(ox.InputValidationError, match="depends on tensors computed before"):
+        AblationCAM(model, layer=inside)
+
+
+def test_ablationcam_weights_are_the_relative_drops_of_the_score(small_model, images):
+    method = AblationCAM(small_model)
+    name = method.layer.name
+    acts = small_model.backend("onnxruntime").forward(images[:1], outputs=[name])[name]
+    y = small_model.predict(images[:1])[0, 2]
+    weights = []
+    for k in range(acts.shape[1]):
+        ablated = acts.copy()
+        ablated[:, k] = 0
+        weights.append((y - method.tail.predict(ablated)[0, 2]) / y)
+    expected = np.einsum("k,khw->hw", np.array(weights), acts[0])
+    got = method.attribute(images[:1], target=2, relu_attributions=False, upsample=False)[0]
+    assert max_rel_err(got, expected) < TOL
+
+
+# -- identities of the gradient variants -------------------------------------------------
+def test_gradcam_plus_plus_default_is_exp_score_times_the_pytorch_grad_cam_scale(small_model, images):
+    paper = GradCAMPlusPlus(small_model).attribute(images, target=[1, 2], relu_attributions=False)
+    plain = GradCAMPlusPlus(small_model, exponential=False).attribute(images, target=[1, 2],
+                                                                      relu_attributions=False)
+    scores = small_model.predict(images)[[0, 1], [1, 2]]
+    assert max_rel_err(paper, plain * np.exp(scores)[:, None, None]) < TOL
+
+
+def test_gradcam_plus_plus_refuses_scores_whose_exponential_leaves_float32(images):
+    model = _gap_matmul(scale=1e3)[0]
+    x = images[:, :, :8, :8]
+    assert np.abs(model.predict(x)[:, 0]).max() > 87
+    with pytest.raises(ox.InputValidationError, match="exponential=False"):
+        GradCAMPlusPlus(model).attribute(x, target=0)
+    assert np.isfinite(GradCAMPlusPlus(model, exponential=False).attribute(x, target=0)).all()
+
+
+def test_hirescam_sums_to_the_logit_minus_the_bias_on_a_gap_fc_network(small_model, images):
+    raw = HiResCAM(small_model).attribute(images, target=[0, 4], relu_attributions=False, upsample=False)
+    logits = small_model.predict(images)[[0, 1], [0, 4]]
+    bias = small_model.classifier_head().bias[[0, 4]]
+    np.testing.assert_allclose(raw.sum(axis=(1, 2)), logits - bias, rtol=1e-4, atol=1e-5)
+
+
+def test_eigencam_map_correlates_positively_with_the_channel_sum(resnet_pair, resnet_images):
+    model = resnet_pair[1]
+    raw = EigenCAM(model).attribute(resnet_images, relu_attributions=False, upsample=False)
+    name = model.find_layer().name
+    acts = model.backend("onnxruntime").forward(resnet_images, outputs=[name])[name].sum(axis=1)
+    for m, s in zip(raw, acts):
+        assert np.dot(m.ravel() - m.mean(), s.ravel() - s.mean()) > 0
+
+
+def test_a_variant_is_one_channel_weights_function(small_model, images):
+    class SumCAM(CAMBase):
+        requires = EigenCAM.requires
+
+        def channel_weights(self, data):
+            return np.ones(data.activations.shape[:2])
+
+    name = small_model.find_layer().name
+    acts = small_model.backend("onnxruntime").forward(images, outputs=[name])[name]
+    np.testing.assert_allclose(SumCAM(small_model).attribute(images, upsample=False),
+                               acts.sum(axis=1), rtol=1e-5)
+
+
+# -- options and errors ------------------------------------------------------------------
+def test_normalize_scales_each_map_to_the_unit_interval(small_model, images):
+    cam = GradCAM(small_model).attribute(images, target=1, normalize=True)
+    assert np.allclose(cam.reshape(2, -1).min(1), 0) and np.allclose(cam.reshape(2, -1).max(1), 1)
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [(lambda m: ScoreCAM(m, batch_size=0), "batch_size"),
+     (lambda m: ScoreCAM(m, weighting="softmax"), "weighting"),
+     (lambda m: AblationCAM(m, batch_size=-2), "batch_size"),
+     (lambda m: GradCAMPlusPlus(m, exponential="yes"), "exponential"),
+     (lambda m: GradCAM(m, layer=3), "layer"),
+     (lambda m: GradCAM(m).attribute(np.zeros((1, 3, 32, 32), np.float32), normalize="yes"), "normalize"),
+     (lambda m: EigenCAM(m).attribute(np.zeros((1, 3, 32, 32), np.float32), upsample=None), "upsample"),
+     (lambda m: LayerCAM(m).attribute(np.zeros((1, 3, 32), np.float32)), "shape")],
+)
+def test_bad_arguments_raise_input_validation_error_naming_them(make, match, small_model):
+    with pytest.raises(ox.InputValidationError, match=match):
+        make(small_model)
