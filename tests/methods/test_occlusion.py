@@ -6,10 +6,18 @@ import pytest
 import torch
 from captum.attr import Occlusion as COcclusion
 from helpers import max_rel_err
+from perturbation_models import torch_threads
 
 import onnxplain as ox
+import onnxplain.infill as infill
 
 TOL = 1e-4  # max |ours − Captum| / max |Captum|
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    with torch_threads(1):  # small models run faster on one thread when the cores are shared
+        yield
 
 
 @pytest.mark.parametrize(
@@ -22,7 +30,7 @@ def test_occlusion_equals_captum(small_torch, small_model, images, window, strid
     )
     ref = COcclusion(small_torch).attribute(
         torch.from_numpy(images), sliding_window_shapes=window, strides=strides,
-        baselines=baseline, target=[1, 2],
+        baselines=baseline, target=[1, 2], perturbations_per_eval=64,
     ).numpy()
     assert max_rel_err(ours, ref) < TOL
 
@@ -32,7 +40,7 @@ def test_occlusion_on_resnet18_equals_captum(resnet_pair, resnet_images):
     ours = ox.Occlusion(model).attribute(resnet_images, sliding_window_shapes=(3, 16, 16),
                                          strides=(3, 8, 8), target=5)
     ref = COcclusion(net).attribute(torch.from_numpy(resnet_images), sliding_window_shapes=(3, 16, 16),
-                                    strides=(3, 8, 8), target=5).numpy()
+                                    strides=(3, 8, 8), target=5, perturbations_per_eval=16).numpy()
     assert max_rel_err(ours, ref) < 1e-3  # BatchNorm folded on both sides; float32 noise
 
 
@@ -91,3 +99,22 @@ def test_occlusion_bounds_batch_size(small_model, images):
 def test_occlusion_refuses_bad_arguments(small_model, images, kwargs, match):
     with pytest.raises(ox.InputValidationError, match=match):
         ox.Occlusion(small_model).attribute(images, **kwargs)
+
+
+def test_occlusion_with_an_infill_equals_occlusion_with_that_fill_as_baselines(small_model, images):
+    kwargs = dict(sliding_window_shapes=(3, 8, 8), strides=(3, 4, 4), target=1)
+    blur = infill.GaussianBlur(3.0)
+    a = ox.Occlusion(small_model).attribute(images, infill=blur, **kwargs)
+    b = ox.Occlusion(small_model).attribute(images, baselines=blur.fill(images), **kwargs)
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    with pytest.raises(ox.InputValidationError, match="not both"):
+        ox.Occlusion(small_model).attribute(images, baselines=0.0, infill=blur, **kwargs)
+
+
+def test_occlusion_batch_size_bounds_the_rows_per_forward_pass(small_model, images):
+    be = ox.backends.CallableBackend(lambda b: small_model.predict(b), max_batch_size=64)
+    sizes = []
+    inner = be.fn
+    be.fn = lambda b: (sizes.append(len(b)), inner(b))[1]
+    ox.Occlusion(be).attribute(images, sliding_window_shapes=(3, 4, 4), strides=4, target=0, batch_size=6)
+    assert max(sizes) <= 6

@@ -1,9 +1,10 @@
 """Occlusion: Zeiler & Fergus, ECCV 2014.
 
-A window slides over the input; inside it the input is replaced by the baseline, and
-every feature the window covered is credited with the drop of the target score,
+A window slides over the input; inside it the input is replaced by the baseline (or any
+in-fill), and every feature the window covered is credited with the drop of the target
+score,
 
-    attribution(x)_i = mean over windows W ∋ i of  S_c(x) − S_c(x with W := baseline),
+    attribution(x)_i = mean over windows W ∋ i of  S_c(x) − S_c(x with W := fill),
 
 exactly as Captum's ``Occlusion`` defines it (windows clipped at the far edges).
 """
@@ -20,13 +21,16 @@ from onnxplain.backends.base import Capability
 from onnxplain.core.errors import InputValidationError
 from onnxplain.core.targets import TargetLike
 from onnxplain.core.validation import Params, validate_params
-from onnxplain.methods.base import Attribution, expand_baseline
+from onnxplain.infill import Infill
+from onnxplain.methods.perturbation.base import Filler, PerturbationAttribution
 
 
 class _OcclusionParams(Params):
     sliding_window_shapes: tuple[pydantic.PositiveInt, ...]
     strides: tuple[pydantic.PositiveInt, ...]
     perturbations_per_eval: pydantic.PositiveInt | None = None
+    batch_size: pydantic.PositiveInt | None = None
+    seed: int | None = None
 
 
 def _per_dim(value: Any, ndim: int, name: str) -> tuple[int, ...]:
@@ -41,12 +45,14 @@ def _per_dim(value: Any, ndim: int, name: str) -> tuple[int, ...]:
     return value
 
 
-class Occlusion(Attribution):
+class Occlusion(PerturbationAttribution):
     """Sliding-window occlusion (Captum's argument names and results).
 
-    Windows are evaluated in batches of ``perturbations_per_eval`` per example (default:
-    as many as fill the backend's ``max_batch_size``), so memory is set by that number
-    and not by the number of windows.
+    ``baselines`` (Captum's constant fill, default 0) or ``infill`` (any
+    :mod:`onnxplain.infill` strategy) says what replaces the window. Windows are evaluated
+    in groups of ``perturbations_per_eval`` per example (default: as many as fill
+    ``batch_size`` rows, itself defaulting to the backend's ``max_batch_size``), so memory
+    is set by those numbers and not by the number of windows. ``seed`` seeds random fills.
     """
 
     requires = frozenset({Capability.FORWARD})
@@ -56,9 +62,12 @@ class Occlusion(Attribution):
         inputs: Any,
         sliding_window_shapes: tuple[int, ...],
         strides: int | tuple[int, ...] | None = None,
-        baselines: Any = 0.0,
+        baselines: Any = None,
         target: TargetLike = None,
         perturbations_per_eval: int | None = None,
+        infill: Infill | None = None,
+        batch_size: int | None = None,
+        seed: int | None = 0,
         show_progress: bool | None = None,
     ) -> np.ndarray:
         x = self._inputs(inputs)
@@ -66,7 +75,8 @@ class Occlusion(Attribution):
         window = _per_dim(sliding_window_shapes, len(dims), "sliding_window_shapes")
         stride = _per_dim(1 if strides is None else strides, len(dims), "strides")
         p = validate_params(_OcclusionParams, "Occlusion", sliding_window_shapes=window,
-                            strides=stride, perturbations_per_eval=perturbations_per_eval)
+                            strides=stride, perturbations_per_eval=perturbations_per_eval,
+                            batch_size=batch_size, seed=seed)
         for d, w, s in zip(dims, window, stride):
             if w > d:
                 raise InputValidationError(
@@ -76,25 +86,26 @@ class Occlusion(Attribution):
                 raise InputValidationError(
                     f"strides {stride} larger than sliding_window_shapes {window} would skip features"
                 )
-        base = expand_baseline(baselines, x)
+        fill = self._infill(x, baselines, infill)
         objective = self._objective(x, target)
         n = len(x)
-        initial = self._scores(x, objective)
         # window starts per dim, as Captum: ceil((D - w) / s) + 1 positions, the last clipped
         starts = [range(0, (int(np.ceil((d - w) / s)) + 1) * s, s) for d, w, s in zip(dims, window, stride)]
         windows = [tuple(slice(a, min(a + w, d)) for a, w, d in zip(pos, window, dims))
                    for pos in itertools.product(*starts)]
-        per_eval = p.perturbations_per_eval or max(1, self.backend.max_batch_size // n)
+        rows = self._batch_size(p.batch_size)
+        per_eval = p.perturbations_per_eval or max(1, rows // n)
+
+        def removed(win: tuple[slice, ...]) -> np.ndarray:
+            mask = np.zeros((1, *dims), dtype=bool)
+            mask[(slice(None), *win)] = True
+            return mask
+
+        filler = Filler(fill, x, np.random.default_rng(p.seed))
         total = np.zeros(x.shape, dtype=np.float64)
         counts = np.zeros(dims, dtype=np.float64)
-        groups = [windows[i:i + per_eval] for i in range(0, len(windows), per_eval)]
-        for group in self._progress(groups, len(groups), show_progress, "Occlusion"):
-            batch = np.repeat(x[None], len(group), axis=0)  # (windows, N, ...)
-            for k, win in enumerate(group):
-                region = (k, slice(None), *win)
-                batch[region] = base[(slice(None), *win)]
-            scores = self._scores(batch.reshape(-1, *dims), objective.take(np.tile(np.arange(n), len(group))))
-            drops = initial[None, :] - scores.reshape(len(group), n)
+        for group, drops in self._ablate(x, objective, windows, removed, filler, per_eval, rows,
+                                         show_progress, "Occlusion"):
             for k, win in enumerate(group):
                 total[(slice(None), *win)] += drops[k].reshape(n, *([1] * len(dims)))
                 counts[win] += 1

@@ -1,0 +1,129 @@
+"""What the perturbation methods share: in-fills, the batched evaluation loop, checks.
+
+A perturbation method replaces parts of the input by a *fill* (``baselines`` in Captum's
+words, or any :mod:`onnxplain.infill` strategy) and watches the target's score. The
+evaluation loop here batches perturbations so that the rows sent to the model at once
+never exceed ``batch_size``, whatever the number of perturbations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+import numpy as np
+
+from onnxplain.backends.base import batches
+from onnxplain.core.errors import InputValidationError
+from onnxplain.core.targets import Objective
+from onnxplain.infill import Constant, Infill, blend
+from onnxplain.methods.base import Attribution, expand_baseline
+
+T = TypeVar("T")
+
+
+class Filler:
+    """An in-fill bound to the inputs ``x``: a fill that depends neither on the mask nor on
+    chance is computed once; others are computed for every batch of perturbed rows."""
+
+    def __init__(self, infill: Infill, x: np.ndarray, rng: np.random.Generator) -> None:
+        self.infill = infill
+        self.rng = rng
+        self.static: np.ndarray | None = None
+        if not (infill.mask_dependent or infill.stochastic):
+            ref = np.asarray(infill.fill(x, None, rng), dtype=x.dtype)
+            if ref.shape != x.shape:
+                raise InputValidationError(
+                    f"infill {infill!r} returned shape {ref.shape} for inputs of shape {x.shape}"
+                )
+            self.static = ref
+
+    def reference(self, rows: np.ndarray, batch: np.ndarray, keep: np.ndarray | None) -> np.ndarray:
+        """The fill for ``batch`` (= the examples ``rows`` of x) under ``keep``."""
+        if self.static is not None:
+            if len(rows) and (rows == rows[0]).all():  # one example repeated: a view, no copy
+                return np.broadcast_to(self.static[rows[0]], batch.shape)
+            return self.static[rows]
+        return np.asarray(self.infill.fill(batch, keep, self.rng), dtype=batch.dtype)
+
+    def __call__(self, rows: np.ndarray, batch: np.ndarray, keep: np.ndarray) -> np.ndarray:
+        """The perturbed rows: ``keep ⊙ batch + (1 − keep) ⊙ fill``."""
+        ref = self.reference(rows, batch, keep if self.infill.mask_dependent else None)
+        return blend(batch, keep, ref)
+
+
+class PerturbationAttribution(Attribution):
+    """Base of the perturbation family (forward passes only unless a method says so)."""
+
+    # -- arguments ---------------------------------------------------------------------
+    @staticmethod
+    def _infill(
+        x: np.ndarray, baselines: Any, infill: Infill | None, default: Callable[[], Infill] | None = None
+    ) -> Infill:
+        """The fill from ``baselines`` (Captum's constant) or ``infill``, not both."""
+        if infill is not None:
+            if baselines is not None:
+                raise InputValidationError(
+                    "pass either baselines (a constant fill) or infill (any onnxplain.infill "
+                    "strategy), not both"
+                )
+            if not isinstance(infill, Infill):
+                raise InputValidationError(
+                    f"infill must be an onnxplain.infill strategy (e.g. infill.GaussianBlur(5)), "
+                    f"got {type(infill).__name__}"
+                )
+            return infill
+        if baselines is None:
+            return default() if default is not None else Constant(0.0)
+        return Constant(expand_baseline(baselines, x))
+
+    @staticmethod
+    def _images(x: np.ndarray, what: str) -> tuple[int, int]:
+        if x.ndim != 4:
+            raise InputValidationError(
+                f"{what} explains images: inputs must have shape (N, C, H, W), got {x.shape}"
+            )
+        return x.shape[2], x.shape[3]
+
+    def _batch_size(self, batch_size: int | None) -> int:
+        return int(batch_size) if batch_size is not None else self.backend.max_batch_size
+
+    # -- evaluation --------------------------------------------------------------------
+    def _scores_batched(self, batch: np.ndarray, objective: Objective, batch_size: int) -> np.ndarray:
+        """Scores of every row of ``batch``, at most ``batch_size`` rows per forward pass."""
+        if len(batch) <= batch_size:
+            return self._scores(batch, objective)
+        return np.concatenate(
+            [self._scores(batch[sl], objective.take(sl)) for sl in batches(len(batch), batch_size)]
+        )
+
+    def _ablate(
+        self,
+        x: np.ndarray,
+        objective: Objective,
+        perturbations: Sequence[T],
+        removed: Callable[[T], np.ndarray],
+        filler: Filler,
+        per_eval: int,
+        batch_size: int,
+        show_progress: bool | None,
+        desc: str,
+    ) -> Iterator[tuple[list[T], np.ndarray]]:
+        """The shared loop of Occlusion and FeatureAblation.
+
+        ``removed(p)`` is a boolean array, broadcastable to ``x``, of the features that
+        perturbation ``p`` removes. ``per_eval`` perturbations are evaluated together on all
+        N examples (rows ordered perturbation-major, as in Captum). Yields each group and
+        the score drops ``S(x) − S(x̃)`` of shape (len(group), N).
+        """
+        n = len(x)
+        initial = self._scores_batched(x, objective, batch_size)
+        groups = [list(perturbations[i:i + per_eval]) for i in range(0, len(perturbations), per_eval)]
+        for group in self._progress(groups, len(groups), show_progress, desc):
+            k = len(group)
+            rows = np.tile(np.arange(n), k)
+            remove = np.stack([np.broadcast_to(removed(p), x.shape) for p in group])
+            batch = np.broadcast_to(x[None], (k, *x.shape)).reshape(k * n, *x.shape[1:])
+            perturbed = filler(rows, batch, ~remove.reshape(k * n, *x.shape[1:]))
+            scores = self._scores_batched(perturbed, objective.take(rows), batch_size)
+            yield group, initial[None, :] - scores.reshape(k, n)
