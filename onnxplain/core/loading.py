@@ -180,6 +180,27 @@ def _upgrade_opset(proto: onnx.ModelProto) -> onnx.ModelProto:
     return upgraded
 
 
+def _drop_zipmap(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Replace each ``ZipMap`` that makes a graph output by ``Identity`` (in place: ``proto``
+    is load's own copy).
+
+    skl2onnx ends classifiers with ZipMap, which turns the (N, classes) probabilities into
+    a sequence of maps: a type onnx-ir cannot hold and no method can explain. The output
+    keeps its name and becomes the probability tensor.
+    """
+    outputs = {o.name: i for i, o in enumerate(proto.graph.output)}
+    for node in proto.graph.node:
+        if node.op_type == "ZipMap" and node.domain == "ai.onnx.ml" and node.output[0] in outputs:
+            labels = [a for a in node.attribute if a.name.startswith("classlabels")]
+            classes = len(onnx.helper.get_attribute_value(labels[0])) if labels else None
+            node.op_type, node.domain = "Identity", ""
+            del node.attribute[:]
+            probabilities = onnx.helper.make_tensor_value_info(
+                node.output[0], onnx.TensorProto.FLOAT, [None, classes])
+            proto.graph.output[outputs[node.output[0]]].CopyFrom(probabilities)
+    return proto
+
+
 def load(
     source: str | os.PathLike | bytes | onnx.ModelProto,
     *,
@@ -202,7 +223,7 @@ def load(
     """
     proto, where = _read(source, max_model_bytes, max_external_bytes)
     _validate(proto)
-    proto = _upgrade_opset(proto)
+    proto = _drop_zipmap(_upgrade_opset(proto))
     try:
         ir_model = ir.from_proto(proto)
     except Exception as exc:

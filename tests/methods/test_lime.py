@@ -1,0 +1,198 @@
+"""LIME: equal to Captum's Lime and to the ``lime`` package's surrogate on the same samples,
+exact on linear models, and one call for a batch of images with bounded forward passes."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from helpers import max_rel_err
+from onnx import TensorProto, helper, numpy_helper
+from test_kernel_shap import linear_proto, linear_weights
+
+import onnxplain as ox
+import onnxplain.infill as infill
+import onnxplain.segmentation as seg
+from onnxplain.methods.surrogate import Lime
+
+
+def strided_cnn(classes: int = 3, seed: int = 0) -> onnx.ModelProto:
+    """Conv(3→4, 4×4, stride 4) → Relu → GlobalAveragePool → Flatten → Gemm: a CNN cheap
+    enough for thousands of 64×64 forward passes in a test."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+             for n, s in [("w", (4, 3, 4, 4)), ("fc", (classes, 4)), ("fb", (classes,))]]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], strides=[4, 4]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("GlobalAveragePool", ["r"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc", "fb"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "strided_cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 64, 64])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])], initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    return ox.load(ox.examples.tiny_cnn(channels=4, classes=3))
+
+
+@pytest.fixture(scope="module")
+def small_images():
+    # scaled so that the outputs vary enough for Captum's lasso to keep most features
+    return (4 * np.random.default_rng(1).standard_normal((2, 3, 16, 16))).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def samples():
+    """300 coalitions of 16 features, the first one all ones (as ``lime`` draws them)."""
+    z = (np.random.default_rng(5).random((300, 16)) < 0.5).astype(np.int64)
+    z[0] = 1
+    return z
+
+
+def _forward(model):
+    return lambda t: torch.from_numpy(model.predict(t.numpy()))
+
+
+def test_lime_equals_captum_lime_given_the_same_samples(cnn, small_images, samples):
+    from captum.attr import Lime as CaptumLime
+
+    mask = seg.grid(small_images, 4)
+    ours = Lime(cnn).attribute(small_images, target=1, feature_mask=mask, samples=samples)
+
+    def captum_samples(inputs, **kwargs):
+        for row in samples:
+            yield torch.from_numpy(row[None].copy())
+
+    for i in range(len(small_images)):
+        # Captum's defaults: Lasso(alpha=0.01), exp kernel on the inputs' cosine distance, σ = 1
+        explainer = CaptumLime(_forward(cnn), perturb_func=captum_samples)
+        ref = explainer.attribute(
+            torch.from_numpy(small_images[i:i + 1]), target=1, baselines=0.0,
+            feature_mask=torch.from_numpy(mask[i:i + 1, None]), n_samples=len(samples),
+            perturbations_per_eval=64,
+        ).numpy()
+        assert len(np.unique(ref[ref != 0])) >= 8  # most of the 16 features are kept
+        # measured 4e-6 (sklearn's default tolerance, float32); 6e-8 with SkLearnLasso(tol=1e-6)
+        assert max_rel_err(ours[i:i + 1], ref) < 1e-4
+
+
+def test_lime_surrogate_equals_the_lime_package_fit_on_the_same_samples(cnn, small_images, samples):
+    from lime.lime_base import LimeBase
+    from sklearn.metrics import pairwise_distances
+
+    mask = seg.grid(small_images, 4)
+    # lime_image's settings: ridge (alpha=1), cosine distance between z and all-ones, σ = 0.25
+    coef, fit = Lime(cnn).attribute(
+        small_images, target=2, feature_mask=mask, samples=samples, return_input_shape=False,
+        distance_space="interpretable", kernel_width=0.25, interpretable_model="ridge", alpha=1.0,
+        return_surrogate=True,
+    )
+    for i in range(len(small_images)):
+        keep = samples[:, mask[i]].astype(bool)[:, None]
+        labels = cnn.predict(np.where(keep, small_images[i], 0).astype(np.float32))
+        distances = pairwise_distances(samples, samples[:1], metric="cosine").ravel()
+        base = LimeBase(lambda d: np.sqrt(np.exp(-(d**2) / 0.25**2)), random_state=0)
+        intercept, local_exp, score, _ = base.explain_instance_with_data(
+            samples, labels, distances, 2, 16, feature_selection="none")
+        ref = np.zeros(16)
+        for j, c in local_exp:
+            ref[j] = c
+        assert max_rel_err(coef[i], ref) < 1e-6  # measured 1e-15
+        assert abs(fit.intercept[i] - intercept) < 1e-6
+        assert abs(fit.r2[i] - score) < 1e-6
+
+
+def test_lime_recovers_a_linear_model_with_r2_one():
+    proto = linear_proto()
+    model, w = ox.load(proto), linear_weights(proto)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 6)).astype(np.float32)
+    background = rng.standard_normal((7, 6)).astype(np.float32)
+    coef, fit = Lime(model).attribute(x, target=0, background=background, n_samples=50,
+                                      interpretable_model="linear", return_surrogate=True)
+    # v(z) = Σ_j z_j w_j (x_j − mean(background)_j) + const is linear in z
+    np.testing.assert_allclose(coef, w[:, 0] * (x - background.mean(0)), atol=1e-5)
+    np.testing.assert_allclose(fit.r2, 1.0, atol=1e-9)
+
+
+def test_one_call_explains_eight_images_with_forward_passes_bounded_by_batch_size():
+    model = ox.load(strided_cnn())
+    seen = []
+
+    def spy(batch: np.ndarray) -> np.ndarray:
+        seen.append(len(batch))
+        return model.predict(batch)
+
+    backend = ox.backends.CallableBackend(spy, model=model, max_batch_size=100_000)
+    x = np.random.default_rng(0).standard_normal((8, 3, 64, 64)).astype(np.float32)
+    mask = seg.grid(x, 8)
+    coef, fit = Lime(backend).attribute(x, target=None, feature_mask=mask, n_samples=1000,
+                                        batch_size=64, return_surrogate=True)
+    predictions = seen.pop(0)  # target=None: one pass over the 8 images
+    assert predictions == 8
+    assert max(seen) <= 64
+    assert sum(seen) == 8 * 1000
+    assert len(seen) == 8000 // 64  # examples share passes (one call per image would need 8 × 16)
+    assert coef.shape == x.shape and fit.r2.shape == (8,)
+    assert (fit.r2 > 0.5).all()
+
+
+def test_lime_is_deterministic_under_a_seed(cnn, small_images):
+    mask = seg.grid(small_images, 8)
+    kwargs = dict(target=0, feature_mask=mask, n_samples=60, infill=infill.UniformNoise(-1, 1))
+    a = Lime(cnn).attribute(small_images, seed=3, **kwargs)
+    b = Lime(cnn).attribute(small_images, seed=3, **kwargs)
+    c = Lime(cnn).attribute(small_images, seed=4, **kwargs)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_lime_columns_follow_the_feature_ids_when_images_have_different_segments(cnn, small_images):
+    mask = np.zeros((2, 16, 16), np.int64)
+    mask[0, :, 8:] = 5  # image 0: features {0, 5}
+    mask[1, 8:] = 7  # image 1: features {0, 7}
+    coef, fit = Lime(cnn).attribute(small_images, target=1, feature_mask=mask, n_samples=64,
+                                    return_input_shape=False, interpretable_model="linear",
+                                    return_surrogate=True)
+    assert fit.feature_ids.tolist() == [0, 5, 7]
+    assert coef.shape == (2, 3)
+    assert coef[0, 2] == 0 and coef[1, 1] == 0  # absent from that image
+    spread = Lime(cnn).attribute(small_images, target=1, feature_mask=mask, n_samples=64,
+                                 interpretable_model="linear")
+    assert spread[0, :, 0, 12] == pytest.approx(coef[0, 1])
+    assert spread[1, :, 12, 0] == pytest.approx(coef[1, 2])
+
+
+def test_lime_with_superpixels_and_a_blurred_fill(cnn, small_images):
+    mask = seg.felzenszwalb(small_images, scale=50, min_size=10)
+    coef = Lime(cnn).attribute(small_images, target=0, feature_mask=mask, n_samples=100,
+                               infill=infill.GaussianBlur(2.0))
+    assert coef.shape == small_images.shape and np.isfinite(coef).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(kernel_width=0.0), "kernel_width"),
+        (dict(interpretable_model="tree"), "interpretable_model"),
+        (dict(distance_mode="manhattan"), "distance_mode"),
+        (dict(alpha=-1.0), "alpha"),
+        (dict(feature_mask=np.zeros((3, 8, 8), int)), "feature_mask"),
+        (dict(baselines=0.0, infill=infill.Zeros()), "not both"),
+        (dict(perturbations_per_eval=0), "perturbations_per_eval"),
+        (dict(distance_mode="euclidean", kernel_width=1e-3), "kernel_width"),
+    ],
+)
+def test_lime_refuses_bad_arguments(cnn, small_images, kwargs, match):
+    kwargs.setdefault("feature_mask", seg.grid(small_images, 8))
+    with pytest.raises(ox.InputValidationError, match=match):
+        Lime(cnn).attribute(small_images, target=0, n_samples=20, **kwargs)
