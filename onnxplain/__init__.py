@@ -7,7 +7,7 @@
 (2, 3, 16, 16)
 """
 
-from onnxplain import adapters, backends, examples
+from onnxplain import adapters, backends, data, examples, infill, preprocess, segmentation, viz
 from onnxplain.core import (
     BackendCapabilityError,
     Channel,
@@ -23,13 +23,9 @@ from onnxplain.core import (
     UnsupportedOperatorError,
     load,
 )
-from onnxplain.methods import (
-    GradCAM,
-    InputXGradient,
-    IntegratedGradients,
-    Occlusion,
-    Saliency,
-)
+from onnxplain.methods import *  # noqa: F403  (the method classes, listed in methods.__all__)
+from onnxplain.methods import __all__ as _methods
+from onnxplain.preprocess import Preprocess, read_image
 
 __version__ = "0.1.0"
 
@@ -37,22 +33,25 @@ __all__ = [
     "BackendCapabilityError",
     "Channel",
     "ExportError",
-    "GradCAM",
     "InputValidationError",
-    "InputXGradient",
-    "IntegratedGradients",
     "LayerNotFoundError",
     "LayerSpec",
     "Model",
     "ModelLoadError",
     "Neuron",
-    "Occlusion",
     "OnnxplainError",
-    "Saliency",
+    "Preprocess",
     "TensorSpec",
     "UnsupportedOperatorError",
     "adapters",
     "backends",
+    "data",
     "examples",
+    "infill",
     "load",
+    "preprocess",
+    "read_image",
+    "segmentation",
+    "viz",
+    *_methods,
 ]

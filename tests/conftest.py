@@ -1,5 +1,9 @@
+import os
 import sys
 from pathlib import Path
+
+# torch's OpenMP threads spin while waiting; on a shared 2-core machine that stalls them.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 import pytest

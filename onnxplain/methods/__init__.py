@@ -1,16 +1,76 @@
-"""Explanation methods, one file each, written against the backend interface only."""
+"""Explanation methods, one file each, written against the backend interface only.
+
+Families: ``gradient`` (input gradients and modified backward rules), ``layer``
+(attributions to an intermediate tensor), ``cam`` (class activation maps),
+``perturbation`` (occlusion, ablation, RISE, mask optimisation) and ``surrogate``
+(LIME, Kernel SHAP, Shapley value sampling).
+"""
 
 from onnxplain.methods.base import Attribution
-from onnxplain.methods.cam import CAMBase, GradCAM
-from onnxplain.methods.gradient import InputXGradient, IntegratedGradients, Saliency
-from onnxplain.methods.perturbation import Occlusion
+from onnxplain.methods.cam import (
+    CAM,
+    AblationCAM,
+    CAMBase,
+    EigenCAM,
+    GradCAM,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    ScoreCAM,
+    XGradCAM,
+)
+from onnxplain.methods.gradient import (
+    Deconvolution,
+    GuidedBackprop,
+    GuidedGradCAM,
+    InputXGradient,
+    IntegratedGradients,
+    NoiseTunnel,
+    RectGrad,
+    Saliency,
+    SmoothGrad,
+)
+from onnxplain.methods.layer import LayerActivation, LayerGradientXActivation, LayerIntegratedGradients
+from onnxplain.methods.perturbation import (
+    RISE,
+    ExtremalPerturbation,
+    FeatureAblation,
+    MeaningfulPerturbation,
+    Occlusion,
+)
+from onnxplain.methods.surrogate import KernelShap, Lime, ShapleyValueSampling, SurrogateFit
 
 __all__ = [
+    "CAM",
+    "RISE",
+    "AblationCAM",
     "Attribution",
     "CAMBase",
+    "Deconvolution",
+    "EigenCAM",
+    "ExtremalPerturbation",
+    "FeatureAblation",
     "GradCAM",
+    "GradCAMPlusPlus",
+    "GuidedBackprop",
+    "GuidedGradCAM",
+    "HiResCAM",
     "InputXGradient",
     "IntegratedGradients",
+    "KernelShap",
+    "LayerActivation",
+    "LayerCAM",
+    "LayerGradientXActivation",
+    "LayerIntegratedGradients",
+    "Lime",
+    "MeaningfulPerturbation",
+    "NoiseTunnel",
     "Occlusion",
+    "RectGrad",
     "Saliency",
+    "ScoreCAM",
+    "ShapleyValueSampling",
+    "SmoothGrad",
+    "SurrogateFit",
+    "XGradCAM",
 ]

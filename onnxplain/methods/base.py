@@ -106,3 +106,16 @@ def resize_bilinear(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     x0, x1, wx = axis(w, out_w)
     rows = maps[:, y0, :] * (1 - wy)[None, :, None] + maps[:, y1, :] * wy[None, :, None]
     return rows[:, :, x0] * (1 - wx)[None, None, :] + rows[:, :, x1] * wx[None, None, :]
+
+
+def resize_nearest(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize (N, h, w) maps to (N, H, W) like ``torch.nn.functional.interpolate``
+    (``mode="nearest"``: source index floor(i · h / H), computed in float32)."""
+    _, h, w = maps.shape
+
+    def axis(n_in: int, n_out: int) -> np.ndarray:
+        scale = np.float32(n_in) / np.float32(n_out)
+        src = np.floor(np.arange(n_out, dtype=np.float32) * scale).astype(np.int64)
+        return np.minimum(src, n_in - 1)
+
+    return maps[:, axis(h, size[0])][:, :, axis(w, size[1])]
