@@ -41,3 +41,49 @@ def tiny_cnn(channels: int = 4, classes: int = 3, seed: int = 0, opset: int = 17
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model
+
+
+# -- the bundled example: a CNN trained on procedurally generated shapes -----------------
+def shapes_info() -> dict:
+    """The model card of :func:`shapes_model`: classes, preprocessing, the generator's
+    seeds, accuracy and how it was trained (``onnxplain/data/shapes_cnn.json``)."""
+    import json
+
+    from onnxplain.data import path
+
+    return json.loads(path("shapes_cnn.json").read_text())
+
+
+def shapes_model_path() -> str:
+    """The file path of the bundled ``shapes_cnn.onnx``."""
+    from onnxplain.data import path
+
+    return str(path("shapes_cnn.onnx"))
+
+
+def shapes_model():
+    """The bundled example model, loaded: a ~26k-parameter CNN (Conv–BatchNorm–ReLU,
+    squeeze-and-excitation, GAP → FC) that classifies :func:`shapes_dataset` images
+    (N, 3, 64, 64), values in [0, 1], into ``shapes_info()["classes"]``.
+
+    >>> import onnxplain as ox
+    >>> model = ox.examples.shapes_model()
+    >>> images, labels, masks = ox.examples.shapes_dataset(8, seed=123)
+    >>> model.predict(images).shape
+    (8, 5)
+    """
+    from onnxplain.core.loading import load
+
+    return load(shapes_model_path())
+
+
+def shapes_dataset(n: int = 16, seed: int = 0, clutter: bool = True):
+    """``n`` generated images (N, 3, 64, 64) float32 in [0, 1], their labels (N,) and
+    object masks (N, 64, 64) bool, as a named tuple ``(images, labels, masks)``.
+
+    Seeds 1–3 made the model's training, validation and test sets
+    (``shapes_info()["generator"]``); any other seed gives images it has never seen.
+    """
+    from onnxplain.data import shapes
+
+    return shapes.generate(n, seed=seed, clutter=clutter)
