@@ -11,19 +11,20 @@ class ModelLoadError(OnnxplainError):
     """The model could not be read or is not a model onnxplain can explain."""
 
 
-class UnsupportedOperatorError(OnnxplainError):
-    """A backend cannot run some operators of the model.
+class BackendCapabilityError(OnnxplainError):
+    """The chosen backend lacks a capability the method needs (e.g. gradients)."""
 
-    ``operators`` lists them as ``"Domain::OpType-version"`` strings.
+
+class UnsupportedOperatorError(BackendCapabilityError):
+    """A backend cannot run some operators of the model (so it lacks, for this model, the
+    capability a method needs: ``except BackendCapabilityError`` catches both).
+
+    ``operators`` lists them as ``"OpType-version"`` strings (e.g. ``"Shrink-9"``).
     """
 
     def __init__(self, message: str, operators: list[str] | None = None) -> None:
         super().__init__(message)
         self.operators = list(operators or [])
-
-
-class BackendCapabilityError(OnnxplainError):
-    """The chosen backend lacks a capability the method needs (e.g. gradients)."""
 
 
 class InputValidationError(OnnxplainError, ValueError):

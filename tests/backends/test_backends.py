@@ -128,3 +128,11 @@ def test_fixed_batch_exports_run_any_number_of_examples_on_both_backends(small_t
         np.testing.assert_allclose(model.backend(backend).predict(x), small_model.predict(x), atol=1e-5)
     np.testing.assert_allclose(ox.Saliency(model).attribute(x, target=[0, 1, 2]),
                                ox.Saliency(small_model).attribute(x, target=[0, 1, 2]), atol=1e-6)
+
+
+def test_an_unconvertible_operator_is_a_missing_capability():
+    model = ox.load(unconvertible_cnn())
+    x = np.zeros((1, 3, 16, 16), np.float32)
+    for method in (ox.Saliency, ox.IntegratedGradients, ox.GuidedBackprop, ox.GradCAM):
+        with pytest.raises(ox.BackendCapabilityError, match="Shrink"):
+            method(model).attribute(x, target=0)
