@@ -136,3 +136,35 @@ def test_an_unconvertible_operator_is_a_missing_capability():
     for method in (ox.Saliency, ox.IntegratedGradients, ox.GuidedBackprop, ox.GradCAM):
         with pytest.raises(ox.BackendCapabilityError, match="Shrink"):
             method(model).attribute(x, target=0)
+
+
+def test_rules_and_extra_outputs_of_one_call_never_leak_into_the_next(small_torch, images):
+    model = ox.adapters.torch.export(small_torch, torch.from_numpy(images), exporter="legacy")
+    fresh = ox.adapters.torch.export(small_torch, torch.from_numpy(images), exporter="legacy")
+    ox.GuidedBackprop(model).attribute(images, target=1)
+    ox.GradCAM(model).attribute(images, target=1)  # adds an intermediate output to the sessions
+    ox.LayerActivation(model, model.find_layer().name).attribute(images)
+    np.testing.assert_array_equal(ox.Saliency(model).attribute(images, target=1),
+                                  ox.Saliency(fresh).attribute(images, target=1))
+    np.testing.assert_array_equal(model.predict(images), fresh.predict(images))
+
+
+def test_an_exception_mid_method_leaves_the_model_usable(small_model, images):
+    be = small_model.backend("torch")
+    before = ox.Saliency(small_model).attribute(images, target=2)
+    calls = []
+    original = be.gradients
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise MemoryError("simulated out of memory")
+        return original(*args, **kwargs)
+
+    be.gradients = failing
+    try:
+        with pytest.raises(MemoryError):
+            ox.IntegratedGradients(small_model).attribute(images, target=2, n_steps=8, internal_batch_size=4)
+    finally:
+        del be.gradients
+    np.testing.assert_array_equal(ox.Saliency(small_model).attribute(images, target=2), before)
