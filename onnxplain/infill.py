@@ -35,6 +35,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from onnxplain.core.errors import InputValidationError
+from onnxplain.core.validation import broadcast_to_inputs
 
 Padding = Literal["reflect", "constant", "edge"]
 
@@ -113,16 +114,7 @@ class Constant(Infill):
         self.value = value
 
     def fill(self, x, keep=None, rng=None):
-        value = np.asarray(self.value, dtype=x.dtype)
-        if value.ndim == x.ndim - 1:
-            value = value[None]
-        try:
-            return np.broadcast_to(value, x.shape)
-        except ValueError:
-            raise InputValidationError(
-                f"Constant: value of shape {value.shape} cannot be broadcast to the inputs' "
-                f"shape {x.shape}; pass a scalar, one example (C, H, W) or one per example"
-            ) from None
+        return broadcast_to_inputs(self.value, x, "Constant: value")
 
 
 class Zeros(Constant):

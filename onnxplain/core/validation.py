@@ -79,3 +79,18 @@ def check_input(model: Model | None, x: Any, name: str = "inputs") -> np.ndarray
             stacklevel=3,
         )
     return np.ascontiguousarray(x, dtype=spec.dtype)
+
+
+def broadcast_to_inputs(value: Any, x: np.ndarray, name: str) -> np.ndarray:
+    """Broadcast a scalar, a single example or a per-example array to ``x``'s shape
+    (read-only view, ``x``'s dtype); ``name`` is the argument named in the error."""
+    b = np.asarray(value, dtype=x.dtype)
+    if b.ndim == x.ndim - 1:
+        b = b[None]
+    try:
+        return np.broadcast_to(b, x.shape)
+    except ValueError:
+        raise InputValidationError(
+            f"{name} of shape {b.shape} cannot be broadcast to the inputs' shape {x.shape}; "
+            "pass a scalar, one example (C, H, W) or one per example (N, C, H, W)"
+        ) from None

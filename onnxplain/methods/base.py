@@ -12,7 +12,7 @@ from onnxplain.backends.base import Backend, Capability
 from onnxplain.core.errors import InputValidationError
 from onnxplain.core.model import Model
 from onnxplain.core.targets import Objective, TargetLike, resolve_target
-from onnxplain.core.validation import check_input
+from onnxplain.core.validation import broadcast_to_inputs, check_input
 
 T = TypeVar("T")
 
@@ -75,16 +75,7 @@ def expand_baseline(baselines: Any, x: np.ndarray, name: str = "baselines") -> n
     """Broadcast a scalar, a single example or a per-example array to ``x``'s shape."""
     if baselines is None:
         return np.zeros_like(x)
-    b = np.asarray(baselines, dtype=x.dtype)
-    if b.ndim == x.ndim - 1:
-        b = b[None]
-    try:
-        return np.broadcast_to(b, x.shape)
-    except ValueError:
-        raise InputValidationError(
-            f"{name} of shape {b.shape} cannot be broadcast to the inputs' shape {x.shape}; "
-            "pass a scalar, one example (C, H, W) or one per example (N, C, H, W)"
-        ) from None
+    return broadcast_to_inputs(baselines, x, name)
 
 
 def resize_bilinear(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
