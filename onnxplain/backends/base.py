@@ -48,6 +48,19 @@ class Capability(str, Enum):
 #:   elsewhere, τ the q-th percentile of a·g over each example's units (Kim et al. 2019).
 RULE_NAMES = ("gradient", "guided", "deconvnet", "rectgrad")
 
+#: The layer-wise relevance propagation rules (:mod:`onnxplain.methods.lrp.rules` gives
+#: their formulas). Here the "gradient" of the backward pass is the relevance itself: the
+#: rule of a node receives the relevance of its output and returns that of its inputs.
+#: ``"lrp.epsilon"`` (``epsilon``), ``"lrp.zplus"``, ``"lrp.alphabeta"`` (``alpha``,
+#: ``beta``), ``"lrp.gamma"`` (``gamma``), ``"lrp.zbox"`` (``low``, ``high``: scalars or
+#: arrays), ``"lrp.flat"``, ``"lrp.wsquare"`` (each with ``stabilizer``) need a node with
+#: constant weights; ``"lrp.norm"`` (proportional split), ``"lrp.pass"`` (unchanged) and
+#: ``"lrp.gate"`` (``signal``: the input that gets all relevance) apply to any node.
+LRP_RULE_NAMES = (
+    "lrp.epsilon", "lrp.zplus", "lrp.alphabeta", "lrp.gamma", "lrp.zbox", "lrp.flat", "lrp.wsquare",
+    "lrp.norm", "lrp.pass", "lrp.gate",
+)
+
 
 @dataclass(frozen=True)
 class BackwardRule:

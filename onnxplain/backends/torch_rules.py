@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from onnxplain.backends.base import RULE_NAMES, BackwardRule
+from onnxplain.backends.base import LRP_RULE_NAMES, RULE_NAMES, BackwardRule
 from onnxplain.core.errors import InputValidationError
 
 if TYPE_CHECKING:
@@ -117,10 +117,18 @@ _FACTORIES: dict[str, Callable[..., Rule]] = {
 assert set(_FACTORIES) == set(RULE_NAMES)
 
 
-def resolve(rule: Any) -> Rule:
-    """A torch rule from a :class:`BackwardRule`, a rule name, or a rule function."""
+def resolve(rule: Any, backend: Any = None, node: str | None = None) -> Rule:
+    """A torch rule from a :class:`BackwardRule`, a rule name, or a rule function.
+
+    ``backend``/``node``: the :class:`TorchBackend` and the node the rule applies to (the
+    LRP rules of :data:`~onnxplain.backends.base.LRP_RULE_NAMES` read the node's weights).
+    """
     if isinstance(rule, str):
         rule = BackwardRule(rule)
+    if isinstance(rule, BackwardRule) and rule.name in LRP_RULE_NAMES:
+        from onnxplain.backends import torch_lrp
+
+        return torch_lrp.resolve(rule, backend, node)
     if isinstance(rule, BackwardRule):
         factory = _FACTORIES.get(rule.name)
         if factory is None:

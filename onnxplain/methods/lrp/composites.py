@@ -1,0 +1,496 @@
+"""Composites: which LRP rule each node of the graph gets.
+
+A :class:`Composite` is an ordered list of ``(selector, rule)`` entries; a node gets the
+rule of the **last** entry whose selector matches it, so later entries override earlier
+ones. Selectors are properties of IR nodes (:class:`Select`: op type, name pattern,
+position), which makes a composite explicit and testable without running a model:
+
+>>> from onnxplain.methods.lrp import Composite, Select, Epsilon, ZPlus, ZBox
+>>> composite = Composite([
+...     ("Conv", ZPlus()),                                   # every Conv
+...     (("Gemm", "MatMul"), Epsilon(0.25)),                 # dense layers
+...     (Select(position="first"), ZBox(low=0.0, high=1.0)),  # the layer seeing pixels
+...     (Select(name=r".*layer4.*", op_type="Conv"), Epsilon(1e-3)),
+... ])
+
+Every composite starts from :data:`BASE` (unless ``base=False``), the rules for nodes
+without weights, as zennit's ``layer_map_base``: element-wise activations pass
+relevance through, Add/Sub/Sum and average pooling split it in proportion to each
+input's contribution, a Mul or Div by a gate or constant passes it to the signal (SE
+blocks: nothing to the gate), max pooling, Concat and shape operations route it as the
+gradient does, and a BatchNormalization that could not be folded into its Conv is an
+affine layer with the ε rule. The named composites then add the rules for layers with
+weights, exactly as zennit's composites of the same name.
+
+Unsupported nodes — anything on the relevance path from the input to the target that no
+entry maps (Resize, ConvTranspose, Softmax, a Mul of two same-shaped computed tensors,
+...) — raise :class:`~onnxplain.UnsupportedOperatorError` listing all of them before any
+computation; map a rule to them (e.g. ``(Select(op_type="Resize"), Norm())``) to run.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import onnx_ir as ir
+
+from onnxplain.core.errors import InputValidationError, UnsupportedOperatorError
+from onnxplain.methods.lrp.rules import (
+    AlphaBeta,
+    Epsilon,
+    Flat,
+    Gamma,
+    Gate,
+    Gradient,
+    Norm,
+    Pass,
+    Rule,
+    WSquare,
+    ZBox,
+    ZPlus,
+)
+
+#: Layers with weights: the "layers" of LRP, and what ``position`` counts.
+LAYER_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+#: Ops whose weighted rules read a constant operand.
+WEIGHTED_OPS = LAYER_OPS | {"BatchNormalization"}
+#: Element-wise activations (zennit's ``Activation`` list): relevance passes through.
+ACTIVATION_OPS = frozenset(
+    {
+        "Relu",
+        "LeakyRelu",
+        "PRelu",
+        "Elu",
+        "Selu",
+        "Celu",
+        "Sigmoid",
+        "HardSigmoid",
+        "Tanh",
+        "Softplus",
+        "Softsign",
+        "HardSwish",
+        "Swish",
+        "Gelu",
+        "Mish",
+        "Clip",
+        "ThresholdedRelu",
+        "Dropout",
+        "Identity",
+        "Erf",
+        "Shrink",
+    }
+)
+#: Nodes whose relevance is split in proportion to each input's contribution.
+PROPORTIONAL_OPS = frozenset(
+    {
+        "Add",
+        "Sub",
+        "Sum",
+        "AveragePool",
+        "GlobalAveragePool",
+        "ReduceMean",
+        "ReduceSum",
+    }
+)
+#: Nodes that only route values: the ordinary backward pass is exact (max pooling:
+#: winner-take-all).
+ROUTING_OPS = frozenset(
+    {
+        "Flatten",
+        "Reshape",
+        "Transpose",
+        "Squeeze",
+        "Unsqueeze",
+        "Concat",
+        "Split",
+        "Slice",
+        "Pad",
+        "Gather",
+        "Expand",
+        "Tile",
+        "DepthToSpace",
+        "SpaceToDepth",
+        "MaxPool",
+        "GlobalMaxPool",
+        "ReduceMax",
+        "Cast",
+    }
+)
+_GATE_PRODUCERS = frozenset({"Sigmoid", "HardSigmoid", "Tanh", "Softmax"})
+
+Position = Literal["first", "last"]
+
+
+@dataclass(frozen=True)
+class Select:
+    """Which nodes an entry applies to; every field given must match.
+
+    ``op_type``: an ONNX op type or a tuple of them; ``name``: a regular expression the
+    whole node name must match (``re.fullmatch``); ``position``: ``"first"`` — the
+    layers with weights (Conv, ConvTranspose, Gemm, MatMul) that see the input with no
+    other such layer in between (zennit's first layer), ``"last"`` — those the target
+    is reached from with no other such layer in between (the classifier).
+    """
+
+    op_type: str | tuple[str, ...] | None = None
+    name: str | None = None
+    position: Position | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.op_type, (list, set, frozenset)):
+            object.__setattr__(self, "op_type", tuple(self.op_type))
+        if self.position not in (None, "first", "last"):
+            raise InputValidationError(
+                f"Select: position must be 'first', 'last' or None, got {self.position!r}"
+            )
+        if self.name is not None:
+            try:
+                re.compile(self.name)
+            except re.error as exc:
+                raise InputValidationError(
+                    f"Select: name {self.name!r} is not a regular expression: {exc}"
+                ) from None
+
+    def matches(self, node: ir.Node, first: set[str], last: set[str]) -> bool:
+        if self.op_type is not None:
+            ops = (self.op_type,) if isinstance(self.op_type, str) else self.op_type
+            if node.op_type not in ops:
+                return False
+        if self.name is not None and not re.fullmatch(self.name, node.name or ""):
+            return False
+        if self.position == "first" and node.name not in first:
+            return False
+        return not (self.position == "last" and node.name not in last)
+
+
+Selector = Select | str | tuple[str, ...]
+
+
+def _selector(s: Any) -> Select:
+    if isinstance(s, Select):
+        return s
+    if isinstance(s, str):
+        return Select(op_type=s)
+    if isinstance(s, (tuple, list, frozenset, set)) and all(isinstance(o, str) for o in s):
+        return Select(op_type=tuple(s))
+    raise InputValidationError(
+        f"a composite selector must be a Select, an op type or a tuple of op types, got {s!r}"
+    )
+
+
+def _entries(rules: Any) -> list[tuple[Select, Rule]]:
+    if rules is None:
+        return []
+    items = list(rules.items()) if isinstance(rules, Mapping) else list(rules)
+    out = []
+    for item in items:
+        if not (isinstance(item, tuple) and len(item) == 2):
+            raise InputValidationError(f"composite entries are (selector, rule) pairs, got {item!r}")
+        selector, rule = item
+        if not isinstance(rule, Rule):
+            raise InputValidationError(
+                f"the rule for {selector!r} must be an LRP rule (Epsilon(), ZPlus(), ...), got {rule!r}"
+            )
+        out.append((_selector(selector), rule))
+    return out
+
+
+def base_entries(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> list[tuple[Select, Rule]]:
+    """The rules for nodes without weights (see the module docstring)."""
+    return [
+        (Select(op_type=tuple(sorted(ACTIVATION_OPS))), Pass()),
+        (Select(op_type=tuple(sorted(PROPORTIONAL_OPS))), Norm(stabilizer)),
+        (Select(op_type=("Mul", "Div")), Gate()),
+        (Select(op_type=tuple(sorted(ROUTING_OPS))), Gradient()),
+        (Select(op_type="BatchNormalization"), Epsilon(epsilon)),
+    ]
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """The rule of every node on the relevance path (node name → rule) and the names of
+    the first and last layers; what :meth:`Composite.assign` returns."""
+
+    rules: dict[str, Rule]
+    first: frozenset[str]
+    last: frozenset[str]
+
+
+class Composite:
+    """An ordered mapping from node selectors to LRP rules; later entries override.
+
+    ``rules``: ``(selector, rule)`` pairs or a dict; a selector is a :class:`Select`, an
+    op type (``"Conv"``) or a tuple of op types. ``base``: start from the rules for
+    nodes without weights (:func:`base_entries`).
+    """
+
+    def __init__(
+        self,
+        rules: Iterable[tuple[Selector, Rule]] | Mapping[Selector, Rule] | None = None,
+        base: bool = True,
+        epsilon: float = 1e-6,
+        stabilizer: float = 1e-6,
+    ) -> None:
+        self.entries: list[tuple[Select, Rule]] = (
+            (base_entries(epsilon, stabilizer) if base else []) + self.own_entries() + _entries(rules)
+        )
+
+    def own_entries(self) -> list[tuple[Select, Rule]]:
+        """The entries a named composite adds between the base and the user's entries."""
+        return []
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({len(self.entries)} entries)"
+
+    def rule_for(self, node: ir.Node, first: set[str], last: set[str]) -> Rule | None:
+        found = None
+        for selector, rule in self.entries:
+            if selector.matches(node, first, last):
+                found = rule
+        return found
+
+    def assign(self, model: Any, tensor: str | None = None) -> Assignment:
+        """The rule of each node on the relevance path from the input to ``tensor`` (the
+        model output by default); raises UnsupportedOperatorError naming every node that
+        has none, before anything runs."""
+        return assign(self, model, tensor)
+
+
+class EpsilonPlus(Composite):
+    """zennit's ``EpsilonPlus``: z⁺ for Conv/ConvTranspose, ε for Gemm/MatMul."""
+
+    def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, rules: Any = None) -> None:
+        self.epsilon, self.stabilizer = epsilon, stabilizer
+        super().__init__(rules, epsilon=epsilon, stabilizer=stabilizer)
+
+    def own_entries(self) -> list[tuple[Select, Rule]]:
+        return [
+            (Select(op_type="Conv"), ZPlus(self.stabilizer)),
+            (Select(op_type=("Gemm", "MatMul")), Epsilon(self.epsilon)),
+        ]
+
+
+class EpsilonAlpha2Beta1(Composite):
+    """zennit's ``EpsilonAlpha2Beta1``: α2β1 for Conv, ε for Gemm/MatMul."""
+
+    def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, rules: Any = None) -> None:
+        self.epsilon, self.stabilizer = epsilon, stabilizer
+        super().__init__(rules, epsilon=epsilon, stabilizer=stabilizer)
+
+    def own_entries(self) -> list[tuple[Select, Rule]]:
+        return [
+            (Select(op_type="Conv"), AlphaBeta(2.0, 1.0, self.stabilizer)),
+            (Select(op_type=("Gemm", "MatMul")), Epsilon(self.epsilon)),
+        ]
+
+
+class EpsilonPlusFlat(EpsilonPlus):
+    """zennit's ``EpsilonPlusFlat``: flat for the first layer with weights (Conv or
+    dense), z⁺ for the other Convs, ε for Gemm/MatMul."""
+
+    def own_entries(self) -> list[tuple[Select, Rule]]:
+        return super().own_entries() + [(Select(position="first"), Flat(self.stabilizer))]
+
+
+class EpsilonAlpha2Beta1Flat(EpsilonAlpha2Beta1):
+    """zennit's ``EpsilonAlpha2Beta1Flat``: flat for the first layer with weights, α2β1
+    for the other Convs, ε for Gemm/MatMul."""
+
+    def own_entries(self) -> list[tuple[Select, Rule]]:
+        return super().own_entries() + [(Select(position="first"), Flat(self.stabilizer))]
+
+
+class EpsilonGammaBox(Composite):
+    """zennit's ``EpsilonGammaBox``: z^B with pixel bounds ``low``/``high`` for the first
+    Conv, γ for the other Convs, ε for Gemm/MatMul."""
+
+    def __init__(
+        self,
+        low: Any,
+        high: Any,
+        epsilon: float = 1e-6,
+        gamma: float = 0.25,
+        stabilizer: float = 1e-6,
+        rules: Any = None,
+    ) -> None:
+        self.low, self.high, self.epsilon, self.gamma, self.stabilizer = low, high, epsilon, gamma, stabilizer
+        super().__init__(rules, epsilon=epsilon, stabilizer=stabilizer)
+
+    def own_entries(self) -> list[tuple[Select, Rule]]:
+        return [
+            (Select(op_type="Conv"), Gamma(self.gamma, self.stabilizer)),
+            (Select(op_type=("Gemm", "MatMul")), Epsilon(self.epsilon)),
+            (Select(op_type="Conv", position="first"), ZBox(self.low, self.high, self.stabilizer)),
+        ]
+
+
+class DeepTaylorComposite(Composite):
+    """Deep Taylor decomposition (Montavon et al. 2017): z⁺ for every layer with
+    weights, z^B at the first layer when pixel bounds are given, w² when not."""
+
+    def __init__(
+        self, low: Any = None, high: Any = None, stabilizer: float = 1e-6, rules: Any = None
+    ) -> None:
+        if (low is None) != (high is None):
+            raise InputValidationError("DeepTaylor: give both low and high (pixel bounds) or neither")
+        self.low, self.high, self.stabilizer = low, high, stabilizer
+        super().__init__(rules, stabilizer=stabilizer)
+
+    def own_entries(self) -> list[tuple[Select, Rule]]:
+        first: Rule = (
+            WSquare(self.stabilizer) if self.low is None else ZBox(self.low, self.high, self.stabilizer)
+        )
+        return [
+            (Select(op_type=tuple(sorted(LAYER_OPS - {"ConvTranspose"}))), ZPlus(self.stabilizer)),
+            (Select(position="first"), first),
+        ]
+
+
+# -- the relevance path ------------------------------------------------------------------
+def _live_values(graph: ir.Graph, source: ir.Value) -> set[int]:
+    live = {id(source)}
+    for node in graph:
+        if any(v is not None and id(v) in live for v in node.inputs):
+            live.update(id(o) for o in node.outputs)
+    return live
+
+
+def _is_const(v: ir.Value | None, live: set[int]) -> bool:
+    return v is None or id(v) not in live
+
+
+def _dims(v: ir.Value) -> tuple[Any, ...] | None:
+    if v.shape is None:
+        return None
+    dims = tuple(d if isinstance(d, int) else getattr(d, "value", None) for d in v.shape)
+    return None if None in dims else dims
+
+
+def _gate_signal(node: ir.Node, live: set[int]) -> int | None:
+    """Which input of Mul/Div is the signal (None: ambiguous)."""
+    ins = list(node.inputs)
+    computed = [i for i, v in enumerate(ins[:2]) if not _is_const(v, live)]
+    if len(computed) == 1:
+        return computed[0] if node.op_type == "Mul" or computed[0] == 0 else None
+    if len(computed) != 2 or node.op_type == "Div":
+        return None
+    out, shapes = _dims(node.outputs[0]), [_dims(v) for v in ins[:2]]
+    if out is not None and None not in shapes and shapes[0] != shapes[1]:
+        full = [i for i in range(2) if shapes[i] == out]  # the gate is the broadcast one
+        return full[0] if len(full) == 1 else None
+    gates = [
+        i for i in range(2) if ins[i].producer() is not None and ins[i].producer().op_type in _GATE_PRODUCERS
+    ]
+    return 1 - gates[0] if len(gates) == 1 else None
+
+
+def _receivers(node: ir.Node, rule: Rule, live: set[int]) -> list[ir.Value]:
+    ins = [v for v in node.inputs if not _is_const(v, live)]
+    if isinstance(rule, Gate):
+        return (
+            [node.inputs[rule.signal]] if rule.signal is not None and rule.signal < len(node.inputs) else []
+        )
+    return ins
+
+
+def _weighted_ok(node: ir.Node, live: set[int]) -> bool:
+    ins = list(node.inputs)
+    if node.op_type == "MatMul":
+        return sum(not _is_const(v, live) for v in ins[:2]) == 1
+    return not _is_const(ins[0], live) and all(_is_const(v, live) for v in ins[1:])
+
+
+def _positions(
+    graph: ir.Graph, source: ir.Value, target: ir.Value, live: set[int]
+) -> tuple[set[str], set[str]]:
+    nodes = list(graph)
+    clean, first = {id(source)}, set()
+    for node in nodes:
+        if any(v is not None and id(v) in clean for v in node.inputs):
+            if node.op_type in LAYER_OPS and _weighted_ok(node, live):
+                first.add(node.name)
+            else:
+                clean.update(id(o) for o in node.outputs)
+    tail, last = {id(target)}, set()
+    for node in reversed(nodes):
+        if any(id(o) in tail for o in node.outputs):
+            if node.op_type in LAYER_OPS and _weighted_ok(node, live):
+                last.add(node.name)
+            else:
+                tail.update(id(v) for v in node.inputs if v is not None and id(v) in live)
+    return first, last
+
+
+def assign(composite: Composite, model: Any, tensor: str | None = None) -> Assignment:
+    """See :meth:`Composite.assign`."""
+    graph = model.ir.graph
+    values = {v.name: v for v in graph.inputs}
+    for node in graph:
+        values.update({o.name: o for o in node.outputs if o.name})
+    source = values[model.input_name]
+    name = tensor or model.output_name
+    if name not in values:
+        model.check_tensors([name])
+    target = values[name]
+    live = _live_values(graph, source)
+    first, last = _positions(graph, source, target, live)
+    rules: dict[str, Rule] = {}
+    problems: list[str] = []
+    ops: set[str] = set()
+    order = {n.name: i for i, n in enumerate(graph)}
+    todo, seen = [target], set()
+    while todo:
+        value = todo.pop()
+        node = value.producer()
+        if node is None or id(node) in seen or id(value) not in live:
+            continue
+        seen.add(id(node))
+        rule = composite.rule_for(node, first, last)
+        why = None
+        if rule is None:
+            why = "no rule"
+        elif isinstance(rule, Gate):
+            signal = rule.signal if rule.signal is not None else _gate_signal(node, live)
+            if signal is None or signal >= len(node.inputs) or _is_const(node.inputs[signal], live):
+                why = "Gate: cannot tell the signal from the gate; map Gate(signal=i)"
+            else:
+                rule = Gate(signal)
+        elif rule.weighted and node.op_type in WEIGHTED_OPS and not _weighted_ok(node, live):
+            why = f"{type(rule).__name__} needs constant weights"
+        elif rule.weighted and node.op_type not in WEIGHTED_OPS and not isinstance(rule, Epsilon):
+            why = f"{type(rule).__name__} needs a layer with weights"
+        if why is not None:
+            problems.append(f"{node.name!r} ({node.op_type}: {why})")
+            ops.add(node.op_type)
+            todo.extend(v for v in node.inputs if not _is_const(v, live))
+            continue
+        rules[node.name] = rule
+        todo.extend(_receivers(node, rule, live))
+    if problems:
+        problems.sort()
+        raise UnsupportedOperatorError(
+            f"LRP has no rule for {len(problems)} node(s) on the path from the input to {name!r}: "
+            + ", ".join(problems)
+            + ". Map a rule to them in the composite, e.g. Composite(rules=[(Select(op_type='Resize'), "
+            "Norm())]) or EpsilonPlus(rules=[(Select(name='...'), Epsilon())])",
+            sorted(ops),
+        )
+    rules = dict(sorted(rules.items(), key=lambda kv: order.get(kv[0], 0)))
+    return Assignment(rules, frozenset(first), frozenset(last))
+
+
+__all__: Sequence[str] = [
+    "Assignment",
+    "Composite",
+    "DeepTaylorComposite",
+    "EpsilonAlpha2Beta1",
+    "EpsilonAlpha2Beta1Flat",
+    "EpsilonGammaBox",
+    "EpsilonPlus",
+    "EpsilonPlusFlat",
+    "Select",
+    "base_entries",
+]

@@ -1,0 +1,169 @@
+"""Composites as data: selectors, override order, positions, validation, gates."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxplain as ox
+from onnxplain.methods import lrp
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return ox.load(ox.examples.tiny_cnn())
+
+
+def _rules(composite, model):
+    return {name: rule for name, rule in composite.assign(model).rules.items()}
+
+
+def test_named_composites_give_zennits_rules(tiny):
+    assert _rules(lrp.EpsilonGammaBox(-1.0, 1.0), tiny) == {
+        "conv1": lrp.ZBox(-1.0, 1.0),
+        "relu1": lrp.Pass(),
+        "conv2": lrp.Gamma(0.25),
+        "relu2": lrp.Pass(),
+        "gap": lrp.Norm(),
+        "flatten": lrp.Gradient(),
+        "fc": lrp.Epsilon(),
+    }
+    plus_flat = _rules(lrp.EpsilonPlusFlat(), tiny)
+    assert (plus_flat["conv1"], plus_flat["conv2"], plus_flat["fc"]) == (
+        lrp.Flat(),
+        lrp.ZPlus(),
+        lrp.Epsilon(),
+    )
+    ab_flat = _rules(lrp.EpsilonAlpha2Beta1Flat(), tiny)
+    assert (ab_flat["conv1"], ab_flat["conv2"]) == (lrp.Flat(), lrp.AlphaBeta(2, 1))
+    assert _rules(lrp.EpsilonPlus(), tiny)["conv1"] == lrp.ZPlus()
+    assert _rules(lrp.DeepTaylorComposite(), tiny)["conv1"] == lrp.WSquare()
+    assert _rules(lrp.DeepTaylorComposite(0.0, 1.0), tiny)["fc"] == lrp.ZPlus()
+
+
+def test_later_entries_override_and_selectors_combine(tiny):
+    composite = lrp.EpsilonPlus(
+        rules=[
+            (lrp.Select(name="conv.*"), lrp.Epsilon(0.5)),
+            (lrp.Select(op_type="Conv", position="last"), lrp.Gamma(1.0)),  # no Conv is last
+            (lrp.Select(position="last"), lrp.LRP0()),
+            (lrp.Select(name="conv2", position="first"), lrp.Flat()),  # conv2 is not first
+        ]
+    )
+    rules = _rules(composite, tiny)
+    assert rules["conv1"] == rules["conv2"] == lrp.Epsilon(0.5)
+    assert rules["fc"] == lrp.Epsilon(0.0)
+    assert lrp.Composite({"Conv": lrp.ZPlus(), ("Gemm",): lrp.LRP0()}).assign(tiny).first == {"conv1"}
+
+
+def test_bad_composites_and_rules_are_refused(tiny):
+    for bad in (
+        lambda: lrp.Epsilon(-1),
+        lambda: lrp.ZBox(1.0, 0.0),
+        lambda: lrp.Gamma(float("nan")),
+        lambda: lrp.Select(position="middle"),
+        lambda: lrp.Select(name="("),
+        lambda: lrp.Composite([("Conv", "zplus")]),
+        lambda: lrp.Composite([(3, lrp.ZPlus())]),
+        lambda: lrp.LRP(tiny, composite="EpsilonPlus"),
+        lambda: lrp.DeepTaylor(tiny, low=0.0),
+    ):
+        with pytest.raises(ox.InputValidationError):
+            bad()
+    x = np.zeros((1, 3, 8, 8), np.float32)
+    with pytest.raises(ox.InputValidationError, match="batch_size"):
+        lrp.LRP(tiny).attribute(x, target=0, batch_size=0)
+    # a rule that needs weights on a node without them
+    with pytest.raises(ox.UnsupportedOperatorError, match="gap"):
+        lrp.LRP(tiny, lrp.EpsilonPlus(rules=[("GlobalAveragePool", lrp.ZPlus())]))
+
+
+def _gated_model(same_shape: bool) -> ox.Model:
+    """Conv → Relu → Mul(x, g) with g a second Conv of x (same shape) or its pooled mean."""
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal(s).astype(np.float32) * 0.5, n)
+        for n, s in [("w1", (4, 3, 3, 3)), ("w2", (4, 4, 1, 1)), ("fc", (4, 2))]
+    ]
+    gate_in = "a" if same_shape else "pooled_a"
+    nodes = [
+        helper.make_node("Conv", ["input", "w1"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["a"], name="relu"),
+        helper.make_node("GlobalAveragePool", ["a"], ["pooled_a"], name="squeeze"),
+        helper.make_node("Conv", [gate_in, "w2"], ["g"], name="excite"),
+        helper.make_node("Mul", ["a", "g"], ["y"], name="gate"),
+        helper.make_node("GlobalAveragePool", ["y"], ["p"], name="gap"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+        helper.make_node("MatMul", ["f", "fc"], ["logits"], name="dense"),
+    ]
+    if same_shape:
+        nodes.pop(2)
+    graph = helper.make_graph(
+        nodes,
+        "gated",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 3, 6, 6])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 2])],
+        initializer=inits,
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    onnx.checker.check_model(proto)
+    return ox.load(proto)
+
+
+def test_gate_is_found_by_broadcast_and_an_ambiguous_mul_must_be_mapped():
+    composite = lrp.Composite([(("Conv", "MatMul"), lrp.LRP0())])
+    broadcast = _gated_model(same_shape=False)
+    assert _rules(composite, broadcast)["gate"] == lrp.Gate(0)
+    ambiguous = _gated_model(same_shape=True)
+    with pytest.raises(ox.UnsupportedOperatorError, match="'gate' \\(Mul"):
+        lrp.LRP(ambiguous, composite)
+    method = lrp.LRP(
+        ambiguous, lrp.Composite([(("Conv", "MatMul"), lrp.LRP0()), ("Mul", lrp.Gate(signal=0))])
+    )
+    x = np.random.default_rng(2).random((2, 3, 6, 6), dtype=np.float32)
+    relevance, delta = method.attribute(x, target=1, return_convergence_delta=True)
+    # no biases, LRP-0, nothing to the gate: conserved
+    assert np.abs(delta).max() <= 1e-4 * np.abs(relevance.reshape(2, -1).sum(1)).max()
+    assert "excite" not in method.rules()  # the gate branch gets no relevance, needs no rule
+
+
+def test_neuron_target_and_batch_semantics(tiny):
+    x = np.random.default_rng(3).random((3, 3, 8, 8), dtype=np.float32)
+    method = lrp.LRP(tiny, lrp.EpsilonPlus())
+    # an internal unit: relevance starts at its activation
+    relevance, delta = method.attribute(
+        x, target=ox.Neuron("relu1", (1, 4, 4)), return_convergence_delta=True
+    )
+    assert relevance.shape == x.shape and np.isfinite(delta).all()
+    assert set(method.rules("relu1")) == {"conv1", "relu1"}
+    # target=None explains the predicted class, per example
+    predicted = tiny.predict(x).argmax(1)
+    np.testing.assert_allclose(method.attribute(x), method.attribute(x, target=predicted), rtol=1e-6)
+
+
+def test_softmax_output_is_explained_through_its_logits(tiny):
+    proto = ox.examples.tiny_cnn()
+    proto.graph.output[0].name = "probs"
+    proto.graph.node.append(helper.make_node("Softmax", ["logits"], ["probs"], name="softmax", axis=1))
+    model = ox.load(proto)
+    x = np.random.default_rng(4).random((2, 3, 8, 8), dtype=np.float32)
+    method = lrp.LRP(model, lrp.EpsilonPlus())
+    assert "softmax" not in method.rules()
+    relevance = method.attribute(x, target=2)
+    assert method.last_metadata["logits"] is True
+    np.testing.assert_allclose(relevance, lrp.LRP(tiny, lrp.EpsilonPlus()).attribute(x, target=2), rtol=1e-5)
+    # explaining the probability itself needs a rule for Softmax
+    with pytest.raises(ox.UnsupportedOperatorError, match="softmax"):
+        lrp.LRP(model, lrp.EpsilonPlus(), use_logits=False)
+
+
+def test_a_backend_can_be_passed_and_its_batchnorm_gets_the_epsilon_rule():
+    model = ox.examples.shapes_model()
+    images, labels, _ = ox.examples.shapes_dataset(2, seed=3)
+    method = lrp.LRP(model.backend("torch"), lrp.EpsilonPlus())
+    relevance = method.attribute(images, target=labels)
+    assert np.isfinite(relevance).all()
+    assert method.rules()["/block1/block1.1/BatchNormalization"] == "Epsilon(epsilon=1e-06)"

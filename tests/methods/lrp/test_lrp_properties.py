@@ -1,0 +1,121 @@
+"""Identities LRP must satisfy: conservation, LRP-0 = gradient × input, gates, batching."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from lrp_models import export, he_init, vgg_style
+
+import onnxplain as ox
+from onnxplain.methods import lrp
+
+torch = pytest.importorskip("torch")
+
+
+def _zero_biases(net):
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) and m.bias is not None:
+                m.bias.zero_()
+    return net.eval()
+
+
+def test_conservation_with_zero_biases_and_lrp0_zplus_on_vgg_style_net(images):
+    # no bias absorbs relevance: z+ on Convs and LRP-0 on the dense layers conserve it
+    # exactly (up to the 1e-6 stabiliser), so Σ R = S_c(x)
+    torch.manual_seed(2)
+    net = _zero_biases(he_init(vgg_style(batch_norm=False)))
+    model = export(net, torch.from_numpy(images))
+    composite = lrp.Composite([("Conv", lrp.ZPlus()), (("Gemm", "MatMul"), lrp.LRP0())])
+    relevance, delta = lrp.LRP(model, composite).attribute(images, target=4, return_convergence_delta=True)
+    logits = model.predict(images)[:, 4]
+    np.testing.assert_allclose(relevance.reshape(2, -1).sum(1), logits, rtol=1e-4)
+    np.testing.assert_allclose(delta, relevance.reshape(2, -1).sum(1, dtype=np.float64) - logits, atol=1e-6)
+
+
+def test_lrp0_equals_gradient_times_input_on_resnet18(resnet18, images):
+    # For LRP-0 with the bias-absorbing convention (z_k includes b_k in every
+    # denominator) and no stabiliser anywhere (stabilizer=0 for the proportional Add and
+    # average-pooling nodes), R_j = x_j ∂S_c/∂x_j holds exactly, layer by layer, on a
+    # network of ReLUs (Pass), max pooling (gradient), average pooling and residual Adds
+    # (proportional), biases included: each bias keeps b_k ∂S_c/∂z_k. Measured: 9e-7 of
+    # max |x ⊙ ∇S_c| in float32, 1e-15 in float64. Tolerance: 1e-5.
+    _, model = resnet18
+    composite = lrp.Composite([(("Conv", "Gemm", "MatMul"), lrp.LRP0())], stabilizer=0.0)
+    relevance = lrp.LRP(model, composite).attribute(images, target=2)
+    gxi = ox.InputXGradient(model).attribute(images, target=2)
+    np.testing.assert_allclose(relevance, gxi, atol=1e-5 * np.abs(gxi).max())
+
+
+class _SENet(torch.nn.Module):
+    """Conv → ReLU → squeeze-and-excitation (x · sigmoid(fc(relu(fc(GAP(x)))))) → GAP → Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.reduce = nn.Conv2d(8, 2, 1)
+        self.expand = nn.Conv2d(2, 8, 1)
+        self.fc = nn.Linear(8, 5, bias=False)
+
+    def forward(self, x):
+        a = torch.relu(self.conv(x))
+        gate = torch.sigmoid(self.expand(torch.relu(self.reduce(a.mean((2, 3), keepdim=True)))))
+        return self.fc((a * gate).mean((2, 3)))
+
+
+def test_squeeze_excitation_gate_gets_no_relevance_and_conserves(images):
+    torch.manual_seed(3)
+    net = _SENet().eval()
+    model = export(net, torch.from_numpy(images))
+    method = lrp.LRP(model, lrp.Composite([("Conv", lrp.ZPlus()), (("Gemm", "MatMul"), lrp.LRP0())]))
+    gates = [n for n, r in method.rules().items() if r.startswith("Gate")]
+    assert len(gates) == 1
+    relevance, delta = method.attribute(images, target=1, return_convergence_delta=True)
+    logits = model.predict(images)[:, 1]
+    # the SE branch's biases do not matter: no relevance enters the gate
+    np.testing.assert_allclose(relevance.reshape(2, -1).sum(1), logits, rtol=1e-4)
+    assert np.abs(delta).max() <= 1e-4 * np.abs(logits).max()
+
+
+def test_bundled_shapes_model_with_batchnorm_and_se_block_runs():
+    model = ox.examples.shapes_model()
+    images, _, _ = ox.examples.shapes_dataset(4, seed=5)
+    method = lrp.LRP(model, lrp.EpsilonGammaBox(low=0.0, high=1.0))
+    relevance, delta = method.attribute(images, return_convergence_delta=True)
+    assert relevance.shape == images.shape and np.isfinite(relevance).all()
+    assert np.isfinite(delta).all()
+    # BatchNorm was folded into a copy used by LRP only; the model itself keeps it
+    assert any(n.op_type == "BatchNormalization" for n in model.ir.graph)
+    assert not any(op == "BatchNormalization" for op in (n.op_type for n in method.model.ir.graph))
+    assert any(r.startswith("Gate") for r in method.rules().values())
+
+
+def test_unfolded_batchnorm_is_an_affine_layer_with_the_epsilon_rule():
+    # BatchNorm directly on the input cannot be folded into a Conv: LRP-0 over it keeps
+    # the gradient × input identity, which holds for any affine layer
+    nn = torch.nn
+    torch.manual_seed(4)
+    net = nn.Sequential(
+        nn.BatchNorm2d(3), nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)
+    )
+    with torch.no_grad():
+        net[0].running_mean.uniform_(-0.5, 0.5)
+        net[0].running_var.uniform_(0.5, 2.0)
+    net.eval()
+    x = np.random.default_rng(1).random((2, 3, 8, 8), dtype=np.float32)
+    model = export(net, torch.from_numpy(x))
+    composite = lrp.Composite([(("Conv", "Gemm", "BatchNormalization"), lrp.LRP0())], stabilizer=0.0)
+    method = lrp.LRP(model, composite)
+    assert "BatchNormalization" in {n.op_type for n in method.model.ir.graph}
+    relevance = method.attribute(x, target=0)
+    gxi = ox.InputXGradient(model).attribute(x, target=0)
+    np.testing.assert_allclose(relevance, gxi, atol=1e-5 * np.abs(gxi).max())
+
+
+def test_batch_size_does_not_change_the_result(vgg, images):
+    _, model = vgg
+    method = lrp.LRP(model, lrp.EpsilonPlusFlat())
+    whole = method.attribute(images, target=[1, 2])
+    one_by_one = method.attribute(images, target=[1, 2], batch_size=1)
+    np.testing.assert_allclose(whole, one_by_one, rtol=1e-5, atol=1e-9)
