@@ -4,6 +4,7 @@
     onnxplain inspect MODEL                           # inputs, outputs, layers, backends, methods
     onnxplain explain MODEL IMAGE... --method gradcam --out DIR
     onnxplain compare MODEL IMAGE... --methods saliency,gradcam,occlusion --out grid.png
+    onnxplain explain-dataset MODEL DIR --method gradcam --out OUT [--engine ray]
 
 Errors are one line on stderr and a non-zero exit status (2 for a problem with what was
 asked, 1 for an unexpected failure; ``--debug`` shows its traceback).
@@ -166,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     _view(p)
     p.set_defaults(func="compare")
+
+    from onnxplain.cli.explain_dataset import add_parser as _explain_dataset
+
+    _explain_dataset(sub, _common, _positive)
     return parser
 
 
@@ -191,6 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from onnxplain.cli.inspect_model import run
         elif args.func == "explain":
             from onnxplain.cli.explain import run
+        elif args.func == "explain-dataset":
+            from onnxplain.cli.explain_dataset import run
         else:
             from onnxplain.cli.compare import run
         return run(args)
