@@ -1,0 +1,115 @@
+"""Export a JAX function or a Flax module to ONNX (jax2onnx) and load it, checked.
+
+JAX image models are usually channels-last (N, H, W, C); the exported model keeps the
+layout the function takes. Parameters are baked into the graph as initializers.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from onnxplain.adapters._common import as_example, check_rtol, explicit_pads, require, verified_model
+from onnxplain.core.errors import ExportError, InputValidationError
+from onnxplain.core.model import Model
+
+
+def _forward(fn: Any, params: Any) -> tuple[Callable[[Any], Any], str]:
+    """``x -> output`` for a plain function (``fn(params, x)`` or ``fn(x)``), a Flax linen
+    module (``module.apply(params, x)``) or a Flax nnx module (``module(x)``)."""
+    try:
+        import flax.linen as linen
+    except ImportError:  # plain JAX without Flax
+        linen = None
+    if linen is not None and isinstance(fn, linen.Module):
+        if params is None:
+            raise InputValidationError(
+                "a Flax linen module needs its variables: export(module, example, params=variables)"
+            )
+        variables = params if isinstance(params, Mapping) and "params" in params else {"params": params}
+        return (lambda x: fn.apply(variables, x)), f"flax linen {type(fn).__name__}"
+    if not callable(fn):
+        raise InputValidationError(
+            "export() takes a JAX function, a Flax linen module or a Flax nnx module, "
+            f"got {type(fn).__name__}"
+        )
+    name = getattr(fn, "__name__", type(fn).__name__)
+    if params is not None:
+        return (lambda x: fn(params, x)), f"jax function {name}"
+    return fn, f"jax {name}"
+
+
+def export(fn: Any, example: Any, params: Any = None, opset: int | None = None, rtol: float = 1e-4) -> Model:
+    """Export a JAX/Flax model to ONNX with jax2onnx and return the loaded :class:`Model`.
+
+    Parameters
+    ----------
+    fn : callable or flax module
+        A Flax nnx module (called as ``fn(x)``), a Flax linen module (called as
+        ``fn.apply(params, x)``), or a plain JAX function: ``fn(params, x)`` when ``params``
+        is given, else ``fn(x)``.
+    example : array-like
+        An input batch (N, ...), N ≥ 1, in the layout the model takes (typically NHWC).
+        The export is run on it and must match JAX: max |Δ| ≤ ``rtol`` × max |output|,
+        else :class:`~onnxplain.ExportError`.
+    params : pytree, optional
+        The parameters (linen: the variables dict or its ``"params"`` entry); they become
+        constants of the ONNX graph.
+    opset : int, optional
+        ONNX opset (jax2onnx's default otherwise).
+    rtol : float
+        Tolerance of the check, relative to the largest output.
+
+    The batch dimension is exported as dynamic. Needs ``pip install onnxplain[jax]``
+    (jax, flax, jax2onnx).
+
+    Examples
+    --------
+    >>> import jax, numpy as np, onnxplain as ox  # doctest: +SKIP
+    >>> w = np.ones((3, 2), np.float32)  # doctest: +SKIP
+    >>> f = lambda p, x: jax.nn.relu(x.mean(axis=(1, 2))) @ p  # doctest: +SKIP
+    >>> ox.adapters.jax.export(f, np.ones((1, 8, 8, 3), np.float32), params=w).num_classes  # doctest: +SKIP
+    2
+    """
+    jax = require("jax", "jax", "JAX")
+    jax2onnx = require("jax2onnx", "jax", "jax2onnx (the JAX to ONNX converter)")
+    if opset is not None and (not isinstance(opset, int) or isinstance(opset, bool) or opset < 7):
+        raise InputValidationError(f"opset must be an int ≥ 7 or None, got {opset!r}")
+    rtol = check_rtol(rtol)
+    x = as_example(example)
+    forward, what = _forward(fn, params)
+    try:
+        expected = jax.device_get(forward(jax.numpy.asarray(x)))
+    except Exception as exc:
+        raise InputValidationError(
+            f"the {what} does not run on the example of shape {x.shape}: {exc}"
+        ) from exc
+    spec = jax.ShapeDtypeStruct(("batch", *x.shape[1:]), jax.numpy.float32)
+    kwargs: dict[str, Any] = {"opset": opset} if opset is not None else {}
+    # jax2onnx imports its plugins on first use and logs one warning per optional library
+    # (equinox, dm-pix, ...) that is not installed.
+    plugin_log = logging.getLogger("jax2onnx")
+    level = plugin_log.level
+    plugin_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            proto = jax2onnx.to_onnx(
+                forward,
+                [spec],
+                return_mode="proto",
+                input_names=["input"],
+                output_names=["output"],
+                model_name="onnxplain_jax",
+                **kwargs,
+            )
+    except Exception as exc:
+        raise ExportError(
+            f"jax2onnx could not export the {what}: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:300] if str(exc) else ''}"
+        ) from exc
+    finally:
+        plugin_log.setLevel(level)
+    return verified_model(explicit_pads(proto), x, expected, rtol, f"jax2onnx ({what})")

@@ -1,0 +1,107 @@
+"""Export a Keras 3 model to ONNX (``model.export(format="onnx")``) and load it, checked.
+
+Keras 3 exports through its active backend (``KERAS_BACKEND``): ``torch`` (torch.onnx;
+the lightest, no TensorFlow needed), ``jax`` (jax2onnx) or ``tensorflow`` (tf2onnx). The
+exported model keeps the Keras input layout, channels-last (N, H, W, C) for images.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+from onnxplain._compat import triton_before_tensorflow
+from onnxplain.adapters._common import (
+    as_example,
+    check_rtol,
+    explicit_pads,
+    require,
+    verified_model,
+)
+from onnxplain.core.errors import ExportError, InputValidationError
+from onnxplain.core.model import Model
+
+
+def export(model: Any, example: Any, opset: int | None = None, rtol: float = 1e-4) -> Model:
+    """Export the Keras 3 ``model`` to ONNX and return the loaded :class:`Model`.
+
+    Parameters
+    ----------
+    model : keras.Model
+        A Keras 3 model with one image input, in the layout it was built with (Keras'
+        default is channels-last, so the ONNX model takes (N, H, W, C)).
+    example : array-like
+        An input batch (N, ...), N ≥ 1. The model is called on it first (which builds a
+        subclassed model), the export is run on it and must match Keras:
+        max |Δ| ≤ ``rtol`` × max |output|, else :class:`~onnxplain.ExportError`.
+    opset : int, optional
+        ONNX opset to export with (the backend's default otherwise).
+    rtol : float
+        Tolerance of the check, relative to the largest output.
+
+    The batch dimension stays dynamic. Needs ``pip install onnxplain[keras]`` (Keras with
+    the torch backend: set ``KERAS_BACKEND=torch`` before importing keras); a ``jax``
+    backend also needs ``onnxplain[jax]``, a ``tensorflow`` backend ``onnxplain[tensorflow]``.
+
+    Examples
+    --------
+    >>> import os; os.environ.setdefault("KERAS_BACKEND", "torch")  # doctest: +SKIP
+    >>> import keras, numpy as np, onnxplain as ox  # doctest: +SKIP
+    >>> layers = keras.layers  # doctest: +SKIP
+    >>> net = keras.Sequential([keras.Input((32, 32, 3)), layers.Conv2D(4, 3),
+    ...                         layers.GlobalAveragePooling2D(), layers.Dense(3)])  # doctest: +SKIP
+    >>> x = np.random.default_rng(0).random((2, 32, 32, 3), np.float32)  # doctest: +SKIP
+    >>> ox.adapters.keras.export(net, x).inputs[0].shape  # doctest: +SKIP
+    ('batch', 32, 32, 3)
+    """
+    keras = require("keras", "keras", "Keras 3")
+    if not isinstance(model, keras.Model):
+        raise InputValidationError(f"export() takes a keras.Model, got {type(model).__name__}")
+    if opset is not None and (not isinstance(opset, int) or isinstance(opset, bool) or opset < 7):
+        raise InputValidationError(f"opset must be an int ≥ 7 or None, got {opset!r}")
+    rtol = check_rtol(rtol)
+    x = as_example(example)
+    backend = keras.backend.backend()
+    if backend == "torch":
+        require("torch", "keras", "torch (the Keras backend)")
+    elif backend == "jax":
+        require("jax2onnx", "jax", "jax2onnx (Keras' ONNX exporter on the jax backend)")
+    elif backend == "tensorflow":
+        triton_before_tensorflow()
+        require("tf2onnx", "tensorflow", "tf2onnx (Keras' ONNX exporter on the tensorflow backend)")
+    else:
+        raise ExportError(
+            f"Keras exports ONNX from the torch, jax and tensorflow backends, not {backend!r}; "
+            "set KERAS_BACKEND before importing keras"
+        )
+    try:
+        expected = keras.ops.convert_to_numpy(model(x, training=False))
+    except Exception as exc:
+        raise InputValidationError(
+            f"the Keras model does not run on the example of shape {x.shape}: {exc}"
+        ) from exc
+    import onnx
+
+    with tempfile.TemporaryDirectory(prefix="onnxplain-keras-") as folder:
+        path = Path(folder) / "model.onnx"
+        # jax2onnx (the jax backend's exporter) logs a warning per optional plugin library
+        # that is not installed; keep that out of the user's log.
+        plugin_log = logging.getLogger("jax2onnx")
+        level = plugin_log.level
+        plugin_log.setLevel(logging.ERROR)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model.export(str(path), format="onnx", verbose=False, opset_version=opset)
+            proto = onnx.load(str(path))  # with any external data, while the folder exists
+        except Exception as exc:
+            raise ExportError(
+                f"Keras could not export the model to ONNX on the {backend} backend: "
+                f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+            ) from exc
+        finally:
+            plugin_log.setLevel(level)
+    return verified_model(explicit_pads(proto), x, expected, rtol, f"keras ({backend} backend)")

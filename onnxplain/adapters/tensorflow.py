@@ -1,0 +1,181 @@
+"""Export a TensorFlow SavedModel, ``tf.function`` or TF-backend Keras model to ONNX (tf2onnx).
+
+TensorFlow image models are channels-last (N, H, W, C); the exported model keeps that
+layout. Keras 3 models on any backend are better served by :mod:`onnxplain.adapters.keras`.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from onnxplain._compat import triton_before_tensorflow
+from onnxplain.adapters._common import (
+    as_example,
+    check_rtol,
+    explicit_pads,
+    require,
+    verified_model,
+)
+from onnxplain.core.errors import ExportError, InputValidationError
+from onnxplain.core.model import Model
+
+
+def _patch_tf2onnx_for_numpy2() -> None:
+    # tf2onnx 1.17's constant folding still calls numpy functions removed in numpy 2;
+    # Keras (installed with TensorFlow) ships the fix it uses for its own ONNX export.
+    try:
+        from keras.src.export.tf2onnx_lib import patch_tf2onnx
+    except Exception:  # an older Keras: tf2onnx works as it is for most graphs
+        return
+    patch_tf2onnx()
+
+
+def _pick_output(outputs: Any, output: str | None) -> Any:
+    if isinstance(outputs, dict):
+        if output is None:
+            if len(outputs) != 1:
+                raise InputValidationError(
+                    f"the signature has outputs {sorted(outputs)}; choose one with output=NAME"
+                )
+            return next(iter(outputs.values()))
+        if output not in outputs:
+            raise InputValidationError(f"output must be one of {sorted(outputs)}, got {output!r}")
+        return outputs[output]
+    if isinstance(outputs, (list, tuple)):
+        if output is None and len(outputs) == 1:
+            return outputs[0]
+        raise InputValidationError(
+            f"the model returns {len(outputs)} outputs; wrap it in a function that returns the scores"
+        )
+    return outputs
+
+
+def _callable(model: Any, signature: str, output: str | None, tf: Any) -> tuple[Callable, str]:
+    """``x -> scores`` for a SavedModel path, a loaded SavedModel, a concrete function, a
+    ``tf.function``, a Keras model or any callable of TensorFlow ops."""
+    what = type(model).__name__
+    owner = None
+    if isinstance(model, (str, os.PathLike)):
+        path = os.fspath(model)
+        if not os.path.isdir(path):
+            raise InputValidationError(f"no SavedModel directory at {path!r}")
+        try:
+            model = tf.saved_model.load(path)
+        except Exception as exc:
+            raise ExportError(f"TensorFlow cannot load the SavedModel at {path!r}: {exc}") from exc
+        what = f"SavedModel {os.path.basename(os.path.normpath(path))}"
+    keras_model = type(model).__module__.startswith(("keras", "tf_keras")) and hasattr(model, "call")
+    functions = (tf.types.experimental.PolymorphicFunction, tf.types.experimental.ConcreteFunction)
+    signatures = getattr(model, "signatures", None)
+    if signatures is not None and len(signatures) and not keras_model and not isinstance(model, functions):
+        if signature not in signatures:
+            raise InputValidationError(f"signature must be one of {sorted(signatures)}, got {signature!r}")
+        owner = model  # the signature's variables live as long as the loaded object
+        model = signatures[signature]
+        what = f"{what} signature {signature!r}"
+    if isinstance(model, tf.types.experimental.ConcreteFunction):
+        concrete = model
+        args, kwargs = concrete.structured_input_signature
+        if len(args) == 1 and not kwargs:
+            return (lambda x, _owner=owner: _pick_output(concrete(x), output)), what
+        if args or len(kwargs) != 1:
+            raise InputValidationError(
+                "the signature must take exactly one input tensor, it takes "
+                f"{concrete.structured_input_signature}"
+            )
+        name = next(iter(kwargs))
+        return (lambda x, _owner=owner: _pick_output(concrete(**{name: x}), output)), what
+    if not callable(model):
+        raise InputValidationError(
+            "export() takes a SavedModel path, a loaded SavedModel, a tf.function, a Keras model "
+            f"or a callable of TensorFlow ops, got {type(model).__name__}"
+        )
+    if keras_model:
+        return (lambda x: _pick_output(model(x, training=False), output)), what
+    return (lambda x: _pick_output(model(x), output)), what
+
+
+def export(
+    model: Any,
+    example: Any,
+    signature: str = "serving_default",
+    output: str | None = None,
+    opset: int | None = None,
+    rtol: float = 1e-4,
+) -> Model:
+    """Convert a TensorFlow model with tf2onnx and return the loaded :class:`Model`.
+
+    Parameters
+    ----------
+    model : path, SavedModel, tf.function, Keras model or callable
+        A SavedModel directory (or the object ``tf.saved_model.load`` returns: its
+        ``signature`` is exported), a ``tf.function`` or a concrete function, a Keras model
+        on the TensorFlow backend, or any callable of TensorFlow ops taking one image batch.
+    example : array-like
+        An input batch (N, ...), N ≥ 1, in the model's layout (TensorFlow: NHWC). The
+        conversion is run on it and must match TensorFlow: max |Δ| ≤ ``rtol`` × max |output|,
+        else :class:`~onnxplain.ExportError`.
+    signature : str
+        The SavedModel signature to export.
+    output : str, optional
+        The output to explain when the model returns a dict of tensors (SavedModel
+        signatures do); required when there are several.
+    opset : int, optional
+        ONNX opset (tf2onnx's default otherwise).
+    rtol : float
+        Tolerance of the check, relative to the largest output.
+
+    The batch dimension is exported as dynamic. Needs ``pip install onnxplain[tensorflow]``
+    (tensorflow and tf2onnx).
+
+    Examples
+    --------
+    >>> import numpy as np, tensorflow as tf, onnxplain as ox  # doctest: +SKIP
+    >>> w = tf.constant(np.ones((3, 2), np.float32))  # doctest: +SKIP
+    >>> f = tf.function(lambda x: tf.reduce_mean(x, axis=(1, 2)) @ w)  # doctest: +SKIP
+    >>> ox.adapters.tensorflow.export(f, np.ones((1, 8, 8, 3), np.float32)).num_classes  # doctest: +SKIP
+    2
+    """
+    triton_before_tensorflow()
+    tf = require("tensorflow", "tensorflow", "TensorFlow")
+    tf2onnx = require("tf2onnx", "tensorflow", "tf2onnx (the TensorFlow to ONNX converter)")
+    if opset is not None and (not isinstance(opset, int) or isinstance(opset, bool) or opset < 7):
+        raise InputValidationError(f"opset must be an int ≥ 7 or None, got {opset!r}")
+    rtol = check_rtol(rtol)
+    x = as_example(example)
+    forward, what = _callable(model, signature, output, tf)
+    spec = tf.TensorSpec((None, *x.shape[1:]), tf.float32, name="input")
+    function = tf.function(forward, input_signature=[spec], autograph=False)
+    try:
+        expected = np.asarray(function(tf.constant(x)))
+    except InputValidationError:
+        raise
+    except Exception as exc:
+        raise InputValidationError(
+            f"the {what} does not run on the example of shape {x.shape}: {exc}"
+        ) from exc
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _patch_tf2onnx_for_numpy2()
+    kwargs: dict[str, Any] = {"opset": opset} if opset is not None else {}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            proto, _ = tf2onnx.convert.from_function(function, input_signature=[spec], **kwargs)
+    except Exception as exc:
+        raise ExportError(
+            f"tf2onnx could not convert the {what}: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:300] if str(exc) else ''}"
+        ) from exc
+    extra = [i.name for i in proto.graph.input[1:]]
+    if extra:
+        raise ExportError(
+            f"tf2onnx turned tensors captured by the {what} into extra graph inputs {extra}; hold "
+            "the weights in tf.Variable objects tracked by a tf.Module or Keras layer"
+        )
+    return verified_model(explicit_pads(proto), x, expected, rtol, f"tf2onnx ({what})")

@@ -1,0 +1,108 @@
+"""The JAX adapter exports a Flax nnx CNN and a plain JAX function (channels-last); the
+explanations equal the ones JAX computes itself (jax.grad, occlusion by hand)."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+pytest.importorskip("jax2onnx")
+nnx = pytest.importorskip("flax.nnx")
+import jax.numpy as jnp  # noqa: E402
+from helpers import max_rel_err  # noqa: E402
+
+import onnxplain as ox  # noqa: E402
+
+SIZE = 16
+#: float32 on both sides, different operation orders: 1e-4 of each map's largest value.
+TOL = 1e-4
+
+
+class FlaxCNN(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs) -> None:
+        self.conv1 = nnx.Conv(3, 8, (3, 3), padding="SAME", rngs=rngs)
+        self.conv2 = nnx.Conv(8, 12, (3, 3), padding="SAME", rngs=rngs)
+        self.fc = nnx.Linear(12, 5, rngs=rngs)
+
+    def features(self, x):
+        x = nnx.max_pool(nnx.relu(self.conv1(x)), window_shape=(2, 2), strides=(2, 2))
+        return nnx.relu(self.conv2(x))  # (N, 8, 8, 12)
+
+    def head(self, a):
+        return self.fc(a.mean(axis=(1, 2)))
+
+    def __call__(self, x):
+        return self.head(self.features(x))
+
+
+@pytest.fixture(scope="module")
+def flax_pair():
+    net = FlaxCNN(nnx.Rngs(0))
+    x = np.random.default_rng(0).random((2, SIZE, SIZE, 3), dtype=np.float32)
+    return net, ox.adapters.jax.export(net, x), x
+
+
+def test_the_export_keeps_the_layout_and_a_dynamic_batch(flax_pair):
+    net, model, _ = flax_pair
+    assert getattr(model, "user_input_shape", model.inputs[0].shape)[1:] == (SIZE, SIZE, 3)
+    x5 = np.random.default_rng(1).random((5, SIZE, SIZE, 3), dtype=np.float32)
+    np.testing.assert_allclose(model.predict(x5), np.asarray(net(jnp.asarray(x5))), atol=1e-5)
+
+
+def test_saliency_equals_jax_grad(flax_pair):
+    net, model, x = flax_pair
+    ours = ox.Saliency(model).attribute(x, target=1, abs=False)
+    ref = np.asarray(jax.grad(lambda v: net(v)[:, 1].sum())(jnp.asarray(x)))
+    assert max_rel_err(ours, ref) < TOL
+
+
+def test_occlusion_equals_occluding_by_hand(flax_pair):
+    net, model, x = flax_pair
+    ours = ox.Occlusion(model).attribute(
+        x, target=4, sliding_window_shapes=(8, 8, 3), strides=(8, 8, 3), show_progress=False
+    )
+    full = np.asarray(net(jnp.asarray(x)))[:, 4]
+    ref = np.zeros_like(x)
+    for i, j in itertools.product((0, 8), (0, 8)):
+        occluded = x.copy()
+        occluded[:, i : i + 8, j : j + 8, :] = 0
+        ref[:, i : i + 8, j : j + 8, :] = (full - np.asarray(net(jnp.asarray(occluded)))[:, 4])[
+            :, None, None, None
+        ]
+    assert max_rel_err(ours, ref) < TOL
+
+
+def test_grad_cam_equals_grad_cam_computed_in_jax(flax_pair):
+    net, model, x = flax_pair
+    layer = [n.outputs[0].name for n in model.ir.graph if n.op_type == "Relu"][-1]
+    ours = ox.GradCAM(model, layer=layer).attribute(x, target=2, upsample=False)
+    a = net.features(jnp.asarray(x))
+    grads = jax.grad(lambda v: net.head(v)[:, 2].sum())(a)
+    ref = np.maximum(np.asarray((grads.mean(axis=(1, 2), keepdims=True) * a).sum(-1)), 0)  # (N, 8, 8)
+    assert ours.shape == ref.shape
+    assert max_rel_err(ours, ref) < TOL
+
+
+def test_a_plain_function_with_params_exports_with_its_weights_as_constants():
+    rng = np.random.default_rng(2)
+    params = {"w": rng.standard_normal((3, 3, 3, 4)).astype(np.float32), "d": rng.standard_normal((4, 3))}
+    params["d"] = params["d"].astype(np.float32)
+
+    def f(p, x):
+        h = jax.lax.conv_general_dilated(
+            x, p["w"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        return jax.nn.relu(h).mean(axis=(1, 2)) @ p["d"]
+
+    x = rng.random((3, 8, 8, 3), dtype=np.float32)
+    model = ox.adapters.jax.export(f, x, params=params)
+    assert len(model.ir.graph.inputs) == 1
+    np.testing.assert_allclose(model.predict(x), np.asarray(f(params, x)), atol=1e-5)
+
+
+def test_a_linen_module_needs_its_variables():
+    linen = pytest.importorskip("flax.linen")
+    dense = linen.Dense(2)
+    with pytest.raises(ox.InputValidationError, match="variables"):
+        ox.adapters.jax.export(dense, np.zeros((1, 3), np.float32))

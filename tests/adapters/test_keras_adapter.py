@@ -1,0 +1,134 @@
+"""The Keras 3 adapter exports a channels-last CNN; its explanations equal those of the same
+network built in PyTorch (channels-first) with the Keras weights copied over."""
+
+import os
+
+import numpy as np
+import pytest
+
+# Keras picks its backend at import: torch needs no TensorFlow (an explicit setting wins).
+# The variable is removed again afterwards: with it set, a later `import tensorflow` in a
+# subprocess loads Keras' torch backend after TensorFlow, and that segfaults (triton).
+_SET_BACKEND = "KERAS_BACKEND" not in os.environ
+os.environ.setdefault("KERAS_BACKEND", "torch")
+try:
+    keras = pytest.importorskip("keras")
+finally:
+    if _SET_BACKEND:
+        del os.environ["KERAS_BACKEND"]
+import torch  # noqa: E402
+from helpers import max_rel_err  # noqa: E402
+from torch import nn  # noqa: E402
+
+import onnxplain as ox  # noqa: E402
+
+SIZE = 32
+#: Both sides compute in float32, with different convolution orders: parity to 1e-4 of the
+#: largest value of each map.
+TOL = 1e-4
+
+
+def keras_cnn() -> "keras.Model":
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    x = keras.layers.MaxPooling2D(2)(x)
+    x = keras.layers.Conv2D(12, 3, padding="same")(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.Flatten()(x)
+    outputs = keras.layers.Dense(5)(x)
+    return keras.Model(inputs, outputs)
+
+
+class TorchTwin(nn.Module):
+    """The same network in NCHW; Flatten follows Keras' (H, W, C) order."""
+
+    def __init__(self, net: "keras.Model") -> None:
+        super().__init__()
+        conv1, conv2, dense = (layer for layer in net.layers if layer.weights)
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 12, 3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        self.fc = nn.Linear(16 * 16 * 12, 5)
+        with torch.no_grad():
+            for mine, theirs in ((self.conv1, conv1), (self.conv2, conv2)):
+                kernel, bias = (keras.ops.convert_to_numpy(w) for w in theirs.weights)
+                mine.weight.copy_(torch.from_numpy(kernel.transpose(3, 2, 0, 1)))  # HWIO -> OIHW
+                mine.bias.copy_(torch.from_numpy(bias))
+            kernel, bias = (keras.ops.convert_to_numpy(w) for w in dense.weights)
+            self.fc.weight.copy_(torch.from_numpy(kernel.T))
+            self.fc.bias.copy_(torch.from_numpy(bias))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(torch.relu(self.conv1(x)))
+        x = torch.relu(self.conv2(x))
+        return self.fc(x.permute(0, 2, 3, 1).flatten(1))  # NHWC flatten order
+
+
+def last_relu(model: ox.Model) -> str:
+    return [node.outputs[0].name for node in model.ir.graph if node.op_type == "Relu"][-1]
+
+
+def nchw(a: np.ndarray) -> np.ndarray:
+    return a.transpose(0, 3, 1, 2)
+
+
+@pytest.fixture(scope="module")
+def pair():
+    net = keras_cnn()
+    x = np.random.default_rng(0).random((2, SIZE, SIZE, 3), dtype=np.float32)
+    model = ox.adapters.keras.export(net, x)
+    twin = TorchTwin(net).eval()
+    reference = ox.adapters.torch.export(twin, torch.from_numpy(nchw(x).copy()), exporter="legacy")
+    return net, twin, model, reference, x
+
+
+def test_export_keeps_the_channels_last_input_and_matches_keras_and_its_torch_twin(pair):
+    net, twin, model, _, x = pair
+    # The user's layout is kept (the graph may compute channels first inside).
+    assert getattr(model, "user_input_shape", model.inputs[0].shape)[1:] == (SIZE, SIZE, 3)
+    assert model.fixed_batch is None
+    assert "keras" in model.source
+    x5 = np.random.default_rng(1).random((5, SIZE, SIZE, 3), dtype=np.float32)
+    expected = keras.ops.convert_to_numpy(net(x5))
+    np.testing.assert_allclose(model.predict(x5), expected, atol=1e-5)
+    with torch.no_grad():
+        np.testing.assert_allclose(twin(torch.from_numpy(nchw(x5).copy())).numpy(), expected, atol=1e-5)
+
+
+def test_saliency_equals_the_torch_twins(pair):
+    _, _, model, reference, x = pair
+    ours = ox.Saliency(model).attribute(x, target=1, abs=False)
+    ref = ox.Saliency(reference).attribute(nchw(x), target=1, abs=False)
+    assert ours.shape == x.shape
+    assert max_rel_err(nchw(ours), ref) < TOL
+
+
+def test_occlusion_equals_the_torch_twins(pair):
+    _, _, model, reference, x = pair
+    ours = ox.Occlusion(model).attribute(
+        x, target=2, sliding_window_shapes=(8, 8, 3), strides=(4, 4, 3), show_progress=False
+    )
+    ref = ox.Occlusion(reference).attribute(
+        nchw(x), target=2, sliding_window_shapes=(3, 8, 8), strides=(3, 4, 4), show_progress=False
+    )
+    assert max_rel_err(nchw(ours), ref) < TOL
+
+
+def test_grad_cam_equals_the_torch_twins(pair):
+    _, _, model, reference, x = pair
+    ours = ox.GradCAM(model, layer=last_relu(model)).attribute(x, target=3)
+    ref = ox.GradCAM(reference, layer=last_relu(reference)).attribute(nchw(x), target=3)
+    assert ours.shape == ref.shape == (2, SIZE, SIZE)
+    assert max_rel_err(ours, ref) < TOL
+
+
+def test_a_model_that_is_not_keras_is_refused():
+    with pytest.raises(ox.InputValidationError, match="keras.Model"):
+        ox.adapters.keras.export(lambda x: x, np.zeros((1, 4, 4, 3), np.float32))
+
+
+def test_a_bad_example_is_refused(pair):
+    net = pair[0]
+    with pytest.raises(ox.InputValidationError, match="example"):
+        ox.adapters.keras.export(net, np.zeros(3, np.float32))

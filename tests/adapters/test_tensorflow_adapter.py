@@ -1,0 +1,141 @@
+"""The TensorFlow adapter converts a tf.function and a SavedModel (channels-last) with
+tf2onnx; the explanations equal the ones TensorFlow computes itself."""
+
+import itertools
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+pytest.importorskip("tf2onnx")
+from helpers import max_rel_err  # noqa: E402
+
+import onnxplain as ox  # noqa: E402
+
+SIZE = 16
+#: float32 on both sides, different operation orders: 1e-4 of each map's largest value.
+TOL = 1e-4
+
+
+class TfCNN(tf.Module):
+    """Conv-ReLU-MaxPool-Conv-ReLU-GAP-Dense on NHWC images, weights in tf.Variables."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        rng = np.random.default_rng(0)
+        self.w1 = tf.Variable(rng.standard_normal((3, 3, 3, 8)).astype(np.float32) * 0.4)
+        self.w2 = tf.Variable(rng.standard_normal((3, 3, 8, 12)).astype(np.float32) * 0.2)
+        self.b2 = tf.Variable(rng.standard_normal(12).astype(np.float32) * 0.1)
+        self.fc = tf.Variable(rng.standard_normal((12, 5)).astype(np.float32) * 0.5)
+
+    def features(self, x):
+        h = tf.nn.max_pool2d(tf.nn.relu(tf.nn.conv2d(x, self.w1, 1, "SAME")), 2, 2, "VALID")
+        return tf.nn.relu(tf.nn.conv2d(h, self.w2, 1, "SAME") + self.b2)
+
+    def head(self, a):
+        return tf.reduce_mean(a, axis=(1, 2)) @ self.fc
+
+    @tf.function(input_signature=[tf.TensorSpec((None, SIZE, SIZE, 3), tf.float32)])
+    def __call__(self, x):
+        return self.head(self.features(x))
+
+
+@pytest.fixture(scope="module")
+def pair():
+    net = TfCNN()
+    x = np.random.default_rng(1).random((2, SIZE, SIZE, 3), dtype=np.float32)
+    return net, ox.adapters.tensorflow.export(net.__call__, x), x
+
+
+def test_a_tf_function_exports_with_its_layout_and_a_dynamic_batch(pair):
+    net, model, _ = pair
+    assert getattr(model, "user_input_shape", model.inputs[0].shape)[1:] == (SIZE, SIZE, 3)
+    x5 = np.random.default_rng(2).random((5, SIZE, SIZE, 3), dtype=np.float32)
+    np.testing.assert_allclose(model.predict(x5), net(x5).numpy(), atol=1e-5)
+
+
+def test_a_saved_model_directory_exports_its_serving_signature(pair, tmp_path):
+    net, _, x = pair
+    tf.saved_model.save(net, str(tmp_path / "saved"), signatures=net.__call__.get_concrete_function())
+    model = ox.adapters.tensorflow.export(tmp_path / "saved", x)
+    assert "serving_default" in model.source
+    np.testing.assert_allclose(model.predict(x), net(x).numpy(), atol=1e-5)
+    with pytest.raises(ox.InputValidationError, match="signature must be one of"):
+        ox.adapters.tensorflow.export(tmp_path / "saved", x, signature="predict")
+
+
+def test_saliency_equals_the_gradient_tape(pair):
+    net, model, x = pair
+    ours = ox.Saliency(model).attribute(x, target=1, abs=False)
+    v = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(v)
+        score = tf.reduce_sum(net(v)[:, 1])
+    ref = tape.gradient(score, v).numpy()
+    assert max_rel_err(ours, ref) < TOL
+
+
+def test_occlusion_equals_occluding_by_hand(pair):
+    net, model, x = pair
+    ours = ox.Occlusion(model).attribute(
+        x, target=4, sliding_window_shapes=(8, 8, 3), strides=(8, 8, 3), show_progress=False
+    )
+    full = net(x).numpy()[:, 4]
+    ref = np.zeros_like(x)
+    for i, j in itertools.product((0, 8), (0, 8)):
+        occluded = x.copy()
+        occluded[:, i : i + 8, j : j + 8, :] = 0
+        ref[:, i : i + 8, j : j + 8, :] = (full - net(occluded).numpy()[:, 4])[:, None, None, None]
+    assert max_rel_err(ours, ref) < TOL
+
+
+def test_grad_cam_equals_grad_cam_computed_with_the_gradient_tape(pair):
+    net, model, x = pair
+    layer = [n.outputs[0].name for n in model.ir.graph if n.op_type == "Relu"][-1]
+    ours = ox.GradCAM(model, layer=layer).attribute(x, target=2, upsample=False)
+    a = net.features(tf.constant(x))
+    with tf.GradientTape() as tape:
+        tape.watch(a)
+        score = tf.reduce_sum(net.head(a)[:, 2])
+    grads = tape.gradient(score, a)
+    ref = np.maximum(tf.reduce_sum(tf.reduce_mean(grads, axis=(1, 2), keepdims=True) * a, -1).numpy(), 0)
+    assert ours.shape == ref.shape
+    assert max_rel_err(ours, ref) < TOL
+
+
+def test_a_dict_output_needs_a_name(pair):
+    net, _, x = pair
+    both = tf.function(lambda v: {"logits": net(v), "twice": 2 * net(v)})
+    with pytest.raises(ox.InputValidationError, match="output=NAME"):
+        ox.adapters.tensorflow.export(both, x)
+    model = ox.adapters.tensorflow.export(both, x, output="twice")
+    np.testing.assert_allclose(model.predict(x), 2 * net(x).numpy(), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_gradient_method_after_importing_tensorflow_first_does_not_crash():
+    # Loading torch's triton after tensorflow segfaults; the adapter keeps triton out.
+    script = """
+import tensorflow as tf
+import numpy as np
+import onnxplain as ox
+w = tf.Variable(np.ones((3, 2), np.float32))
+f = tf.function(lambda x: tf.reduce_mean(x, axis=(1, 2)) @ w)
+model = ox.adapters.tensorflow.export(f, np.ones((1, 4, 4, 3), np.float32))
+print(ox.Saliency(model).attribute(np.ones((1, 4, 4, 3), np.float32), target=1).shape)
+"""
+    # (KERAS_BACKEND=torch alone makes `import tensorflow` segfault: TensorFlow imports
+    # Keras, whose torch backend loads triton; that is Keras', not ours.)
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    done = subprocess.run(
+        [sys.executable, "-X", "faulthandler", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "(1, 4, 4, 3)" in done.stdout
