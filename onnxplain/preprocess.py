@@ -124,13 +124,17 @@ class Preprocess(pydantic.BaseModel):
         """A guess from the model's input shape when no spec is stored: the static
         height and width, a layout from where the 1- or 3-channel axis is, pixels scaled to
         [0, 1], no mean/std. Store a real spec next to the model when it differs."""
-        shape = model.input_spec.shape or ()
+        shape = getattr(model, "user_input_shape", None) or model.input_spec.shape or ()
         if len(shape) != 4:
             raise InputValidationError(
                 f"the model input {model.input_name!r} has shape {shape}, not an image batch "
                 "(N, C, H, W) or (N, H, W, C)"
             )
-        nhwc = shape[3] in (1, 3) and shape[1] not in (1, 3)
+        layout = getattr(model, "layout", None)
+        if layout in ("NCHW", "NHWC"):
+            nhwc = layout == "NHWC"
+        else:
+            nhwc = shape[3] in (1, 3) and shape[1] not in (1, 3)
         channels, h, w = (shape[3], shape[1], shape[2]) if nhwc else (shape[1], shape[2], shape[3])
         size = (h, w) if isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0 else None
         color = "L" if channels == 1 else "RGB"

@@ -60,6 +60,8 @@ def load_model(path: str, preprocess: str | None = None) -> LoadedModel:
     else:
         spec = find_spec(path)
         source = "stored next to the model"
+        if spec is None and model.preprocess is not None:
+            spec, source = model.preprocess, "stored in the model's metadata"
         if spec is None:
             spec, source = Preprocess.for_model(model), "guessed from the input shape"
     classes = card.get("classes")

@@ -11,11 +11,13 @@ from onnxplain.core.errors import (
 )
 from onnxplain.core.loading import load
 from onnxplain.core.model import LayerSpec, Model, TensorSpec
+from onnxplain.core.outputs import DetectionScore, OutputTarget, Reduction, SegmentationTarget
 from onnxplain.core.targets import Channel, Neuron, Objective, resolve_target
 
 __all__ = [
     "BackendCapabilityError",
     "Channel",
+    "DetectionScore",
     "ExportError",
     "InputValidationError",
     "LayerNotFoundError",
@@ -25,6 +27,9 @@ __all__ = [
     "Neuron",
     "Objective",
     "OnnxplainError",
+    "OutputTarget",
+    "Reduction",
+    "SegmentationTarget",
     "TensorSpec",
     "UnsupportedOperatorError",
     "load",

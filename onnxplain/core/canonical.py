@@ -12,7 +12,9 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import onnx
 import onnx_ir as ir
+from onnx import numpy_helper
 from onnx_ir.passes import common as passes
 
 logger = logging.getLogger(__name__)
@@ -52,6 +54,165 @@ class NormalizeReshapeAllowZeroPass(ir.passes.InPlacePass):
         return ir.passes.PassResult(model, modified=modified)
 
 
+_F16 = onnx.TensorProto.FLOAT16
+_F32 = onnx.TensorProto.FLOAT
+
+
+def _upcast_tensor(t: onnx.TensorProto) -> bool:
+    if t.data_type != _F16:
+        return False
+    t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float32), t.name))
+    return True
+
+
+def _upcast_type(tp: onnx.TypeProto) -> bool:
+    which = tp.WhichOneof("value")
+    if which == "tensor_type" and tp.tensor_type.elem_type == _F16:
+        tp.tensor_type.elem_type = _F32
+        return True
+    if which in ("sequence_type", "optional_type"):
+        return _upcast_type(getattr(tp, which).elem_type)
+    return False
+
+
+def _upcast_graph(graph: onnx.GraphProto) -> bool:
+    changed = False
+    for t in graph.initializer:
+        changed |= _upcast_tensor(t)
+    for v in (*graph.input, *graph.output, *graph.value_info):
+        changed |= _upcast_type(v.type)
+    for node in graph.node:
+        changed |= _upcast_node(node)
+    return changed
+
+
+def _upcast_node(node: onnx.NodeProto) -> bool:
+    changed = False
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.TENSOR:
+            changed |= _upcast_tensor(attr.t)
+        elif attr.type == onnx.AttributeProto.GRAPH:
+            changed |= _upcast_graph(attr.g)
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            for g in attr.graphs:
+                changed |= _upcast_graph(g)
+        elif attr.name in ("to", "dtype") and attr.type == onnx.AttributeProto.INT and attr.i == _F16:
+            attr.i = _F32  # Cast(to=float16), RandomNormal(dtype=float16), EyeLike, ...
+            changed = True
+    return changed
+
+
+def upcast_float16(proto: onnx.ModelProto) -> bool:
+    """Turn a float16 graph into a float32 one, in place; True when anything changed.
+
+    Every float16 initializer, constant, ``Cast``/``dtype`` target, input, output and
+    value type becomes float32. The weights are converted exactly (every float16 is a
+    float32), so the float32 graph computes the float16 model's function without its
+    intermediate rounding: results agree with the float16 model to float16 precision
+    (about 1e-3 relative). Both backends then run it (torch's CPU kernels and onnx2torch
+    lack float16 for many ops), and users may pass float16 or float32 arrays.
+    """
+    changed = _upcast_graph(proto.graph)
+    for fn in proto.functions:
+        for node in fn.node:
+            changed |= _upcast_node(node)
+    return changed
+
+
+_UNARY = {"Relu", "LeakyRelu", "PRelu", "Sigmoid", "Tanh", "Clip", "Elu", "Selu", "Celu", "HardSigmoid",
+          "HardSwish", "Softplus", "Gelu", "Mish", "Cast", "Identity", "Neg", "Abs", "Exp", "Erf", "Sqrt"}
+_BINARY = {"Add", "Sub", "Mul", "Div"}
+
+
+def _perm(node: ir.Node) -> tuple[int, ...] | None:
+    attr = node.attributes.get("perm")
+    return tuple(attr.as_ints()) if attr is not None else None
+
+
+def _channel_constant(value: ir.Value | None) -> ir.Value | None:
+    """A constant that broadcasts over the channel axis of NHWC, (…, C), as the same
+    constant for NCHW, (1, C, 1, 1); scalars stay. None when it is no such constant."""
+    array = _const_array(value)
+    if array is None or array.ndim > 4:
+        return None
+    if array.size == 1:
+        return value
+    if any(d != 1 for d in array.shape[:-1]):
+        return None
+    reshaped = array.reshape(1, -1, 1, 1)
+    name = f"{value.name}__nchw"
+    new = ir.Value(name=name, const_value=ir.tensor(reshaped, name=name))
+    new.shape, new.dtype = ir.Shape(list(reshaped.shape)), value.dtype
+    return new
+
+
+class SinkChannelsLastTransposePass(ir.passes.InPlacePass):
+    """Move ``Transpose(perm=[0, 2, 3, 1])`` below element-wise ops (activations, casts,
+    per-channel bias adds and scales), so that the feature maps keep a channels-first twin.
+
+    Keras 3 exports (torch backend) and unoptimised tf2onnx graphs go back to NHWC after
+    every convolution and apply the bias and the activation there: ``Conv → Transpose →
+    Add(bias) → Relu``. After this pass the graph computes ``Conv → Add → Relu →
+    Transpose`` (bias reshaped to (1, C, 1, 1)): the same values, each channels-last
+    tensor keeping its name as the output of the final transpose, and its channels-first
+    twin named ``<name>__nchw`` (CAMs read that one, see ``Model.find_layer``).
+    """
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph = model.graph
+        modified = False
+        for _ in range(256):
+            moved = False
+            for node in list(graph):
+                moved |= self._sink(graph, node)
+            if not moved:
+                break
+            modified = True
+        return ir.passes.PassResult(model, modified=modified)
+
+    @staticmethod
+    def _sink(graph: ir.Graph, node: ir.Node) -> bool:
+        if node.domain not in ("", "ai.onnx") or len(node.outputs) != 1 or not node.inputs:
+            return False
+        unary = node.op_type in _UNARY and node.op_type != "PRelu"
+        if not (unary or node.op_type in _BINARY) or node.inputs[0] is None:
+            return False
+        producer = node.inputs[0].producer()
+        if producer is None or producer.op_type != "Transpose" or _perm(producer) != (0, 2, 3, 1):
+            return False
+        others: list[ir.Value | None] = []
+        if node.op_type in _BINARY:
+            if len(node.inputs) != 2:
+                return False
+            other = _channel_constant(node.inputs[1])
+            if other is None:
+                return False
+            if other is not node.inputs[1]:
+                graph.register_initializer(other)
+            others = [other]
+        elif any(v is not None and _const_array(v) is None for v in node.inputs[1:]):
+            return False  # e.g. Clip with computed bounds
+        else:
+            others = list(node.inputs[1:])
+        out = node.outputs[0]
+        name = out.name
+        twin = ir.Node(node.domain, node.op_type, [producer.inputs[0], *others],
+                       attributes=list(node.attributes.values()), name=f"{node.name}__nchw")
+        twin.outputs[0].name = f"{name}__nchw"
+        back = ir.Node("", "Transpose", [twin.outputs[0]], attributes=[ir.AttrInt64s("perm", [0, 2, 3, 1])],
+                       name=f"{node.name}__to_nhwc")
+        if out.dtype is not None:  # an untyped value must stay untyped (no Tensor(None))
+            twin.outputs[0].dtype = back.outputs[0].dtype = out.dtype
+        if out.shape is not None:
+            back.outputs[0].shape = out.shape
+        graph.insert_after(node, [twin, back])
+        out.replace_all_uses_with(back.outputs[0], replace_graph_outputs=True)
+        out.name = f"{name}__replaced"
+        back.outputs[0].name = name
+        graph.remove(node, safe=True)
+        return True
+
+
 def _safe(pass_: ir.passes.PassBase, model: ir.Model) -> ir.Model:
     try:
         return pass_(model).model
@@ -68,6 +229,7 @@ def canonicalize(model: ir.Model) -> ir.Model:
         passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
         passes.IdentityEliminationPass(),
         NormalizeReshapeAllowZeroPass(),
+        SinkChannelsLastTransposePass(),
         passes.RemoveUnusedNodesPass(),
         passes.RemoveUnusedFunctionsPass(),
         passes.TopologicalSortPass(),

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 import onnx
 import onnx_ir as ir
 
-from onnxplain.core.canonical import canonicalize
-from onnxplain.core.errors import ModelLoadError
-from onnxplain.core.model import Model
+from onnxplain.core.batch import fixed_batch_size, make_batch_dynamic, onnx_batch_note
+from onnxplain.core.canonical import canonicalize, upcast_float16
+from onnxplain.core.errors import InputValidationError, ModelLoadError
+from onnxplain.core.layout import check_layout, detect_layout, make_input_channels_first
+from onnxplain.core.model import GRAPH_LAYOUT_KEY, LAYOUT_KEY, Model
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +140,7 @@ def _read(
     )
 
 
-def _validate(proto: onnx.ModelProto) -> None:
+def _validate(proto: onnx.ModelProto, allowed_domains: frozenset[str] = frozenset()) -> None:
     if not proto.graph.node:
         raise ModelLoadError("the model's graph has no nodes (is this an ONNX model file?)")
     if proto.ir_version < 3 or proto.ir_version > onnx.IR_VERSION:
@@ -154,12 +159,14 @@ def _validate(proto: onnx.ModelProto) -> None:
     local = {(f.domain, f.name) for f in proto.functions}
     unknown = sorted(
         {n.domain for n in proto.graph.node if n.domain not in _KNOWN_DOMAINS
-         and (n.domain, n.op_type) not in local}
+         and n.domain not in allowed_domains and (n.domain, n.op_type) not in local}
     )
     if unknown:
         raise ModelLoadError(
-            f"the model uses operators from custom domains {unknown}, which onnxplain does not "
-            "run; export with standard ONNX operators only"
+            f"the model uses operators from custom domains {unknown}, which onnxplain refuses by "
+            "default; export with standard ONNX operators only, or, if you trust this model, "
+            f"allow them with load(..., allowed_domains={unknown}) (ONNX Runtime implements "
+            "'com.microsoft' itself; other domains also need custom_op_libraries=[path])"
         )
     try:
         onnx.checker.check_model(proto, full_check=True)
@@ -178,6 +185,53 @@ def _upgrade_opset(proto: onnx.ModelProto) -> onnx.ModelProto:
         logger.warning("could not upgrade opset %s to %s: %s", opsets, UPGRADE_TO, exc)
         return proto
     return upgraded
+
+
+@functools.lru_cache(maxsize=1)
+def runtime_limits() -> tuple[int, int]:
+    """(newest default-domain opset, newest IR version) the installed ONNX Runtime runs.
+
+    onnx defines opsets before runtimes implement them (onnx 1.23: opset 28; ONNX
+    Runtime 1.31: 26); found once by offering ONNX Runtime a one-node model.
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError:  # pragma: no cover - a hard dependency
+        return onnx.defs.onnx_opset_version(), onnx.IR_VERSION
+
+    def runs(opset: int, ir_version: int) -> bool:
+        x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+        y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
+        graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [y])
+        probe = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)],
+                                       ir_version=ir_version)
+        try:
+            ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+        except Exception:
+            return False
+        return True
+
+    opset = next((k for k in range(onnx.defs.onnx_opset_version(), UPGRADE_TO, -1) if runs(k, 8)), UPGRADE_TO)
+    ir_version = next((v for v in range(onnx.IR_VERSION, 7, -1) if runs(UPGRADE_TO, v)), 8)
+    return opset, ir_version
+
+
+def _fit_runtime(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A model stamped with an opset newer than ONNX Runtime runs, converted down to the
+    newest it runs (onnx's version converter; the original is kept if that fails)."""
+    opsets = {o.domain: o.version for o in proto.opset_import}
+    default = opsets.get("", opsets.get("ai.onnx", 0))
+    newest, newest_ir = runtime_limits()
+    if default <= newest and proto.ir_version <= newest_ir:
+        return proto
+    try:
+        converted = onnx.version_converter.convert_version(proto, newest) if default > newest else proto
+        converted.ir_version = min(converted.ir_version, newest_ir)
+        onnx.checker.check_model(converted)
+    except Exception as exc:
+        logger.warning("could not convert opset %s to %s for ONNX Runtime: %s", default, newest, exc)
+        return proto
+    return converted
 
 
 def _drop_zipmap(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -201,11 +255,46 @@ def _drop_zipmap(proto: onnx.ModelProto) -> onnx.ModelProto:
     return proto
 
 
+def _custom_options(
+    allowed_domains: str | Iterable[str], custom_op_libraries: str | os.PathLike | Iterable[str | os.PathLike]
+) -> tuple[frozenset[str], tuple[str, ...]]:
+    """Check ``load``'s opt-ins: domain names, and library paths that exist (made absolute)."""
+    allowed_domains = () if allowed_domains is None else allowed_domains
+    custom_op_libraries = () if custom_op_libraries is None else custom_op_libraries
+    if not isinstance(allowed_domains, (str, Iterable)) or not isinstance(
+            custom_op_libraries, (str, os.PathLike, Iterable)):
+        raise InputValidationError(
+            "allowed_domains takes domain names and custom_op_libraries file paths (a list each), got "
+            f"{allowed_domains!r} and {custom_op_libraries!r}"
+        )
+    domains = [allowed_domains] if isinstance(allowed_domains, str) else list(allowed_domains)
+    bad = [d for d in domains if not isinstance(d, str) or d in _KNOWN_DOMAINS]
+    if bad:
+        raise InputValidationError(
+            f"allowed_domains takes custom operator domain names such as 'com.microsoft', got {bad}"
+        )
+    libs = ([custom_op_libraries] if isinstance(custom_op_libraries, (str, os.PathLike))
+            else list(custom_op_libraries))
+    paths = []
+    for lib in libs:
+        if not isinstance(lib, (str, os.PathLike)):
+            raise InputValidationError(f"custom_op_libraries takes file paths, got {lib!r}")
+        path = Path(lib).expanduser()
+        if not path.is_file():
+            raise ModelLoadError(f"custom_op_libraries: no library file at {str(path)!r}")
+        paths.append(str(path.resolve()))
+    return frozenset(domains), tuple(paths)
+
+
 def load(
     source: str | os.PathLike | bytes | onnx.ModelProto,
     *,
     max_model_bytes: int = MAX_MODEL_BYTES,
     max_external_bytes: int = MAX_EXTERNAL_BYTES,
+    allowed_domains: str | Iterable[str] = (),
+    custom_op_libraries: str | os.PathLike | Iterable[str | os.PathLike] = (),
+    layout: str = "auto",
+    dynamic_batch: bool = True,
 ) -> Model:
     """Load an ONNX model from a file path, bytes or an ``onnx.ModelProto``.
 
@@ -213,19 +302,103 @@ def load(
     ``max_external_bytes``), external data must lie inside the model's folder (no
     absolute paths, ``..``, symlinks or hard links out), the model is checked with
     ``onnx.checker`` (full check), operators from custom domains are refused and no
-    custom-op library is ever loaded. The graph is then canonicalised (see
+    custom-op library is loaded unless you name it. The graph is then canonicalised (see
     :mod:`onnxplain.core.canonical`); the source is never modified.
+
+    Custom operators are an explicit opt-in, for models you trust:
+
+    - ``allowed_domains``: operator domains to accept besides the standard ones, e.g.
+      ``["com.microsoft"]``, whose contrib operators (``Gelu``, ``FusedConv``,
+      ``QuickGelu``, ...) ONNX Runtime implements itself. Forward-only methods (Occlusion,
+      RISE, LIME, SHAP, Score-CAM) then run on ONNX Runtime; the torch backend, and with
+      it the gradient methods, raises :class:`~onnxplain.UnsupportedOperatorError`
+      naming the operators it cannot convert.
+    - ``custom_op_libraries``: shared libraries (file paths) that implement other
+      domains; the ONNX Runtime backend registers exactly these with
+      ``SessionOptions.register_custom_ops_library`` when it builds its sessions. A
+      library runs native code in this process: pass only ones you trust, and list
+      their domains in ``allowed_domains`` too. A path that is not a file is refused.
+
+    What exporters leave is made uniform:
+
+    - ``layout``: ``"auto"`` detects a channels-last input (Keras, tf2onnx, jax2onnx: an
+      (N, H, W, C) input followed by ``Transpose(perm=[0, 3, 1, 2])``); ``"NCHW"`` or
+      ``"NHWC"`` say it. A model saved by :meth:`Model.save` records its layout. An NHWC
+      model takes and returns arrays in NHWC while methods compute channels first (see
+      :mod:`onnxplain.core.layout`); ``model.layout`` says which.
+    - ``dynamic_batch``: a batch dim fixed by the export is made dynamic when that provably
+      keeps the outputs (see :mod:`onnxplain.core.batch`); otherwise a warning says why and
+      the backends run the fixed batch size per call (always for models with custom
+      operator domains, whose check would need their libraries).
+    - opsets below 11 are upgraded to 13 with ``onnx.version_converter``; opsets newer
+      than the installed ONNX Runtime runs (up to ``onnx.defs.onnx_opset_version()``) are
+      converted down to its newest (:func:`runtime_limits`); the others load as they are.
+    - float16 models are computed in float32 (weights upcast exactly, results within
+      float16 rounding of the float16 model; ``model.converted_from == "float16"``).
+    - a :class:`~onnxplain.preprocess.Preprocess` spec stored in the metadata
+      (``"onnxplain.preprocess"``, JSON) becomes ``model.preprocess``.
 
     >>> import onnxplain as ox
     >>> model = ox.load(ox.examples.tiny_cnn())
     >>> model.input_name, model.outputs[0].shape
     ('input', ('batch', 3))
+
+    A model with a contrib operator of ONNX Runtime loads only with the opt-in:
+
+    >>> proto = ox.examples.tiny_cnn()
+    >>> proto.graph.node[1].op_type, proto.graph.node[1].domain = "Gelu", "com.microsoft"
+    >>> _ = proto.opset_import.add(domain="com.microsoft", version=1)
+    >>> ox.load(proto)  # doctest: +IGNORE_EXCEPTION_DETAIL
+    Traceback (most recent call last):
+    ModelLoadError: the model uses operators from custom domains ['com.microsoft'], ...
+    >>> ox.load(proto, allowed_domains=["com.microsoft"]).num_classes
+    3
     """
+    domains, libraries = _custom_options(allowed_domains, custom_op_libraries)
+    wanted = check_layout(layout)
     proto, where = _read(source, max_model_bytes, max_external_bytes)
-    _validate(proto)
-    proto = _drop_zipmap(_upgrade_opset(proto))
+    _validate(proto, domains)
+    proto = _drop_zipmap(_fit_runtime(_upgrade_opset(proto)))
+    was_float16 = _input_dtype(proto) == onnx.TensorProto.FLOAT16
+    upcast = upcast_float16(proto)
     try:
         ir_model = ir.from_proto(proto)
     except Exception as exc:
         raise ModelLoadError(f"cannot read the graph of {where}: {exc}") from None
-    return Model(canonicalize(ir_model), source=where)
+    ir_model = canonicalize(ir_model)
+    ir_model, user_layout = _channels_first(ir_model, wanted)
+    note = None
+    fixed = fixed_batch_size(ir_model)
+    if dynamic_batch and fixed is not None and not libraries and not domains:
+        ir_model, reason = make_batch_dynamic(ir_model)
+        if reason is not None:
+            note = onnx_batch_note(fixed, reason)
+            warnings.warn(note, UserWarning, stacklevel=2)
+    model = Model(ir_model, source=where, custom_op_libraries=libraries, layout=user_layout)
+    model.batch_note = note
+    if upcast and was_float16:
+        model.converted_from = "float16"
+    return model
+
+
+def _channels_first(ir_model: ir.Model, wanted: str | None) -> tuple[ir.Model, str]:
+    """The model with a channels-first input, and the user's layout (see ``load``)."""
+    props = dict(ir_model.metadata_props)
+    saved = check_layout(props.get(LAYOUT_KEY)) if props.get(LAYOUT_KEY) in ("NCHW", "NHWC") else None
+    user_layout = wanted or saved or detect_layout(ir_model)
+    # a model written by Model.save already has its channels-first input
+    already = props.get(GRAPH_LAYOUT_KEY) == "NCHW" and saved is not None and user_layout == saved
+    if user_layout == "NHWC" and not already:
+        try:
+            ir_model = make_input_channels_first(ir_model)
+        except InputValidationError as exc:
+            raise ModelLoadError(str(exc)) from None
+    return ir_model, user_layout
+
+
+def _input_dtype(proto: onnx.ModelProto) -> int | None:
+    inits = {t.name for t in proto.graph.initializer}
+    for value in proto.graph.input:
+        if value.name not in inits and value.type.HasField("tensor_type"):
+            return value.type.tensor_type.elem_type
+    return None

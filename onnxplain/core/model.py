@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
 import threading
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -19,6 +23,7 @@ from onnxplain.core.errors import (
 
 if TYPE_CHECKING:
     from onnxplain.backends.base import Backend, Capability
+    from onnxplain.preprocess import Preprocess
 
 Dim = int | str | None
 
@@ -77,6 +82,38 @@ def _dims(value: ir.Value) -> tuple[Dim, ...] | None:
     return tuple(out)
 
 
+#: How many models with compiled output targets a Model keeps (see Model.with_targets).
+MAX_DERIVED = 8
+#: metadata_props keys onnxplain reads and writes.
+PREPROCESS_KEY = "onnxplain.preprocess"
+LAYOUT_KEY = "onnxplain.layout"
+GRAPH_LAYOUT_KEY = "onnxplain.graph_layout"
+
+
+def _read_preprocess(props: dict[str, str]) -> Preprocess | None:
+    text = props.get(PREPROCESS_KEY)
+    if not text:
+        return None
+    from onnxplain.preprocess import Preprocess
+
+    try:
+        data = json.loads(text)
+        if isinstance(data, dict) and isinstance(data.get("preprocess"), dict):
+            data = data["preprocess"]
+        return Preprocess.parse(data, what=f"metadata {PREPROCESS_KEY!r}")
+    except (ValueError, InputValidationError) as exc:  # a bad spec must not block loading
+        warnings.warn(f"ignoring the model's {PREPROCESS_KEY!r} metadata: {exc}", UserWarning, stacklevel=3)
+        return None
+
+
+def save_metadata(model: Model) -> dict[str, str]:
+    """The metadata_props :meth:`Model.save` writes."""
+    props = {LAYOUT_KEY: model.layout, GRAPH_LAYOUT_KEY: "NCHW" if model.layout == "NHWC" else model.layout}
+    if model.preprocess is not None:
+        props[PREPROCESS_KEY] = model.preprocess.model_dump_json()
+    return props
+
+
 def _np_dtype(value: ir.Value) -> np.dtype | None:
     if value.dtype is None:
         return None
@@ -84,6 +121,18 @@ def _np_dtype(value: ir.Value) -> np.dtype | None:
         return np.dtype(value.dtype.numpy())
     except Exception:  # pragma: no cover - e.g. float8
         return None
+
+
+def _channels_first_source(value: ir.Value) -> ir.Value:
+    """For a channels-last feature map made by ``Transpose(perm=[0, 2, 3, 1])`` (as tf2onnx
+    leaves before a Keras global pooling), the channels-first tensor it transposes; else
+    ``value`` itself. CAMs read feature maps channels first."""
+    producer = value.producer()
+    if producer is not None and producer.op_type == "Transpose" and producer.inputs[0] is not None:
+        perm = producer.attributes.get("perm")
+        if perm is not None and tuple(perm.as_ints()) == (0, 2, 3, 1):
+            return producer.inputs[0]
+    return value
 
 
 class Model:
@@ -94,9 +143,24 @@ class Model:
     (``model.backend("onnxruntime")``), each built once and reused.
     """
 
-    def __init__(self, ir_model: ir.Model, source: str = "<memory>") -> None:
+    def __init__(
+        self, ir_model: ir.Model, source: str = "<memory>", custom_op_libraries: Sequence[str] = (),
+        layout: str = "NCHW",
+    ) -> None:
         self.ir = ir_model
         self.source = source
+        #: The layout of the user's arrays: ``"NCHW"`` or ``"NHWC"`` (the graph's input is
+        #: channels first either way; see :mod:`onnxplain.core.layout`).
+        self.layout = layout
+        #: Why the batch dimension stayed fixed (None when it is dynamic or was made so).
+        self.batch_note: str | None = None
+        #: The float type the exported graph computed in, when load() changed it (float16
+        #: models are computed in float32, see :func:`onnxplain.load`).
+        self.converted_from: str | None = None
+        self._preprocess = _read_preprocess(dict(ir_model.metadata_props))
+        self._derived: dict[tuple, tuple[Model, str]] = {}
+        #: custom-op libraries the user named in :func:`onnxplain.load` (never implicit)
+        self.custom_op_libraries = tuple(custom_op_libraries)
         graph = ir_model.graph
         self._values: dict[str, ir.Value] = {}
         for v in graph.inputs:
@@ -169,11 +233,101 @@ class Model:
             return None
         return int(np.prod(shape[1:]))
 
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The model's ``metadata_props`` (a copy; keys starting with ``onnxplain.`` are ours)."""
+        return dict(self.ir.metadata_props)
+
+    @property
+    def preprocess(self) -> Preprocess | None:
+        """The :class:`~onnxplain.preprocess.Preprocess` spec stored in the model's metadata
+        (key ``"onnxplain.preprocess"``, JSON), or None. Settable; :meth:`save` stores it."""
+        return self._preprocess
+
+    @preprocess.setter
+    def preprocess(self, spec: Preprocess | dict | None) -> None:
+        from onnxplain.preprocess import Preprocess
+
+        self._preprocess = None if spec is None else Preprocess.parse(spec)
+
+    @property
+    def user_input_shape(self) -> tuple[Dim, ...] | None:
+        """The input shape in the user's layout: (N, H, W, C) for an NHWC model."""
+        shape = self.input_spec.shape
+        if shape is None or self.layout != "NHWC" or len(shape) != 4:
+            return shape
+        return (shape[0], shape[2], shape[3], shape[1])
+
     def __repr__(self) -> str:
+        layout = f", layout={self.layout}" if self.layout != "NCHW" else ""
         return (
-            f"Model({self.source!r}, input={self.input_name}{self.input_spec.shape}, "
+            f"Model({self.source!r}, input={self.input_name}{self.user_input_shape}{layout}, "
             f"output={self.output_name}{self.output_spec.shape}, opset={self.opset})"
         )
+
+    # -- layout ------------------------------------------------------------------------
+    def to_internal(self, x: Any, name: str = "inputs") -> Any:
+        """``x`` from the user's layout to the channels-first one methods compute in
+        ((N, H, W, C) → (N, C, H, W) for an NHWC model; unchanged otherwise). The shape is
+        checked against the model's input in the user's layout first."""
+        if self.layout != "NHWC":
+            return x
+        if hasattr(x, "detach") and hasattr(x, "cpu"):
+            x = x.detach().cpu().numpy()
+        if not isinstance(x, np.ndarray):
+            return x  # check_input names the problem
+        want = self.user_input_shape
+        if x.ndim != 4:
+            raise InputValidationError(
+                f"{name} has shape {x.shape}; this NHWC model takes (N, H, W, C) batches {want}"
+            )
+        for axis, (got, need) in enumerate(zip(x.shape[1:], (want or ())[1:]), start=1):
+            if isinstance(need, int) and need > 0 and got != need:
+                raise InputValidationError(
+                    f"{name} has shape {x.shape} but the model input {self.input_name!r} expects "
+                    f"{want} in its NHWC layout (axis {axis}: {got} != {need})"
+                )
+        return np.moveaxis(x, -1, 1)
+
+    def to_user(self, a: np.ndarray) -> np.ndarray:
+        """An input-shaped (N, C, H, W) array back to the user's layout."""
+        if self.layout != "NHWC" or np.ndim(a) != 4:
+            return a
+        return np.ascontiguousarray(np.moveaxis(a, 1, -1))
+
+    # -- outputs -----------------------------------------------------------------------
+    def logits(self) -> str | None:
+        """The pre-softmax tensor of the model output, or None.
+
+        When the explained output is computed by a final ``Softmax`` or ``LogSoftmax``, its
+        input (the logits) is returned; gradient and CAM methods explain it by default
+        (``use_logits``, see :class:`~onnxplain.methods.base.Attribution`), because the
+        gradient of a probability mixes in every other class.
+        """
+        value = self._values.get(self.output_name)
+        producer = value.producer() if value is not None else None
+        if producer is not None and producer.op_type in ("Softmax", "LogSoftmax") \
+                and producer.domain in ("", "ai.onnx") and producer.inputs[0] is not None:
+            return producer.inputs[0].name
+        return None
+
+    def with_targets(self, targets: Sequence[Any], default_output: str | None = None) -> tuple[Model, str]:
+        """A model whose output is the scores of ``targets`` (compiled output targets such
+        as :class:`~onnxplain.core.outputs.SegmentationTarget`), one column each, and the
+        name of that output. Built once per set of targets (the last ``MAX_DERIVED`` sets are
+        kept, each with its own backends); see :mod:`onnxplain.core.outputs`."""
+        from onnxplain.core.outputs import compile_targets, target_key
+
+        default = default_output or self.output_name
+        key = (default, *(target_key(t) for t in targets))
+        with self._lock:
+            found = self._derived.pop(key, None)
+            if found is None:
+                found = compile_targets(self, list(targets), default)
+            self._derived[key] = found  # most recent last; the oldest go (each holds backends)
+            while len(self._derived) > MAX_DERIVED:
+                self._derived.pop(next(iter(self._derived)))
+            return found
 
     # -- graph queries -----------------------------------------------------------------
     def tensor_shape(self, name: str) -> tuple[Dim, ...] | None:
@@ -229,8 +383,10 @@ class Model:
         by_name = {s.name: s for s in layers}
         pooled = None
         for node in self.ir.graph:
-            if self._is_global_pool(node) and node.inputs[0].name in by_name:
-                pooled = by_name[node.inputs[0].name]
+            if self._is_global_pool(node):
+                source = _channels_first_source(node.inputs[0])
+                if source.name in by_name:
+                    pooled = by_name[source.name]
         if pooled is not None:
             return pooled
         spatial = [s for s in layers if all(not isinstance(d, int) or d > 1 for d in s.shape[2:])]
@@ -240,6 +396,19 @@ class Model:
             "found no spatial feature map for layer='auto' (no 4-D tensor with height and "
             "width > 1); pass a layer name from model.layers()"
         )
+
+    def channels_first_layer(self, spec: LayerSpec) -> LayerSpec:
+        """``spec``, or for a channels-last feature map (the output of a
+        ``Transpose(perm=[0, 2, 3, 1])``, as Keras/tf2onnx exports leave them after
+        :class:`~onnxplain.core.canonical.SinkChannelsLastTransposePass`) its channels-first
+        twin, which CAMs read as (N, K, h, w)."""
+        value = self._values.get(spec.name)
+        source = _channels_first_source(value) if value is not None else None
+        if source is None or source is value or not source.name or source.name not in self._values:
+            return spec
+        producer = source.producer()
+        return LayerSpec(source.name, producer.op_type if producer else "Input",
+                         producer.name if producer else "", _dims(source) or ())
 
     @staticmethod
     def _is_global_pool(node: ir.Node) -> bool:
@@ -259,7 +428,8 @@ class Model:
             elif len(node.inputs) > 1 and node.inputs[1] is not None:
                 const = node.inputs[1].const_value
                 axes = const.numpy().tolist() if const is not None else None
-            if axes is None or rank != 4 or {a % 4 for a in axes} != {2, 3}:
+            spatial = {1, 2} if _channels_first_source(node.inputs[0]) is not node.inputs[0] else {2, 3}
+            if axes is None or rank != 4 or {a % 4 for a in axes} != spatial:
                 return None
             return node.op_type[len("Reduce"):].lower()
         if node.op_type == "AveragePool" and node.inputs[0].shape is not None:
@@ -283,6 +453,14 @@ class Model:
                 if found is not None:
                     head = found
         return head
+
+    def attention_gates(self) -> list:
+        """The squeeze-and-excitation and CBAM gates of the graph, in topological order:
+        a list of :class:`~onnxplain.core.attention.AttentionGate` (name, kind, gate and
+        gated tensors). :mod:`onnxplain.core.attention` lists the patterns recognised."""
+        from onnxplain.core.attention import find_attention_gates
+
+        return find_attention_gates(self)
 
     def _linear_after(self, pool: ir.Node) -> ClassifierHead | None:
         value = pool.outputs[0]
@@ -327,11 +505,12 @@ class Model:
                     logits = after[0].outputs[0]
         else:
             return None
-        channels = (_dims(pool.inputs[0]) or (None, None))[1]
+        feature_map = _channels_first_source(pool.inputs[0])
+        channels = (_dims(feature_map) or (None, None))[1]
         if isinstance(channels, int) and channels != w.shape[1]:
             return None
         return ClassifierHead(
-            feature_map=pool.inputs[0].name, pool=pool.name or "", linear=node.name or "",
+            feature_map=feature_map.name, pool=pool.name or "", linear=node.name or "",
             logits=logits.name, weight=w, bias=bias,
         )
 
@@ -357,9 +536,32 @@ class Model:
                 "path to the output goes through, e.g. the input of the global pooling"
             ) from None
         sub = ir.Model(graph, ir_version=self.ir.ir_version, producer_name="onnxplain")
-        return Model(sub, source=f"{self.source} after {tensor}")
+        return Model(sub, source=f"{self.source} after {tensor}",
+                     custom_op_libraries=self.custom_op_libraries)
 
     # -- serialisation -----------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the canonical model, with its metadata, to ``path``.
+
+        The metadata records the user's layout (``onnxplain.layout``), that the graph input
+        is already channels first (``onnxplain.graph_layout``) and the :attr:`preprocess`
+        spec (``onnxplain.preprocess``, JSON), so ``onnxplain.load(path)`` gives back the
+        same model. Weights go to ``<path>.data`` beside it when the model exceeds 1.5 GiB.
+        """
+        path = Path(path)
+        proto = ir.to_proto(self.ir)
+        props = {p.key: p.value for p in proto.metadata_props}
+        props.update(save_metadata(self))
+        del proto.metadata_props[:]
+        for key, value in props.items():
+            proto.metadata_props.add(key=key, value=value)
+        if proto.ByteSize() > 1536 * 1024**2:
+            onnx.save(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                      location=path.name + ".data")
+        else:
+            onnx.save(proto, str(path))
+        return path
+
     def proto(self) -> onnx.ModelProto:
         """The canonical model as an ``onnx.ModelProto`` (a fresh copy)."""
         return onnx.load_from_string(self.serialized())
@@ -418,10 +620,10 @@ class Model:
         return be
 
     def predict(self, x: np.ndarray, batch_size: int | None = None) -> np.ndarray:
-        """The model output for ``x`` (N, ...), on ONNX Runtime."""
+        """The model output for ``x`` (N, ...) in the model's layout, on ONNX Runtime."""
         from onnxplain.core.validation import check_input
 
-        x = check_input(self, x)
+        x = check_input(self, self.to_internal(x))
         be = self.backend("onnxruntime")
         if batch_size is None:
             return be.predict(x)

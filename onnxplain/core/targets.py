@@ -6,7 +6,9 @@ A target is one of
 - an ``int``: the same output index for every example;
 - a sequence of ints (or a 1-D integer array): one output index per example;
 - ``Neuron(layer, index)``: one unit of an internal tensor (``index`` is an int into the
-  flattened non-batch dims, or a tuple such as ``(channel, row, col)``);
+  flattened non-batch dims, or a tuple such as ``(channel, row, col)``, one entry per
+  non-batch dim); indices are >= 0 and within the tensor's shape: negative ones do not
+  wrap around (as they would in Captum) but raise ``InputValidationError``, on every backend;
 - ``Channel(layer, channel)``: the mean activation of one channel of a feature map.
 
 ``resolve_target`` turns any of them into an :class:`Objective`, the single object every
@@ -63,6 +65,7 @@ class Objective:
             raise InputValidationError(
                 f"target has {self.index.shape[0]} entries but the batch has {n} examples"
             )
+        self._check_bounds(tuple(int(d) for d in values.shape[1:]))
         rows = np.arange(n)
         if self.kind == "channel":
             selected = values[rows, self.index[:, 0]]
@@ -70,6 +73,45 @@ class Objective:
         if self.index.shape[1] == 1:
             return values.reshape(n, -1)[rows, self.index[:, 0]]
         return values[(rows, *self.index.T)]
+
+    def check_shape(self, dims: Sequence[Any] | None) -> None:
+        """Check the index against a tensor's declared dims (batch dim first), before any
+        evaluation; symbolic or unknown dims are not checked (``scores`` checks them)."""
+        if dims is not None and len(dims) >= 1:
+            self._check_bounds(tuple(d if isinstance(d, int) and d > 0 else None for d in dims[1:]))
+
+    def _check_bounds(self, shape: tuple[int | None, ...]) -> None:
+        """Refuse an index outside ``shape`` (the tensor's non-batch dims; None: unknown)
+        with our error, before numpy or torch raise their own (or, for negative numbers,
+        wrap around)."""
+        dims = ", ".join("?" if d is None else str(d) for d in shape)
+        where = f"tensor {self.tensor!r} of shape (N, {dims})"
+        if self.kind == "channel":
+            top = shape[0] if shape else 0
+            if top is not None and ((self.index < 0) | (self.index >= top)).any():
+                raise InputValidationError(
+                    f"target Channel {np.unique(self.index).tolist()} out of range: {where} "
+                    f"has channels 0..{top - 1}"
+                )
+            return
+        known = None not in shape
+        size = int(np.prod(shape, dtype=np.int64)) if known else None
+        if self.index.shape[1] == 1:
+            if size is not None and ((self.index < 0) | (self.index >= size)).any():
+                raise InputValidationError(
+                    f"target index {np.unique(self.index).tolist()} out of range: {where} has "
+                    f"{size} units per example (flattened index 0..{size - 1})"
+                )
+            return
+        k = self.index.shape[1]
+        bounds = np.asarray([np.iinfo(np.int64).max if d is None else d for d in shape], dtype=np.int64)
+        if k != len(shape) or ((self.index < 0) | (self.index >= bounds)).any():
+            flat = f"an int 0..{size - 1}" if size is not None else "an int"
+            ranges = ", ".join("0..?" if d is None else f"0..{d - 1}" for d in shape)
+            raise InputValidationError(
+                f"target index {tuple(self.index[0].tolist())} out of range: {where} takes {flat} "
+                f"or a tuple of {len(shape)} indices in ({ranges})"
+            )
 
     def take(self, rows: np.ndarray | slice) -> Objective:
         """The objective for a subset (or repetition) of the examples."""
@@ -92,6 +134,13 @@ def resolve_target(
     ``predict`` returns the model output for the examples; it is called only for
     ``target=None``. ``output_size`` (classes) bounds integer targets when known.
     """
+    from onnxplain.core.outputs import is_output_target
+
+    if is_output_target(target):
+        raise InputValidationError(
+            f"target {target!r} is an output target, compiled into the model's graph: pass it to a "
+            "method built on a Model (not on a Backend), or use Model.with_targets"
+        )
     if isinstance(target, Neuron):
         idx = target.index
         if isinstance(idx, (int, np.integer)):
@@ -99,7 +148,20 @@ def resolve_target(
                 raise InputValidationError(f"Neuron index must be >= 0, got {idx}")
             index = np.full((n_examples, 1), int(idx), dtype=np.int64)
         else:
-            index = np.tile(np.asarray(idx, dtype=np.int64)[None, :], (n_examples, 1))
+            # no wrap-around (unlike Captum's neuron_selector): negative indices are refused,
+            # as for an int index and for Channel, on every backend
+            if isinstance(idx, np.ndarray) and idx.ndim == 1:
+                idx = tuple(idx.tolist())
+            parts = tuple(idx) if isinstance(idx, (tuple, list)) else None
+            if not parts or not all(
+                isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in parts
+            ):
+                raise InputValidationError(
+                    f"Neuron index must be an int or a non-empty tuple of ints, got {idx!r}"
+                )
+            if any(i < 0 for i in parts):
+                raise InputValidationError(f"Neuron index entries must be >= 0 (no wrap-around), got {idx!r}")
+            index = np.tile(np.asarray(parts, dtype=np.int64)[None, :], (n_examples, 1))
         return Objective(target.layer, "index", index)
     if isinstance(target, Channel):
         if target.channel < 0:

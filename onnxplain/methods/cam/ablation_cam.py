@@ -54,7 +54,7 @@ class AblationCAM(CAMBase):
 
     def channel_weights(self, data: LayerData) -> np.ndarray:
         a, objective = data.activations, data.objective
-        if objective.tensor not in self.tail.output_names:
+        if objective.tensor not in (*self.tail.output_names, self.model.logits()):
             raise InputValidationError(
                 f"AblationCAM's target must be an output class, not {objective.tensor!r}"
             )

@@ -68,6 +68,7 @@ class CAMBase(Attribution):
     """
 
     requires: ClassVar[frozenset[Capability]] = frozenset({Capability.ACTIVATIONS, Capability.GRADIENTS})
+    prefers_logits: ClassVar[bool | None] = True
 
     def __init__(self, model: Model | Backend, layer: str | LayerSpec = "auto",
                  backend: str | Backend = "auto", **backend_options: Any) -> None:
@@ -89,7 +90,8 @@ class CAMBase(Attribution):
             )
 
     def _find_layer(self, layer: str) -> LayerSpec:
-        return self.model.find_layer(layer)
+        # a channels-last map (Keras/tf2onnx exports) is read through its channels-first twin
+        return self.model.channels_first_layer(self.model.find_layer(layer))
 
     # -- the extension points ----------------------------------------------------------
     def channel_weights(self, data: LayerData) -> np.ndarray:
@@ -145,10 +147,11 @@ class CAMBase(Attribution):
             res = self.backend.gradients(x, objective, wrt=[name])
             return LayerData(x, objective, res.scores, res.activations[name], res.gradients[name],
                              show_progress)
-        output = self.backend.output_name
+        output = self._output_tensor()
         outs = self.backend.forward(x, outputs=list(dict.fromkeys([name, output])))
         objective = resolve_target(target, len(x), output, self.model.num_classes,
                                    predict=lambda: outs[output])
+        self._note(objective)
         if objective.tensor not in outs:
             outs.update(self.backend.forward(x, outputs=[objective.tensor]))
         scores = np.asarray(objective.scores(outs[objective.tensor]), dtype=np.float64)

@@ -46,7 +46,7 @@ class CAM(CAMBase):
     def channel_weights(self, data: LayerData) -> np.ndarray:
         objective = data.objective
         if objective.kind != "index" or objective.index.shape[1] != 1 \
-                or objective.tensor not in self.model.output_names:
+                or objective.tensor not in (*self.model.output_names, self.model.logits()):
             raise InputValidationError(
                 "CAM explains output classes: target must be None, an int or one int per example"
             )

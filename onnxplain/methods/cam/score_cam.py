@@ -30,6 +30,7 @@ import pydantic
 from onnxplain.backends.base import Backend, Capability
 from onnxplain.core.errors import InputValidationError
 from onnxplain.core.model import LayerSpec, Model
+from onnxplain.core.outputs import TARGETS_OUTPUT
 from onnxplain.core.targets import Objective
 from onnxplain.core.validation import Params, validate_params
 from onnxplain.methods.cam.base import CAMBase, LayerData, min_max_masks, upsample_maps
@@ -70,10 +71,12 @@ class ScoreCAM(CAMBase):
         x, a, objective = data.inputs, data.activations, data.objective
         n, k = a.shape[:2]
         if self.weighting == "probability" and (
-                objective.kind != "index" or objective.tensor not in self.model.output_names):
+                objective.kind != "index"
+                or objective.tensor not in (*self.model.output_names, self.model.logits())
+                or objective.tensor == TARGETS_OUTPUT):
             raise InputValidationError(
                 "ScoreCAM(weighting='probability') softmaxes the model output over classes; "
-                "for a Neuron or Channel target use weighting='score'"
+                "for a Neuron, Channel or output target (SegmentationTarget, ...) use weighting='score'"
             )
         flat = a.reshape(n * k, -1)
         constant = flat.max(axis=1) <= flat.min(axis=1)
@@ -95,6 +98,7 @@ class ScoreCAM(CAMBase):
 
     def _score(self, batch: np.ndarray, objective: Objective) -> np.ndarray:
         out = self.backend.forward(batch, outputs=[objective.tensor])[objective.tensor]
-        if self.weighting == "probability" and not self._output_is_softmax:
+        if self.weighting == "probability" and not (
+                self._output_is_softmax and objective.tensor == self.model.output_name):
             out = _softmax(out.reshape(len(out), -1).astype(np.float64), axis=1)
         return np.asarray(objective.scores(out), dtype=np.float64)

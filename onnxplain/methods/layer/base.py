@@ -16,6 +16,8 @@ class LayerAttribution(Attribution):
     (the last feature map before global pooling). To attribute to a node's *input* (Captum's
     ``attribute_to_layer_input``), name the input tensor."""
 
+    _input_shaped = False  # results are shaped like the layer, in the graph's own layout
+
     def __init__(self, model: Model | Backend, layer: str, backend: str | Backend = "auto",
                  **backend_options: Any) -> None:
         super().__init__(model, backend, **backend_options)

@@ -1,0 +1,114 @@
+"""float16 exports are computed in float32, and opsets 9 to the newest load and explain.
+
+A float16 model's weights are the float32 model's rounded to float16 (relative error up
+to 2^-11 ≈ 4.9e-4 per weight). Upcast to float32 they are exact, so every method on the
+float16 export equals the method on a float32 export of the rounded weights (1e-5). Against
+the original float32 model, outputs, Grad-CAM and Occlusion maps agree within
+``F16_RTOL`` (max |Δ| / max |ref|); input gradients do not always (a ReLU or max-pool
+switch that flips under the weight rounding moves gradient between pixels: 9.6e-2 on
+one of our inputs), so Saliency is compared with the rounded weights only.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from helpers import max_rel_err, small_cnn
+
+import onnxplain as ox
+
+F16_RTOL = 1e-2
+
+
+def _export(net: torch.nn.Module, x: torch.Tensor, opset: int | None = None) -> onnx.ModelProto:
+    buffer = io.BytesIO()
+    kwargs = {"opset_version": opset} if opset is not None else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            net.eval(),
+            (x,),
+            buffer,
+            dynamo=False,
+            input_names=["input"],
+            output_names=["output"],
+            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+            **kwargs,
+        )
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def _rounded_cnn() -> torch.nn.Module:
+    net = small_cnn()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(p.half().float())
+    return net
+
+
+@pytest.fixture(scope="module")
+def pair():
+    x = torch.randn(2, 3, 32, 32)
+    fp32 = _export(small_cnn(), x)
+    fp16 = _export(small_cnn().half(), x.half())
+    assert fp16.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    return ox.load(fp32), ox.load(fp16), fp16, ox.load(_export(_rounded_cnn(), x))
+
+
+@pytest.fixture(scope="module")
+def x():
+    return np.random.default_rng(7).standard_normal((2, 3, 32, 32)).astype(np.float32)
+
+
+def test_float16_models_are_computed_in_float32(pair, x):
+    fp32, fp16, proto, _ = pair
+    assert fp16.converted_from == "float16" and fp16.input_dtype == np.float32
+    ours = fp16.predict(x.astype(np.float16))  # float16 arrays are accepted as they are
+    native = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    theirs = native.run(None, {"input": x.astype(np.float16)})[0]
+    assert max_rel_err(ours, theirs) < F16_RTOL
+    assert max_rel_err(ours, fp32.predict(x)) < F16_RTOL
+
+
+@pytest.mark.parametrize(
+    "method, kwargs",
+    [
+        (ox.Saliency, {}),
+        (ox.GradCAM, {}),
+        (ox.Occlusion, {"sliding_window_shapes": (3, 8, 8), "strides": (3, 4, 4)}),
+    ],
+)
+def test_methods_on_a_float16_export_equal_float32_with_its_weights(pair, x, method, kwargs):
+    fp32, fp16, _, rounded = pair
+    ours = method(fp16).attribute(x, target=1, **kwargs)
+    assert ours.dtype == np.float32
+    assert max_rel_err(ours, method(rounded).attribute(x, target=1, **kwargs)) < 1e-5
+    if method is not ox.Saliency:  # see the module docstring
+        assert max_rel_err(ours, method(fp32).attribute(x, target=1, **kwargs)) < F16_RTOL
+
+
+@pytest.mark.parametrize("opset", [9, onnx.defs.onnx_opset_version()])
+def test_oldest_and_newest_opsets_load_and_explain(pair, x, opset):
+    fp32, _, _, _ = pair
+    if opset == 9:
+        proto = _export(small_cnn(), torch.randn(2, 3, 32, 32), opset=9)
+    else:
+        proto = onnx.version_converter.convert_version(fp32.proto(), opset)
+    assert proto.opset_import[0].version == opset
+    model = ox.load(proto)
+    runtime_newest, _ = ox.core.loading.runtime_limits()
+    assert model.opset == (13 if opset < 11 else min(opset, runtime_newest))
+    np.testing.assert_allclose(model.predict(x), fp32.predict(x), atol=1e-5)
+    for method, kwargs in [
+        (ox.Saliency, {}),
+        (ox.GradCAM, {}),
+        (ox.Occlusion, {"sliding_window_shapes": (3, 8, 8), "strides": (3, 8, 8)}),
+    ]:
+        ours = method(model).attribute(x, target=3, **kwargs)
+        assert max_rel_err(ours, method(fp32).attribute(x, target=3, **kwargs)) < 1e-5, method.__name__
