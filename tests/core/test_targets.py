@@ -44,3 +44,34 @@ def test_channel_target_maximises_a_feature_map(small_model, images):
     occ = ox.Occlusion(small_model).attribute(images, sliding_window_shapes=(3, 8, 8), strides=(3, 8, 8),
                                               target=ox.Channel(layer, 4))
     assert occ.shape == images.shape
+
+
+@pytest.mark.parametrize("index", [(0, -1, 0), (-1,), (), (0, 1.5), (True, 0)])
+def test_neuron_tuples_never_wrap_around(index):
+    """Negative entries are refused (Captum's neuron_selector would wrap them), as an
+    int index and Channel already are; so are empty and non-integer tuples."""
+    with pytest.raises(ox.InputValidationError, match="Neuron index"):
+        resolve_target(ox.Neuron("f", index), 2, "y", 3)
+
+
+def test_indices_are_checked_against_the_tensor_shape_on_numpy_and_torch():
+    import torch
+
+    values = np.zeros((2, 4, 5, 6), np.float32)
+    cases = [
+        (ox.Channel("f", 4), "has channels 0..3"),
+        (ox.Neuron("f", 120), "flattened index 0..119"),
+        (ox.Neuron("f", (0, 5, 0)), r"\(0..3, 0..4, 0..5\)"),
+        (ox.Neuron("f", (0, 0)), "tuple of 3 indices"),
+    ]
+    for target, match in cases:
+        objective = resolve_target(target, 2, "y", None)
+        for v in (values, torch.from_numpy(values)):
+            with pytest.raises(ox.InputValidationError, match=match):
+                objective.scores(v)
+        # before any evaluation, on the declared dims; symbolic ones ("H") are left unchecked
+        with pytest.raises(ox.InputValidationError, match="'f' of shape"):
+            objective.check_shape(("N", 4, 5, 6))
+    resolve_target(ox.Neuron("f", (0, 99, 0)), 2, "y", None).check_shape(("N", 4, "H", "W"))
+    with pytest.raises(ox.InputValidationError, match=r"\(N, 4, \?, \?\) has channels 0..3"):
+        resolve_target(ox.Channel("f", 7), 2, "y", None).check_shape(("N", 4, "H", "W"))

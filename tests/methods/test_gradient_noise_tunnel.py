@@ -152,6 +152,45 @@ def test_noise_tunnel_names_arguments_the_wrapped_method_does_not_take(small_mod
         NoiseTunnel(Saliency(small_model)).attribute(images, target=0, internal_batch_size=4)
 
 
+@pytest.mark.parametrize("show", [False, True])
+def test_show_progress_reaches_the_wrapped_method_and_silences_every_bar(
+    small_model, images, monkeypatch, show
+):
+    """One switch for NoiseTunnel's bar and the wrapped method's (Captum forwards it too);
+    a wrapped method without a show_progress argument gets none."""
+    import functools
+
+    import onnxplain.methods.base as base
+
+    bars: list[bool] = []
+    original_tqdm = base.tqdm
+
+    def tqdm(*args, disable=None, **kwargs):
+        bars.append(disable)
+        return original_tqdm(*args, disable=True, **kwargs)
+
+    monkeypatch.setattr(base, "tqdm", tqdm)
+    ig = IntegratedGradients(small_model)
+    received: list = []
+    original = ig.attribute
+
+    @functools.wraps(original)
+    def attribute(*args, **kwargs):
+        received.append(kwargs.get("show_progress", "absent"))
+        return original(*args, **kwargs)
+
+    ig.attribute = attribute
+    out = NoiseTunnel(ig).attribute(images, nt_samples=2, stdevs=0.1, seed=0, target=1, n_steps=2,
+                                    show_progress=show)
+    assert out.shape == images.shape
+    assert received and all(r is show for r in received)
+    assert len(bars) > len(received) and all(d is (not show) for d in bars)  # ours and IG's bars
+    sal = NoiseTunnel(Saliency(small_model)).attribute(
+        images, nt_samples=2, seed=0, target=1, show_progress=show
+    )
+    assert sal.shape == images.shape
+
+
 def test_noise_tunnel_needs_a_method_instance(small_model):
     with pytest.raises(ox.InputValidationError, match="wraps an onnxplain method"):
         NoiseTunnel(small_model)

@@ -3,6 +3,8 @@ exact on linear models, and one call for a batch of images with bounded forward 
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import onnx
 import pytest
@@ -190,9 +192,14 @@ def test_lime_with_superpixels_and_a_blurred_fill(cnn, small_images):
         (dict(baselines=0.0, infill=infill.Zeros()), "not both"),
         (dict(perturbations_per_eval=0), "perturbations_per_eval"),
         (dict(distance_mode="euclidean", kernel_width=1e-3), "kernel_width"),
+        (dict(kernel_width=1e-200), "kernel_width"),  # 2σ² underflows to 0
+        (dict(kernel_width=1e200), "kernel_width"),  # 2σ² overflows
+        (dict(kernel_width=float("inf")), "kernel_width"),
     ],
 )
 def test_lime_refuses_bad_arguments(cnn, small_images, kwargs, match):
     kwargs.setdefault("feature_mask", seg.grid(small_images, 8))
-    with pytest.raises(ox.InputValidationError, match=match):
-        Lime(cnn).attribute(small_images, target=0, n_samples=20, **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # our error comes first, no numpy warning
+        with pytest.raises(ox.InputValidationError, match=match):
+            Lime(cnn).attribute(small_images, target=0, n_samples=20, **kwargs)

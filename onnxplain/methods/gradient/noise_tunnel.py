@@ -84,7 +84,9 @@ class NoiseTunnel(Attribution):
         to example i in copy s; ``stdevs`` and ``seed`` are then unused) — the way to
         reproduce another library's draws exactly (the tests rebuild Captum's). Other
         keyword arguments (``baselines``, ``n_steps``, ``internal_batch_size``, ``abs``, …)
-        go to the wrapped method; per-example ``baselines`` follow their example. With
+        go to the wrapped method; per-example ``baselines`` follow their example.
+        ``show_progress`` is NoiseTunnel's and is passed on to a wrapped method that takes
+        one (as Captum forwards it), so ``show_progress=False`` silences both. With
         ``return_convergence_delta=True`` the wrapped method's deltas are returned too,
         shape (N, nt_samples).
         """
@@ -106,6 +108,7 @@ class NoiseTunnel(Attribution):
                 raise InputValidationError("noise contains NaN or Inf values")
         params = inspect.signature(method.attribute).parameters
         takes_target = "target" in params
+        takes_progress = "show_progress" in params  # one switch for our bar and the wrapped one's
         if not takes_target and target is not None:
             raise InputValidationError(f"{type(method).__name__} takes no target")
         if not any(q.kind is inspect.Parameter.VAR_KEYWORD for q in params.values()):
@@ -135,6 +138,8 @@ class NoiseTunnel(Attribution):
             call = {k: _repeat(k, v, n, b, x.ndim) for k, v in kwargs.items()}
             if takes_target:
                 call["target"] = _repeat_target(classes, b)
+            if takes_progress:
+                call["show_progress"] = show_progress
             out = method.attribute(noisy, **call)
             if want_delta:
                 out, delta = out

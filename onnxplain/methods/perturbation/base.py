@@ -24,31 +24,61 @@ T = TypeVar("T")
 
 class Filler:
     """An in-fill bound to the inputs ``x``: a fill that depends neither on the mask nor on
-    chance is computed once; others are computed for every batch of perturbed rows."""
+    chance is computed once; others are computed for every batch of perturbed rows.
 
-    def __init__(self, infill: Infill, x: np.ndarray, rng: np.random.Generator) -> None:
+    ``rng``: a ``numpy.random.Generator`` draws random fills batch by batch from one stream
+    (the draws then depend on how rows are batched); a ``numpy.random.SeedSequence`` keys
+    them instead: given ``keys`` (R, 2) = (example index, perturbation index) per row, the
+    fill of row r is drawn from ``default_rng(SeedSequence(entropy, spawn_key=(*spawn_key,
+    *keys[r])))``, so it is the same whatever the batch size (or the device's default).
+    """
+
+    def __init__(
+        self, infill: Infill, x: np.ndarray, rng: np.random.Generator | np.random.SeedSequence
+    ) -> None:
         self.infill = infill
-        self.rng = rng
+        self.seeds = rng if isinstance(rng, np.random.SeedSequence) else None
+        self.rng = np.random.default_rng(rng) if self.seeds is not None else rng
         self.static: np.ndarray | None = None
         if not (infill.mask_dependent or infill.stochastic):
-            ref = np.asarray(infill.fill(x, None, rng), dtype=x.dtype)
+            ref = np.asarray(infill.fill(x, None, self.rng), dtype=x.dtype)
             if ref.shape != x.shape:
                 raise InputValidationError(
                     f"infill {infill!r} returned shape {ref.shape} for inputs of shape {x.shape}"
                 )
             self.static = ref
 
-    def reference(self, rows: np.ndarray, batch: np.ndarray, keep: np.ndarray | None) -> np.ndarray:
-        """The fill for ``batch`` (= the examples ``rows`` of x) under ``keep``."""
+    def reference(
+        self, rows: np.ndarray, batch: np.ndarray, keep: np.ndarray | None, keys: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The fill for ``batch`` (= the examples ``rows`` of x) under ``keep``; ``keys``
+        (R, 2): each row's (example, perturbation) key for a keyed random fill."""
         if self.static is not None:
             if len(rows) and (rows == rows[0]).all():  # one example repeated: a view, no copy
                 return np.broadcast_to(self.static[rows[0]], batch.shape)
             return self.static[rows]
+        if self.seeds is not None and keys is not None and self.infill.stochastic:
+            return self._keyed(batch, keep, np.asarray(keys, dtype=np.int64))
         return np.asarray(self.infill.fill(batch, keep, self.rng), dtype=batch.dtype)
 
-    def __call__(self, rows: np.ndarray, batch: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    def _keyed(self, batch: np.ndarray, keep: np.ndarray | None, keys: np.ndarray) -> np.ndarray:
+        """One fill per row, each from its own generator keyed by (seed, example, perturbation)."""
+        assert self.seeds is not None
+        out = np.empty(batch.shape, dtype=batch.dtype)
+        per_row = keep is not None and np.ndim(keep) == batch.ndim and len(keep) == len(batch) > 1
+        for r in range(len(batch)):
+            seq = np.random.SeedSequence(
+                self.seeds.entropy, spawn_key=(*self.seeds.spawn_key, *(int(k) for k in keys[r]))
+            )
+            row_keep = keep[r:r + 1] if per_row else keep
+            out[r] = np.asarray(self.infill.fill(batch[r:r + 1], row_keep, np.random.default_rng(seq)))[0]
+        return out
+
+    def __call__(
+        self, rows: np.ndarray, batch: np.ndarray, keep: np.ndarray, keys: np.ndarray | None = None
+    ) -> np.ndarray:
         """The perturbed rows: ``keep ⊙ batch + (1 − keep) ⊙ fill``."""
-        ref = self.reference(rows, batch, keep if self.infill.mask_dependent else None)
+        ref = self.reference(rows, batch, keep if self.infill.mask_dependent else None, keys)
         return blend(batch, keep, ref)
 
 

@@ -90,6 +90,13 @@ class SmoothMask:
         self.diameter = 2 * self.radius + 1
         self.shape_in = tuple(math.ceil(z / step) for z in shape)
         self.shape_mid = tuple(z + 2 * self.padding - self.diameter + 1 for z in self.shape_in)
+        # TorchRay's grid can end short of margin + input (σ small next to ``step``, or an
+        # input not a multiple of it): extend it past the bottom/right edge, over zero
+        # parameters as in the padding, until the full mask covers the crop. The geometry of
+        # every other pixel is unchanged (and nothing changes where TorchRay's grid suffices).
+        need = [math.ceil((round(self.margin) + z + self.step - 1) / self.step) for z in shape]
+        self.extra = tuple(max(0, k - z) for k, z in zip(need, self.shape_mid))
+        self.shape_mid = tuple(z + e for z, e in zip(self.shape_mid, self.extra))
         self.shape_up = tuple(step * z for z in self.shape_mid)
         self.shape_out = tuple(z - step + 1 for z in self.shape_up)
         f32 = np.float32
@@ -130,7 +137,8 @@ class SmoothMask:
     def _bumps(self, params: np.ndarray) -> np.ndarray:
         """a (R, K, H_out, W_out): each grid neighbour's value times its bump."""
         p = self.padding
-        padded = np.pad(params[:, 0].astype(self.dtype), ((0, 0), (p, p), (p, p)))
+        ey, ex = self.extra
+        padded = np.pad(params[:, 0].astype(self.dtype), ((0, 0), (p, p + ey), (p, p + ex)))
         windows = np.lib.stride_tricks.sliding_window_view(padded, (self.diameter,) * 2, axis=(1, 2))
         mid = windows.reshape(len(params), *self.shape_mid, -1).transpose(0, 3, 1, 2)
         return mid[:, :, self.up_y][:, :, :, self.up_x] * self._weight
@@ -177,7 +185,8 @@ class SmoothMask:
             g_mid = np.add.reduceat(g_up, np.arange(0, self.shape_out[0], self.step), axis=2)
             g_mid = np.add.reduceat(g_mid, np.arange(0, self.shape_out[1], self.step), axis=3)
             # adjoint of the unfold: scatter each neighbour back to its grid cell
-            g_pad = np.zeros((len(g_mid), self.shape_in[0] + 2 * p, self.shape_in[1] + 2 * p))
+            g_pad = np.zeros((len(g_mid), self.shape_in[0] + 2 * p + self.extra[0],
+                              self.shape_in[1] + 2 * p + self.extra[1]))
             for ky in range(d):
                 for kx in range(d):
                     g_pad[:, ky:ky + hm, kx:kx + wm] += g_mid[:, ky * d + kx]
@@ -212,14 +221,24 @@ class BlurPyramid:
 class _Blend:
     """``m ⊙ x + (1 − m) ⊙ fill`` with the same interface as :class:`BlurPyramid`."""
 
-    def __init__(self, x: np.ndarray, filler: Filler) -> None:
+    def __init__(self, x: np.ndarray, filler: Filler, offset: int = 0) -> None:
         self.x, self.filler = x, filler
         self.dtype = x.dtype
+        self.offset = offset  # the index of x[0] among all the inputs
+        self.calls = 0  # one call per iteration
 
     def apply(self, rows: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         xb = self.x[rows]
         keep = mask[:, None].astype(xb.dtype)
-        ref = self.filler.reference(rows, xb, keep)
+        # a random fill is keyed by (seed, example, draw), draw = (iteration, occurrence of the
+        # example among the rows: game × area), so it does not depend on how examples are grouped
+        order = np.argsort(rows, kind="stable")
+        rank = np.empty(len(rows), dtype=np.int64)
+        rank[order] = np.arange(len(rows)) - np.searchsorted(rows[order], rows[order])
+        per_example = int(np.bincount(rows).max()) if len(rows) else 1
+        keys = np.stack([self.offset + rows, self.calls * per_example + rank], axis=1)
+        self.calls += 1
+        ref = self.filler.reference(rows, xb, keep, keys)
         return keep * xb + (1 - keep) * ref, xb - ref
 
 
@@ -232,7 +251,8 @@ class ExtremalPerturbation(PerturbationAttribution):
     (the pyramid) or ``"fade"``; ``baselines``/``infill`` blend with another fill instead.
     ``smooth`` > 0 blurs the final masks by σ = smooth · min(H, W), as TorchRay does.
     Rows (examples × areas × games) are optimised ``batch_size`` at a time. ``seed``
-    seeds random in-fills.
+    seeds random in-fills, each row's keyed by (seed, example, iteration and row of the
+    example), so results do not depend on ``batch_size``.
 
     As in TorchRay, the area counts the mask's margin of σ pixels around the image, so the
     mask over the image covers about a·(H + 2σ)(W + 2σ)/(HW) of it. The numpy mask
@@ -274,7 +294,7 @@ class ExtremalPerturbation(PerturbationAttribution):
         pyramid = baselines is None and infill is None and p.perturbation == "blur"
         if not pyramid:
             fill = self._infill(x, baselines, infill, default=Zeros if p.perturbation == "fade" else None)
-            rng = np.random.default_rng(p.seed)
+            seeds = np.random.SeedSequence(p.seed)
         gen = SmoothMask((h, w), p.step, p.sigma)
         n_areas = len(p.areas)
         games = 2 if p.variant == "dual" else 1
@@ -286,7 +306,7 @@ class ExtremalPerturbation(PerturbationAttribution):
             if pyramid:
                 perturb: BlurPyramid | _Blend = BlurPyramid(xg, p.num_levels, p.max_blur)
             else:
-                perturb = _Blend(xg, Filler(fill, xg, rng))
+                perturb = _Blend(xg, Filler(fill, xg, seeds), offset=start)
             desc = f"ExtremalPerturbation {start + 1}-{group.stop}/{len(x)}"
             out[group] = self._optimise(len(xg), objective.take(group), perturb, gen, p, show_progress, desc)
         if p.smooth > 0:

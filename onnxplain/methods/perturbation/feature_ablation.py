@@ -18,10 +18,10 @@ import numpy as np
 import pydantic
 
 from onnxplain.backends.base import Capability
-from onnxplain.core.errors import InputValidationError
 from onnxplain.core.targets import TargetLike
 from onnxplain.core.validation import Params, validate_params
 from onnxplain.infill import Infill
+from onnxplain.methods._feature_mask import read_feature_mask
 from onnxplain.methods.perturbation.base import Filler, PerturbationAttribution
 
 
@@ -31,38 +31,13 @@ class _AblationParams(Params):
     seed: int | None = None
 
 
-def _feature_mask(feature_mask: Any, x: np.ndarray) -> np.ndarray:
-    """The mask as an integer array with a batch axis (1 or N), broadcastable to ``x``."""
-    if feature_mask is None:
-        return np.arange(int(np.prod(x.shape[1:]))).reshape(1, *x.shape[1:])
-    if hasattr(feature_mask, "detach") and hasattr(feature_mask, "cpu"):
-        feature_mask = feature_mask.detach().cpu().numpy()
-    mask = np.asarray(feature_mask)
-    if not np.issubdtype(mask.dtype, np.integer):
-        raise InputValidationError(
-            f"feature_mask must hold integers (one group id per feature), got dtype {mask.dtype}"
-        )
-    if mask.ndim < x.ndim:  # numpy broadcasting: (C, H, W) or (H, W) gain leading axes
-        mask = mask.reshape((1,) * (x.ndim - mask.ndim) + mask.shape)
-    ok = mask.ndim == x.ndim and mask.shape[0] in (1, len(x))
-    try:
-        np.broadcast_shapes(mask.shape, x.shape)
-    except ValueError:
-        ok = False
-    if not ok:
-        raise InputValidationError(
-            f"feature_mask of shape {np.shape(feature_mask)} does not fit the inputs' shape "
-            f"{x.shape}; give one group id per feature, (1 or N, C, H, W), (C, H, W) or (H, W), "
-            "where dims of size 1 broadcast (e.g. (1, 1, H, W) groups the channels together)"
-        )
-    return mask
-
-
 class FeatureAblation(PerturbationAttribution):
     """Remove groups of features and measure the target's drop (Captum's semantics).
 
-    ``feature_mask``: integer group ids, (1 or N, C, H, W), size-1 dims broadcast; a mask
-    with fewer dims gains leading ones, so (H, W) groups the channels of each pixel.
+    ``feature_mask``: integer group ids, (H, W), (N or 1, H, W) one per example (as
+    :mod:`onnxplain.segmentation` returns, also when N == C), (C, H, W) or (N or 1, C, H, W),
+    size-1 dims broadcast; the rule is shared with Lime, KernelShap and ShapleyValueSampling
+    (:mod:`onnxplain.methods._feature_mask`).
     ``baselines`` (Captum's constant fill, default 0) or ``infill`` (any
     :mod:`onnxplain.infill` strategy) replaces a removed group. Groups are evaluated
     ``perturbations_per_eval`` at a time per example (default: as many as fill
@@ -87,7 +62,7 @@ class FeatureAblation(PerturbationAttribution):
         p = validate_params(_AblationParams, "FeatureAblation",
                             perturbations_per_eval=perturbations_per_eval,
                             batch_size=batch_size, seed=seed)
-        mask = _feature_mask(feature_mask, x)
+        mask = read_feature_mask(feature_mask, x)
         fill = self._infill(x, baselines, infill)
         objective = self._objective(x, target)
         rows = self._batch_size(p.batch_size)

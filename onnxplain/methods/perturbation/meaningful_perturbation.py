@@ -63,7 +63,9 @@ class MeaningfulPerturbation(PerturbationAttribution):
 
     ``baselines`` (a constant) or ``infill`` (default: ``infill.GaussianBlur(10)``) is
     the perturbation. ``batch_size`` examples are optimised together (default: the
-    backend's ``max_batch_size``). ``seed`` seeds the jitter and random in-fills.
+    backend's ``max_batch_size``). ``seed`` seeds the jitter and random in-fills, per
+    example (a fill is keyed by (seed, example, iteration)), so results do not depend on
+    ``batch_size``.
     """
 
     requires = frozenset({Capability.GRADIENTS})
@@ -94,7 +96,10 @@ class MeaningfulPerturbation(PerturbationAttribution):
                             batch_size=batch_size, seed=seed)
         fill = self._infill(x, baselines, infill, default=lambda: GaussianBlur(10.0))
         objective = self._objective(x, target)
-        filler = Filler(fill, x, np.random.default_rng(p.seed))
+        if p.max_iter == 0:  # nothing is evaluated: check the target on one example all the same
+            self._scores(x[:1], objective.take(slice(0, 1)))
+        # a random fill of example i at iteration t is keyed by (seed, i, t): batch-size independent
+        filler = Filler(fill, x, np.random.SeedSequence(p.seed))
         # one jitter stream per example: results do not depend on batch_size
         jitters = [np.random.default_rng(s) for s in np.random.SeedSequence(p.seed).spawn(len(x))]
         size = (int(np.ceil(h / p.mask_scale)), int(np.ceil(w / p.mask_scale)))
@@ -106,24 +111,26 @@ class MeaningfulPerturbation(PerturbationAttribution):
             m = np.ones((len(rows), 1, *size))  # start from the unperturbed input
             adam = _ops.Adam(p.learning_rate)
             desc = f"MeaningfulPerturbation {sl.start + 1}-{sl.stop}/{len(x)}"
-            for _ in self._progress(range(p.max_iter), p.max_iter, show_progress, desc):
+            for t in self._progress(range(p.max_iter), p.max_iter, show_progress, desc):
                 shift = np.array([j.integers(0, max(p.jitter, 1), size=2) for j in jitters[sl]])
                 _, grad = self._loss_and_gradient(x[rows], rows, objective, filler, m, (up_y, up_x), p,
-                                                  shift)
+                                                  shift, draw=t)
                 m = np.clip(adam.step(m, grad), 0.0, 1.0)
             mask = _ops.separable(m, up_y, up_x)[:, 0]
             out[rows] = 1 - mask if p.variant == "delete" else mask
         return out
 
-    def _loss_and_gradient(self, xb, rows, objective, filler, m, up, p, shift):
+    def _loss_and_gradient(self, xb, rows, objective, filler, m, up, p, shift, draw=0):
         """The loss per row and its gradient with respect to the mask parameters ``m``
-        (n, 1, h, w), each row's input translated by its ``shift`` (n, 2) = (τ_y, τ_x)."""
+        (n, 1, h, w), each row's input translated by its ``shift`` (n, 2) = (τ_y, τ_x);
+        ``draw`` (the iteration) keys a random fill with each row's example."""
         mask = _ops.separable(m, *up)  # M (n, 1, H, W)
         moved = _ops.translate(xb, shift)  # x(· − τ)
         if filler.static is not None:
             ref = _ops.translate(filler.static[rows], shift)
         else:
-            ref = filler.reference(rows, moved.astype(xb.dtype), mask)
+            keys = np.stack([rows, np.full(len(rows), draw)], axis=1)
+            ref = filler.reference(rows, moved.astype(xb.dtype), mask, keys)
         perturbed = (mask * moved + (1 - mask) * ref).astype(xb.dtype)
         res = self.backend.gradients(perturbed, objective.take(rows), wrt=[INPUT])
         sign = 1.0 if p.variant == "delete" else -1.0  # delete: minimise f; preserve: maximise

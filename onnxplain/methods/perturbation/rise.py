@@ -73,7 +73,8 @@ class RISE(PerturbationAttribution):
     int or (s_H, s_W)); ``p``: the probability that a cell is kept. Masks are generated
     and evaluated ``batch_size`` at a time (default: the backend's ``max_batch_size``), so
     memory does not grow with ``n_masks``. ``seed`` makes the masks (and random in-fills)
-    reproducible. Returns (N, H, W) maps.
+    reproducible, independently of ``batch_size``: the fill of example i under mask j is
+    drawn from its own generator keyed by (seed, i, j). Returns (N, H, W) maps.
     """
 
     requires = frozenset({Capability.FORWARD})
@@ -102,15 +103,18 @@ class RISE(PerturbationAttribution):
         objective = self._objective(x, target)
         chunk = self._batch_size(prm.batch_size)
         masks = RISEMasks((h, w), prm.s, prm.p, prm.seed)
-        filler = Filler(fill, x, np.random.default_rng(prm.seed))
+        # a random fill of (example i, mask j) is keyed by (seed, i, j): batch-size independent
+        filler = Filler(fill, x, np.random.SeedSequence(prm.seed))
         saliency = np.zeros((len(x), h * w), dtype=np.float64)
-        sizes = [min(chunk, prm.n_masks - start) for start in range(0, prm.n_masks, chunk)]
-        for size in self._progress(sizes, len(sizes), show_progress, "RISE"):
+        starts = list(range(0, prm.n_masks, chunk))
+        for start in self._progress(starts, len(starts), show_progress, "RISE"):
+            size = min(chunk, prm.n_masks - start)
             m = masks.next(size)
             keep = m[:, None]
             for i in range(len(x)):
                 rows = np.full(size, i)
-                batch = filler(rows, np.broadcast_to(x[i], (size, *x.shape[1:])), keep)
+                keys = np.stack([rows, np.arange(start, start + size)], axis=1)
+                batch = filler(rows, np.broadcast_to(x[i], (size, *x.shape[1:])), keep, keys)
                 scores = self._scores(batch, objective.take(rows))
                 saliency[i] += scores @ m.reshape(size, h * w)
         saliency /= prm.n_masks * prm.p

@@ -33,6 +33,7 @@ from onnxplain.core.errors import InputValidationError
 from onnxplain.core.targets import Objective, TargetLike
 from onnxplain.core.validation import Params
 from onnxplain.infill import Infill
+from onnxplain.methods._feature_mask import read_feature_mask
 from onnxplain.methods.perturbation.base import Filler, PerturbationAttribution
 
 #: Above this many features per example, a warning suggests grouping them.
@@ -104,44 +105,15 @@ class Features:
 def parse_features(feature_mask: Any, x: np.ndarray) -> Features:
     """Read a ``feature_mask`` for inputs ``x`` (N, ...).
 
-    Accepted: a mask of one example's shape, or with a batch axis of 1 or N, where dims of
-    size 1 broadcast (``(1, 1, H, W)`` groups channels); for images (N, C, H, W) also
-    (N, H, W) or (1, H, W) (what :mod:`onnxplain.segmentation` returns) and (H, W).
-    Without a mask, every input value is its own feature (Captum's default).
+    The shapes accepted, and how a 3-D mask is read, are the rule of
+    :func:`onnxplain.methods._feature_mask.read_feature_mask`, shared with FeatureAblation:
+    (H, W), (N or 1, H, W) one per example (as :mod:`onnxplain.segmentation` returns, also
+    when N == C), (C, H, W), (N or 1, C, H, W), where dims of size 1 broadcast. Without a
+    mask, every input value is its own feature (Captum's default).
     """
     n = len(x)
     example = x.shape[1:]
-    if feature_mask is None:
-        labels = np.arange(int(np.prod(example))).reshape(example)
-        mask = labels[None]
-    else:
-        if hasattr(feature_mask, "detach") and hasattr(feature_mask, "cpu"):
-            feature_mask = feature_mask.detach().cpu().numpy()
-        mask = np.asarray(feature_mask)
-        if not np.issubdtype(mask.dtype, np.integer):
-            raise InputValidationError(
-                f"feature_mask must hold integers (one feature id per input value), got dtype {mask.dtype}"
-            )
-        given = mask.shape
-        if x.ndim == 4 and mask.ndim == 3 and mask.shape[0] in (1, n):
-            mask = mask[:, None]  # (N, H, W) segmentations
-        elif x.ndim == 4 and mask.ndim == 2:
-            mask = mask[None, None]
-        elif mask.ndim == x.ndim - 1:
-            mask = mask[None]
-        ok = mask.ndim == x.ndim and mask.shape[0] in (1, n)
-        if ok:
-            try:
-                np.broadcast_shapes(mask.shape[1:], example)
-            except ValueError:
-                ok = False
-        if not ok:
-            hint = ("(N, H, W) from onnxplain.segmentation, (H, W), or (1 or N, C, H, W)"
-                    if x.ndim == 4 else f"{example} or (1 or N, *{example})")
-            raise InputValidationError(
-                f"feature_mask of shape {given} does not fit the inputs' shape {x.shape}; give "
-                f"one feature id per input value: {hint}, where dims of size 1 broadcast"
-            )
+    mask = read_feature_mask(feature_mask, x)
     feature_ids = np.unique(mask)
     labels, ids, columns = [], [], []
     for i in range(n):

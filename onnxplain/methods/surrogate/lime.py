@@ -41,6 +41,16 @@ class _LimeParams(SurrogateParams):
     interpretable_model: Literal["lasso", "ridge", "linear"] = "lasso"
     alpha: pydantic.NonNegativeFloat = 0.01
 
+    @pydantic.field_validator("kernel_width")
+    @classmethod
+    def _kernel_denominator_representable(cls, value: float) -> float:
+        # the kernel divides by 2σ²: it must neither underflow to 0 nor overflow
+        if not 0.0 < 2.0 * value * value < float("inf"):
+            raise ValueError(
+                f"must be finite with 2·kernel_width² a positive float64 (about 1e-154..1e154), got {value}"
+            )
+        return value
+
 
 class Lime(SurrogateAttribution):
     """LIME on any model that runs forward (Captum's argument names).
@@ -104,7 +114,8 @@ class Lime(SurrogateAttribution):
         coefs, intercepts, r2 = [], [], []
         for i, (z, y) in enumerate(zip(zs, values)):
             d = dists[i] if in_input else interpretable_distance(z, p.distance_mode)
-            w = np.exp(-(d**2) / (2 * p.kernel_width**2))
+            with np.errstate(over="ignore"):  # d²/2σ² = inf: a weight of exactly 0, checked next
+                w = np.exp(-(d**2) / (2.0 * p.kernel_width * p.kernel_width))
             if not w.sum() > 0:
                 raise InputValidationError(
                     f"Lime: every sample's proximity weight is 0 (distances {d.min():.3g}..{d.max():.3g} "
