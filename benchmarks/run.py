@@ -1,142 +1,805 @@
-"""Time onnxplain's methods against the reference libraries, same model, same input, same run.
+"""Time onnxplain's methods against the reference libraries: same model, same input, same run.
 
-Run by hand on a quiet machine (not part of the test suite):
+Run by hand on a quiet machine (not part of the test suite); the whole table:
 
-    .venv/bin/python benchmarks/run.py [--size 224] [--models resnet18,mobilenet_v2] [--repeat 3]
+    .venv/bin/python benchmarks/run.py
 
-Writes benchmarks/RESULTS.md: one row per (model, method) with both times and the ratio
-(reference time / onnxplain time; > 1 means onnxplain is faster). Seeded random weights.
+Options: ``--models resnet18,mobilenet_v2 --size 224 --repeat 5 --batch 32 --device cpu|cuda
+--threads N --methods Occlusion,RISE --rise-masks 1000 --quick --out FILE``. ``--quick`` is a
+smoke run (64×64, 1 repeat, fewer samples) that checks that every row works, not a result.
+
+Writes ``benchmarks/RESULTS.md``. Per (model, method): both times (median of ``--repeat``
+runs after one warm-up run), the speedup (reference time / onnxplain time), the peak memory
+of each side, and, for forward-only methods, the runtime's limit: the time ONNX Runtime
+alone needs for the same number of forward rows at its best batch size, and the method's
+efficiency = limit / method time. Both sides do the same work: the same number of forward
+(and backward) rows in batches of the same size. Seeded random weights (no downloads).
+
+Peak memory: the growth of the process's peak resident set during the first timed run
+(Linux ``VmHWM``, reset through ``/proc/self/clear_refs`` just before the run, after glibc's
+``malloc_trim`` has returned the heap's free pages) over the resident set just before it; it
+counts numpy, torch and ONNX Runtime allocations alike. Sessions, converted modules and
+ONNX Runtime's arena already built by the warm-up run are not counted again. On CUDA the
+torch peak allocation on the GPU is added (ONNX Runtime's CUDA arena is not visible to it).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import math
 import os
 import platform
 import statistics
+import sys
 import time
 import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import torchvision
 
 import onnxplain as ox
+from onnxplain.backends.onnxruntime_backend import OnnxRuntimeBackend
+from onnxplain.backends.registry import physical_cores
 
 warnings.filterwarnings("ignore")
 
+#: Forward-only methods: the ones with a "limit" (their time is forward passes and overhead).
+FORWARD_ONLY = ("Occlusion", "FeatureAblation", "RISE", "Lime", "KernelShap", "ScoreCAM", "AblationCAM")
 
-def _best(fn, repeat: int) -> float:
-    fn()  # warm-up: sessions, conversions, caches
-    times = []
-    for _ in range(repeat):
+
+# -- measuring -----------------------------------------------------------------------------
+def _status(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _malloc_trim() -> None:
+    """Hand the heap's free pages back to the OS (glibc), so that memory freed by earlier runs
+    no longer hides in the resident set: a run that needs it again must fault it back in."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class PeakMemory:
+    """Peak growth of the resident set (and of torch's CUDA allocation) inside the block."""
+
+    def __init__(self, cuda: bool) -> None:
+        self.cuda, self.mib = cuda, float("nan")
+
+    def __enter__(self) -> PeakMemory:
+        _malloc_trim()
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # reset VmHWM to the current resident set
+            self.base = _status("VmRSS")
+        except OSError:
+            self.base = None
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.gpu_base = torch.cuda.memory_allocated()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        peak = _status("VmHWM")
+        if self.base is not None and peak is not None:
+            self.mib = (peak - self.base) / 2**20
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.mib += (torch.cuda.max_memory_allocated() - self.gpu_base) / 2**20
+
+
+def timed(fn: Callable[[], object], cuda: bool, memory: bool = False) -> tuple[float, float]:
+    """(seconds, peak MiB or nan) of one call of ``fn``."""
+    with PeakMemory(cuda) if memory else contextlib.nullcontext() as mem:
         start = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        if cuda:
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+    return seconds, mem.mib if memory else float("nan")
 
 
-def _cases(net, model, x: np.ndarray, target: int, batch: int):
-    from captum.attr import IntegratedGradients, Occlusion, Saliency
-    from pytorch_grad_cam import GradCAM
+def forward_rows(plan: list[tuple[OnnxRuntimeBackend, int, np.ndarray, int]]) -> None:
+    """The runtime's own forward passes for (backend, rows, one input row, batch) in ``plan``:
+    ``rows`` rows in full batches plus the remainder, straight through ``InferenceSession.run``."""
+    for be, rows, row, size in plan:
+        sess, name = be._session(()), be.model.input_name
+        full = np.ascontiguousarray(np.repeat(row, min(size, rows), axis=0))
+        for _ in range(rows // len(full)):
+            sess.run(None, {name: full})
+        if rows % len(full):
+            sess.run(None, {name: full[: rows % len(full)]})
+
+
+@contextlib.contextmanager
+def counting_rows() -> Iterator[dict[OnnxRuntimeBackend, list]]:
+    """Rows each ONNX Runtime backend is asked to run inside the block (and one row of input)."""
+    counts: dict[OnnxRuntimeBackend, list] = {}
+    real = OnnxRuntimeBackend.forward
+
+    def forward(self, x, outputs=None):
+        entry = counts.setdefault(self, [0, np.array(x[:1])])
+        entry[0] += len(x)
+        return real(self, x, outputs)
+
+    OnnxRuntimeBackend.forward = forward
+    try:
+        yield counts
+    finally:
+        OnnxRuntimeBackend.forward = real
+
+
+@dataclass
+class RuntimeSpeed:
+    """ONNX Runtime's own seconds per row for one backend: at each batch size, and the best."""
+
+    per_row: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def best_batch(self) -> int:
+        return min(self.per_row, key=self.per_row.get)
+
+    @property
+    def best(self) -> float:
+        return self.per_row[self.best_batch]
+
+
+def runtime_speed(
+    be: OnnxRuntimeBackend, row: np.ndarray, sizes: tuple[int, ...], rows: int, repeat: int
+) -> RuntimeSpeed:
+    """Raw ``InferenceSession.run`` time per row (the runtime's limit, no onnxplain code) at each
+    batch size; the sizes take turns in each round, so that load changes hit them alike."""
+    sess, name = be._session(()), be.model.input_name
+    batches = {size: np.ascontiguousarray(np.repeat(row, size, axis=0)) for size in sizes}
+    times: dict[int, list[float]] = {size: [] for size in sizes}
+    for batch in batches.values():
+        sess.run(None, {name: batch})
+    for _ in range(repeat):
+        for size, batch in batches.items():
+            calls = max(1, rows // size)
+            start = time.perf_counter()
+            for _ in range(calls):
+                sess.run(None, {name: batch})
+            times[size].append((time.perf_counter() - start) / (calls * size))
+    return RuntimeSpeed({size: statistics.median(t) for size, t in times.items()})
+
+
+def runtime_lead(
+    be: OnnxRuntimeBackend, net: torch.nn.Module, x: np.ndarray, size: int, rows: int, repeat: int
+) -> tuple[float, float]:
+    """Seconds per row at ``size`` rows per call: (ONNX Runtime ``InferenceSession.run``, PyTorch
+    eager under ``torch.inference_mode``), measured alternately, medians of ``repeat``."""
+    sess, name = be._session(()), be.model.input_name
+    batch = np.ascontiguousarray(np.repeat(x[:1], size, axis=0))
+    batch_t = torch.from_numpy(batch).to(next(net.parameters()).device)
+    calls = max(1, rows // size)
+
+    def ort_pass() -> None:
+        sess.run(None, {name: batch})
+
+    def torch_pass() -> None:
+        with torch.inference_mode():
+            net(batch_t)
+        if batch_t.is_cuda:
+            torch.cuda.synchronize()
+
+    times: dict = {ort_pass: [], torch_pass: []}
+    for fn in times:
+        fn()
+    for _ in range(repeat):
+        for fn, got in times.items():
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            got.append((time.perf_counter() - start) / (calls * size))
+    return statistics.median(times[ort_pass]), statistics.median(times[torch_pass])
+
+
+# -- the TorchRay-style RISE reference -----------------------------------------------------------
+def torchray_rise(
+    net: torch.nn.Module,
+    x: torch.Tensor,
+    target: int,
+    num_masks: int,
+    num_cells: int = 7,
+    p: float = 0.5,
+    batch_size: int = 32,
+    seed: int = 0,
+) -> torch.Tensor:
+    """RISE (Petsiuk et al., BMVC 2018) as TorchRay's ``torchray.attribution.rise`` computes it,
+    in plain torch: per batch, a ``num_cells``² grid of cells kept with probability p, bilinearly
+    upsampled (``align_corners=False``) to (num_cells + 1) · ⌈H / num_cells⌉ and cropped at a
+    random shift; the softmax scores of ``x ⊙ M`` weight the masks; the sum is divided by
+    N · p. Only the target class's map is accumulated (TorchRay accumulates all classes, a
+    1000×H×W buffer that onnxplain does not need), so both sides do the same work.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    _, _, h, w = x.shape
+    ch, cw = math.ceil(h / num_cells), math.ceil(w / num_cells)
+    up = ((num_cells + 1) * ch, (num_cells + 1) * cw)
+    saliency = torch.zeros(len(x), h * w, device=x.device)
+    with torch.no_grad():
+        for start in range(0, num_masks, batch_size):
+            n = min(batch_size, num_masks - start)
+            grid = (torch.rand(n, 1, num_cells, num_cells, generator=gen) < p).float().to(x.device)
+            grid = F.interpolate(grid, size=up, mode="bilinear", align_corners=False)
+            sy = torch.randint(0, ch, (n,), generator=gen).tolist()
+            sx = torch.randint(0, cw, (n,), generator=gen).tolist()
+            masks = torch.stack([grid[i, :, y : y + h, xx : xx + w] for i, (y, xx) in enumerate(zip(sy, sx))])
+            for i in range(len(x)):
+                probs = F.softmax(net(x[i : i + 1] * masks), dim=1)[:, target]
+                saliency[i] += probs @ masks.view(n, h * w)
+    return (saliency / (num_masks * p)).view(len(x), h, w)
+
+
+# -- the cases -----------------------------------------------------------------------------------
+@dataclass
+class Case:
+    name: str
+    reference: str
+    work: str
+    ours: Callable[[], object]
+    ref: Callable[[], object]
+
+
+@dataclass
+class Settings:
+    batch: int = 32
+    rise_masks: int = 1000
+    samples: int = 256  # LIME / Kernel SHAP
+    ig_steps: int = 50
+    nt_samples: int = 64
+    device: str = "cpu"
+    threads: int = 1
+
+
+def cases(
+    arch: str, net: torch.nn.Module, model: ox.Model, x: np.ndarray, target: int, s: Settings
+) -> Iterator[Case]:
+    from captum.attr import (
+        FeatureAblation,
+        GuidedBackprop,
+        IntegratedGradients,
+        KernelShap,
+        Lime,
+        NoiseTunnel,
+        Occlusion,
+        Saliency,
+    )
+    from pytorch_grad_cam import AblationCAM, GradCAM, ScoreCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    xt = torch.from_numpy(x)
+    dev = s.device
+    fwd = {"device": dev, "num_threads": s.threads}  # forward-only methods run on ONNX Runtime
+    grad = {"device": dev}  # gradient methods run on the torch backend
+    b = s.batch
+    xt = torch.from_numpy(x).to(dev)
     size = x.shape[-1]
-    win, stride = (3, size // 8, size // 8), (3, size // 16, size // 16)
     layer = net.layer4[-1] if hasattr(net, "layer4") else net.features[-1]
-    yield (
-        "Occlusion",
-        lambda: ox.Occlusion(model).attribute(x, target=target, sliding_window_shapes=win, strides=stride,
-                                              perturbations_per_eval=batch, show_progress=False),
-        lambda: Occlusion(net).attribute(xt, target=target, sliding_window_shapes=win, strides=stride,
-                                         perturbations_per_eval=batch),
-    )
-    yield (
-        "IntegratedGradients (50 steps)",
-        lambda: ox.IntegratedGradients(model).attribute(x, target=target, n_steps=50,
-                                                        internal_batch_size=batch, show_progress=False),
-        lambda: IntegratedGradients(net).attribute(xt, target=target, n_steps=50, internal_batch_size=batch),
-    )
-    yield (
+    targets = [ClassifierOutputTarget(target)] * len(x)
+    quiet = {"show_progress": False}
+
+    # gradient methods (torch backend vs the same torch network)
+    yield Case(
         "Saliency",
-        lambda: ox.Saliency(model).attribute(x, target=target),
+        "Captum",
+        "1 fwd+bwd",
+        lambda: ox.Saliency(model, **grad).attribute(x, target=target),
         lambda: Saliency(net).attribute(xt.clone().requires_grad_(), target=target),
     )
-    cam = GradCAM(model=net, target_layers=[layer])
-    yield (
-        "GradCAM",
-        lambda: ox.GradCAM(model).attribute(x, target=target),
-        lambda: cam(input_tensor=xt, targets=[ClassifierOutputTarget(target)] * len(x)),
+    yield Case(
+        "IntegratedGradients",
+        "Captum",
+        f"{s.ig_steps} fwd+bwd rows, batch {b}",
+        lambda: ox.IntegratedGradients(model, **grad).attribute(
+            x, target=target, n_steps=s.ig_steps, internal_batch_size=b, **quiet
+        ),
+        lambda: IntegratedGradients(net).attribute(
+            xt, target=target, n_steps=s.ig_steps, internal_batch_size=b
+        ),
     )
-    from captum.attr import KernelShap, Lime
-    from pytorch_grad_cam import ScoreCAM
+    yield Case(
+        "GuidedBackprop",
+        "Captum",
+        "1 fwd+bwd",
+        lambda: ox.GuidedBackprop(model, **grad).attribute(x, target=target),
+        lambda: GuidedBackprop(net).attribute(xt.clone().requires_grad_(), target=target),
+    )
+    yield Case(
+        "NoiseTunnel (SmoothGrad)",
+        "Captum",
+        f"{s.nt_samples} fwd+bwd rows, batch {b}",
+        lambda: ox.NoiseTunnel(ox.Saliency(model, **grad)).attribute(
+            x,
+            nt_type="smoothgrad",
+            nt_samples=s.nt_samples,
+            nt_samples_batch_size=b,
+            stdevs=0.1,
+            target=target,
+            **quiet,
+        ),
+        lambda: NoiseTunnel(Saliency(net)).attribute(
+            xt,
+            nt_type="smoothgrad",
+            nt_samples=s.nt_samples,
+            nt_samples_batch_size=b,
+            stdevs=0.1,
+            target=target,
+        ),
+    )
+    grad_cam = GradCAM(model=net, target_layers=[layer])
+    yield Case(
+        "GradCAM",
+        "pytorch-grad-cam",
+        "1 fwd+bwd",
+        lambda: ox.GradCAM(model, **grad).attribute(x, target=target),
+        lambda: grad_cam(input_tensor=xt, targets=targets),
+    )
+    yield from lrp_cases(arch, net, model, x, xt, target, grad)
 
-    score_cam = ScoreCAM(model=net, target_layers=[layer])
-    score_cam.batch_size = batch
-    yield (
-        "ScoreCAM",
-        lambda: ox.ScoreCAM(model, batch_size=batch).attribute(x, target=target, show_progress=False),
-        lambda: score_cam(input_tensor=xt, targets=[ClassifierOutputTarget(target)] * len(x)),
+    # forward-only methods (ONNX Runtime vs the torch network)
+    win, stride = (3, size // 8, size // 8), (3, size // 16, size // 16)
+    windows = ((size - win[1]) // stride[1] + 1) ** 2
+    yield Case(
+        "Occlusion",
+        "Captum",
+        f"{windows} windows, batch {b}",
+        lambda: ox.Occlusion(model, **fwd).attribute(
+            x, target=target, sliding_window_shapes=win, strides=stride, perturbations_per_eval=b, **quiet
+        ),
+        lambda: Occlusion(net).attribute(
+            xt, target=target, sliding_window_shapes=win, strides=stride, perturbations_per_eval=b
+        ),
+    )
+    fine = ox.segmentation.grid(x, cell_size=size // 16)  # 256 features
+    fine_t = torch.from_numpy(fine[:, None].repeat(3, axis=1)).to(dev)
+    yield Case(
+        "FeatureAblation",
+        "Captum",
+        f"{int(fine.max()) + 1} features, batch {b}",
+        lambda: ox.FeatureAblation(model, **fwd).attribute(
+            x, target=target, feature_mask=fine[:, None], perturbations_per_eval=b, **quiet
+        ),
+        lambda: FeatureAblation(net).attribute(
+            xt, target=target, feature_mask=fine_t, perturbations_per_eval=b
+        ),
+    )
+    yield Case(
+        "RISE",
+        "TorchRay-style",
+        f"{s.rise_masks} masks, 7×7 cells, batch {b}",
+        lambda: ox.RISE(model, **fwd).attribute(
+            x, target=target, n_masks=s.rise_masks, s=7, p=0.5, batch_size=b, **quiet
+        ),
+        lambda: torchray_rise(net, xt, target, s.rise_masks, 7, 0.5, b),
     )
     cells = ox.segmentation.grid(x, cell_size=size // 8)  # 64 features
-    mask = torch.from_numpy(cells[:, None].repeat(3, axis=1))
-    for name, ours_cls, ref_cls in (("KernelShap (256 samples)", ox.KernelShap, KernelShap),
-                                    ("Lime (256 samples)", ox.Lime, Lime)):
-        yield (
+    cells_t = torch.from_numpy(cells[:, None].repeat(3, axis=1)).to(dev)
+    for name, ours_cls, ref_cls in (("Lime", ox.Lime, Lime), ("KernelShap", ox.KernelShap, KernelShap)):
+        yield Case(
             name,
-            lambda c=ours_cls: c(model).attribute(x, target=target, feature_mask=cells, n_samples=256,
-                                                  batch_size=batch, show_progress=False),
-            lambda c=ref_cls: c(net).attribute(xt, target=target, feature_mask=mask, n_samples=256,
-                                               perturbations_per_eval=batch),
+            "Captum",
+            f"{s.samples} samples, 64 features, batch {b}",
+            lambda c=ours_cls: c(model, **fwd).attribute(
+                x, target=target, feature_mask=cells, n_samples=s.samples, batch_size=b, **quiet
+            ),
+            lambda c=ref_cls: c(net).attribute(
+                xt, target=target, feature_mask=cells_t, n_samples=s.samples, perturbations_per_eval=b
+            ),
         )
+    _silence_grad_cam_progress()
+    score_cam = ScoreCAM(model=net, target_layers=[layer])
+    score_cam.batch_size = b
+    yield Case(
+        "ScoreCAM",
+        "pytorch-grad-cam",
+        f"1 + K masked inputs, batch {b}",
+        lambda: ox.ScoreCAM(model, batch_size=b, **fwd).attribute(x, target=target, **quiet),
+        lambda: score_cam(input_tensor=xt, targets=targets),
+    )
+    ablation_ref = AblationCAM(model=net, target_layers=[layer], batch_size=b)
+    ablation_ours = ox.AblationCAM(model, batch_size=b, **fwd)  # builds the tail session once
+    yield Case(
+        "AblationCAM",
+        "pytorch-grad-cam",
+        f"K ablated maps, batch {b} (ours: layers after the map)",
+        lambda: ablation_ours.attribute(x, target=target, **quiet),
+        lambda: ablation_ref(input_tensor=xt, targets=targets),
+    )
+
+
+def _silence_grad_cam_progress() -> None:
+    """pytorch-grad-cam's AblationCAM and ScoreCAM draw tqdm bars (they have no switch): give
+    their modules a tqdm that draws nothing."""
+    import types
+
+    import pytorch_grad_cam.ablation_cam
+    import pytorch_grad_cam.score_cam
+
+    for module in (pytorch_grad_cam.ablation_cam, pytorch_grad_cam.score_cam):
+        module.tqdm = types.SimpleNamespace(tqdm=lambda iterable, *args, **kwargs: iterable)
+
+
+#: Rows left out by design in this run ("what: why"), listed in RESULTS.md.
+SKIPPED: list[str] = []
+
+
+def _skip(note: str) -> None:
+    if note not in SKIPPED:
+        SKIPPED.append(note)
+    print(f"  (skipped {note})", file=sys.stderr)
+
+
+def _onnxplain_lrp():
+    """onnxplain's LRP class, or None while the package has none."""
+    if hasattr(ox, "LRP"):
+        return ox.LRP
+    try:
+        from onnxplain.methods.lrp import LRP
+    except ImportError:
+        return None
+    return LRP
+
+
+def lrp_cases(
+    arch: str, net: torch.nn.Module, model: ox.Model, x: np.ndarray, xt: torch.Tensor, target: int, grad: dict
+) -> Iterator[Case]:
+    """LRP with EpsilonPlusFlat (onnxplain's default composite) vs zennit's EpsilonPlusFlat, and
+    vs Captum's LRP where Captum accepts the network.
+
+    No row while onnxplain has no ``LRP`` or zennit is missing.
+    """
+    lrp = _onnxplain_lrp()
+    if lrp is None:
+        _skip("LRP rows: onnxplain has no LRP yet")
+        return
+    try:
+        from zennit.attribution import Gradient
+        from zennit.composites import EpsilonPlusFlat
+        from zennit.torchvision import ResNetCanonizer, SequentialMergeBatchNorm
+    except ImportError:
+        _skip("LRP rows: zennit is not installed")
+        return
+    canonizer = ResNetCanonizer() if hasattr(net, "layer4") else SequentialMergeBatchNorm()
+    onehot = torch.zeros(len(x), 1000, device=xt.device)
+    onehot[:, target] = 1
+
+    def zennit_lrp():
+        with Gradient(model=net, composite=EpsilonPlusFlat(canonizers=[canonizer])) as attributor:
+            return attributor(xt.clone().requires_grad_(), onehot)[1]
+
+    yield Case(
+        "LRP (EpsilonPlusFlat)",
+        "zennit",
+        "1 fwd+bwd",
+        lambda: lrp(model, **grad).attribute(x, target=target),
+        zennit_lrp,
+    )
+    from captum.attr import LRP as CaptumLRP
+
+    try:  # Captum's LRP refuses networks with skip connections and reused or in-place ReLUs
+        CaptumLRP(net).attribute(xt.clone().requires_grad_(), target=target)
+    except Exception as exc:
+        _skip(f"Captum LRP on {arch}: {type(exc).__name__}: {str(exc)[:100]}")
+        return
+    yield Case(
+        "LRP (vs Captum's rules)",
+        "Captum",
+        "1 fwd+bwd",
+        lambda: lrp(model, **grad).attribute(x, target=target),
+        lambda: CaptumLRP(net).attribute(xt.clone().requires_grad_(), target=target),
+    )
+
+
+# -- the run ----------------------------------------------------------------------------------
+@dataclass
+class Row:
+    arch: str
+    case: Case
+    t_ours: float
+    t_ref: float
+    mem_ours: float
+    mem_ref: float
+    limit: float | None = None  # forward-only methods: the runtime's own time for the same rows
+
+    @property
+    def speedup(self) -> float:
+        return self.t_ref / self.t_ours
+
+    @property
+    def efficiency(self) -> float | None:
+        return None if self.limit is None else self.limit / self.t_ours
+
+
+@dataclass
+class Lead:
+    arch: str
+    batch: int
+    ort: RuntimeSpeed  # per row at each batch size, for the best batch
+    ort_per_row: float  # at ``batch``, measured alternately with torch
+    torch_per_row: float
+
+    @property
+    def lead(self) -> float:
+        return self.torch_per_row / self.ort_per_row
+
+
+def run_model(arch: str, args: argparse.Namespace, s: Settings) -> tuple[Lead, list[Row]]:
+    torch.manual_seed(0)
+    net = getattr(torchvision.models, arch)(weights=None).eval()
+    x = np.random.default_rng(0).standard_normal((args.examples, 3, args.size, args.size)).astype(np.float32)
+    model = ox.adapters.torch.export(net, torch.from_numpy(np.concatenate([x, x])))
+    net = net.to(s.device)
+    cuda = s.device.startswith("cuda")
+    sizes = tuple(sorted({8, 16, s.batch} if args.quick else {8, 16, 32, 64, s.batch}))
+    probe = {"rows": 16 if args.quick else 64, "repeat": 1 if args.quick else 3}
+    main_be = model.backend("onnxruntime", device=s.device, num_threads=s.threads)
+    speeds: dict[int, RuntimeSpeed] = {id(main_be): runtime_speed(main_be, x[:1], sizes, **probe)}
+    lead = Lead(
+        arch,
+        s.batch,
+        speeds[id(main_be)],
+        *runtime_lead(main_be, net, x, s.batch, probe["rows"], 3 if args.quick else 5),
+    )
+    print(
+        f"{arch}: ONNX Runtime {1e3 * lead.ort_per_row:.2f} ms/row, torch eager "
+        f"{1e3 * lead.torch_per_row:.2f} ms/row at batch {s.batch}: lead {lead.lead:.2f}×; best ORT batch "
+        f"{lead.ort.best_batch} ({1e3 * lead.ort.best:.2f} ms/row)",
+        flush=True,
+    )
+    rows = []
+    wanted = {m.strip() for m in args.methods.split(",") if m.strip()}
+    for case in cases(arch, net, model, x, target=1, s=s):
+        if wanted and case.name.split(" (")[0] not in wanted:
+            continue
+        try:
+            row = run_case(arch, case, args, speeds, sizes, probe, cuda)
+        except Exception as exc:  # a broken row must not cost the rest of the table
+            FAILED.append(f"{arch} {case.name}: {type(exc).__name__}: {str(exc)[:200]}")
+            print(f"  {case.name:26s} FAILED {FAILED[-1]}", flush=True)
+            continue
+        rows.append(row)
+        extra = "" if row.limit is None else f"  limit {row.limit:7.3f}s  efficiency {row.efficiency:4.2f}"
+        print(
+            f"  {case.name:26s} onnxplain {row.t_ours:8.3f}s  {case.reference} {row.t_ref:8.3f}s  "
+            f"speedup {row.speedup:5.2f}{extra}",
+            flush=True,
+        )
+    return lead, rows
+
+
+#: Rows that raised, as "model method: error" lines for RESULTS.md.
+FAILED: list[str] = []
+
+
+def run_case(
+    arch: str, case: Case, args: argparse.Namespace, speeds: dict, sizes: tuple, probe: dict, cuda: bool
+) -> Row:
+    """One row. After a warm-up run of each side, the runs alternate (onnxplain, reference,
+    and for forward-only methods the runtime's own passes), so that load changes on a shared
+    machine hit all three alike; each time is the median of ``args.repeat`` runs."""
+    limit_fn = None
+    if case.name in FORWARD_ONLY:
+        with counting_rows() as counts:
+            case.ours()  # the warm-up run, counting the rows sent to each session
+        plan = []
+        for be, (n_rows, row) in counts.items():
+            if id(be) not in speeds:  # e.g. AblationCAM's tail model
+                speeds[id(be)] = runtime_speed(be, row, sizes, **probe)
+            plan.append((be, n_rows, row, speeds[id(be)].best_batch))
+        limit_fn = lambda: forward_rows(plan)  # noqa: E731
+        limit_fn()
+    else:
+        case.ours()
+    case.ref()
+    ours, ref, limit = [], [], []
+    for i in range(args.repeat):
+        ours.append(timed(case.ours, cuda, memory=i == 0))
+        ref.append(timed(case.ref, cuda, memory=i == 0))
+        if limit_fn is not None:
+            limit.append(timed(limit_fn, cuda)[0])
+    med = lambda runs: statistics.median(t for t, _ in runs)  # noqa: E731
+    return Row(
+        arch, case, med(ours), med(ref), ours[0][1], ref[0][1], statistics.median(limit) if limit else None
+    )
+
+
+def verdict(row: Row, lead: Lead) -> str:
+    """The issue's targets: forward-only methods within 1.1× of the runtime's limit (so at
+    least 0.9× the runtime's lead faster than the reference); gradient and rule methods at
+    most 1.1× the reference's time."""
+    if row.limit is None:
+        return "✓" if row.t_ours <= 1.1 * row.t_ref else "✗ > 1.1× reference"
+    misses = []
+    if row.efficiency < 0.9:
+        misses.append("efficiency < 0.9")
+    if row.speedup < 0.9 * lead.lead:
+        misses.append("speedup < 0.9× lead")
+    return "✓" if not misses else "✗ " + ", ".join(misses)
+
+
+def versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for dist in (
+        "onnxplain",
+        "onnxruntime-gpu",
+        "onnxruntime",
+        "torch",
+        "torchvision",
+        "numpy",
+        "captum",
+        "grad-cam",
+        "zennit",
+    ):
+        try:
+            found.append(f"{dist} {version(dist)}")
+        except PackageNotFoundError:
+            continue
+    return ", ".join(found)
+
+
+def report(
+    args: argparse.Namespace,
+    s: Settings,
+    leads: list[Lead],
+    rows: list[Row],
+    load: tuple,
+    minutes: float,
+    memory_md: list[str],
+) -> str:
+    fmt = lambda v, spec: "–" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)  # noqa: E731
+    cpu = platform.processor() or platform.machine()
+    lines = [
+        "# Benchmarks: onnxplain vs the reference libraries",
+        "",
+        "Regenerate on a quiet machine (about 40 minutes on 2 CPU cores, of which the memory scan takes 3; "
+        "`--repeat 3` takes about 25):",
+        "",
+        "    .venv/bin/python benchmarks/run.py",
+        "",
+        "On a GPU machine: `bash benchmarks/gpu_check.sh` (the CUDA tests, then this benchmark with "
+        "`--device cuda`).",
+        "",
+        f"Machine: {cpu}, {os.cpu_count()} logical CPUs ({physical_cores()} physical cores usable), "
+        f"{platform.system()}; device {s.device}; {s.threads} threads for torch and ONNX Runtime. "
+        f"Date: {datetime.date.today()}. Run took {minutes:.1f} min; 1-minute load average "
+        f"{load[0]:.1f} before, {load[1]:.1f} after (above the core count means a shared, noisy machine).",
+        f"Versions: {versions()}.",
+        f"Input: {args.examples}×3×{args.size}×{args.size}, seeded random weights, target class 1; "
+        f"batch {s.batch} on both sides; times are the median of {args.repeat} runs after a warm-up run."
+        + (" **Quick smoke run: not a result.**" if args.quick else ""),
+        "",
+        "## The runtime's lead (forward passes alone)",
+        "",
+        "ONNX Runtime `InferenceSession.run` vs the same network in PyTorch eager under "
+        f"`torch.inference_mode`, milliseconds per row at batch {s.batch}, timed alternately (median of 5); "
+        "the best ONNX Runtime batch (of 8, 16, 32, 64) is the one the limits below use.",
+        "",
+        "| model | ORT ms/row | torch ms/row | lead | best ORT batch | ORT ms/row at best |",
+        "|---|---|---|---|---|---|",
+    ]
+    for ld in leads:
+        lines.append(
+            f"| {ld.arch} | {1e3 * ld.ort_per_row:.2f} | {1e3 * ld.torch_per_row:.2f} | "
+            f"{ld.lead:.2f}× | {ld.ort.best_batch} | {1e3 * ld.ort.best:.2f} |"
+        )
+    lines += [
+        "",
+        "## Methods",
+        "",
+        "Speedup = reference time / onnxplain time (> 1: onnxplain faster). Limit = the time ONNX Runtime "
+        "alone (`InferenceSession.run`, no onnxplain code) takes for the rows the method sent it, at the "
+        "runtime's best batch size (for AblationCAM: one full pass plus the rows of the layers after the "
+        "map), timed in turn with both sides; efficiency = limit / onnxplain time. Target: forward-only "
+        "methods efficiency ≥ 0.9 and speedup ≥ 0.9 × the model's lead; gradient and rule methods (torch "
+        "backend) at most 1.1× the reference's time. Peak MiB: growth of the peak resident set in the first "
+        "timed run (see benchmarks/run.py).",
+        "",
+        "| model | method | reference | work (both sides) | onnxplain s | reference s | speedup | limit s "
+        "| efficiency | target | peak MiB onnxplain | peak MiB reference |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    by_arch = {ld.arch: ld for ld in leads}
+    for r in rows:
+        lines.append(
+            f"| {r.arch} | {r.case.name} | {r.case.reference} | {r.case.work} | {r.t_ours:.3f} "
+            f"| {r.t_ref:.3f} "
+            f"| {r.speedup:.2f} | {fmt(r.limit, '.3f')} | {fmt(r.efficiency, '.2f')} | "
+            f"{verdict(r, by_arch[r.arch])} | {fmt(r.mem_ours, '.0f')} | {fmt(r.mem_ref, '.0f')} |"
+        )
+    if rows:
+        lines += ["", f"Geometric mean speedup: {statistics.geometric_mean([r.speedup for r in rows]):.2f}."]
+    lines += [
+        "",
+        "Notes: AblationCAM in onnxplain re-runs only the layers after the feature map (Model.tail), "
+        "pytorch-grad-cam re-runs the whole network for every ablated batch: the same number of passes, less "
+        "work per pass. On mobilenet_v2 Captum's GuidedBackprop leaves ReLU6 unmodified (it hooks nn.ReLU "
+        "only), onnxplain guides every rectifier; the backward work is the same. The RISE reference follows "
+        "TorchRay's definition, written out in plain torch so that the benchmark does not need torchray.",
+    ]
+    if SKIPPED:
+        lines += ["", "Rows left out:", ""] + [f"- {f}" for f in SKIPPED]
+    if FAILED:
+        lines += ["", "Rows that failed in this run:", ""] + [f"- {f}" for f in FAILED]
+    lines += memory_md
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--models", default="resnet18,mobilenet_v2")
     parser.add_argument("--examples", type=int, default=1)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--methods", default="", help="comma-separated subset of the method names")
+    parser.add_argument("--repeat", type=int, default=5, help="timed runs per row (median); default 5")
+    parser.add_argument("--methods", default="", help="comma-separated subset, e.g. Occlusion,RISE")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (both sides)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=physical_cores(),
+        help="torch and ONNX Runtime threads (default: physical cores)",
+    )
+    parser.add_argument("--rise-masks", type=int, default=1000)
+    parser.add_argument("--samples", type=int, default=256, help="LIME / Kernel SHAP samples")
+    parser.add_argument(
+        "--no-memory-scan",
+        action="store_true",
+        help="skip benchmarks/perturbation_memory.py's 1000-vs-8000-sample scan",
+    )
+    parser.add_argument("--quick", action="store_true", help="smoke run: 64×64, 1 repeat, few samples")
     parser.add_argument("--out", default=str(Path(__file__).with_name("RESULTS.md")))
     args = parser.parse_args()
-    torch.set_num_threads(os.cpu_count() or 1)
-    rows = []
+    if args.quick:
+        args.size, args.repeat = min(args.size, 64), 1
+        args.rise_masks, args.samples = min(args.rise_masks, 64), min(args.samples, 64)
+    s = Settings(
+        batch=args.batch,
+        rise_masks=args.rise_masks,
+        samples=args.samples,
+        device=args.device,
+        threads=args.threads,
+        ig_steps=8 if args.quick else 50,
+        nt_samples=16 if args.quick else 64,
+    )
+    torch.set_num_threads(s.threads)
+    began, load0 = time.perf_counter(), os.getloadavg()[0]
+    leads, rows = [], []
     for arch in args.models.split(","):
-        torch.manual_seed(0)
-        net = getattr(torchvision.models, arch)(weights=None).eval()
-        shape = (args.examples, 3, args.size, args.size)
-        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-        model = ox.adapters.torch.export(net, torch.from_numpy(np.concatenate([x, x])))
-        for name, ours, ref in _cases(net, model, x, target=1, batch=args.batch):
-            if args.methods and name.split(" (")[0] not in args.methods.split(","):
-                continue
-            t_ours, t_ref = _best(ours, args.repeat), _best(ref, args.repeat)
-            rows.append((arch, name, t_ours, t_ref))
-            print(f"{arch:14s} {name:32s} onnxplain {t_ours:8.3f}s  reference {t_ref:8.3f}s  "
-                  f"ratio {t_ref / t_ours:5.2f}")
-    refs = {"GradCAM": "pytorch-grad-cam", "ScoreCAM": "pytorch-grad-cam"}
-    lines = [
-        "# Benchmarks: onnxplain vs the reference libraries",
-        "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"{platform.system()}; torch {torch.__version__}, CPU only. Date: {datetime.date.today()}.",
-        f"Input: {args.examples}×3×{args.size}×{args.size}, batch {args.batch}, best of {args.repeat}.",
-        "Ratio = reference time / onnxplain time (> 1: onnxplain faster). Seeded random weights.",
-        "",
-        "| model | method | reference | onnxplain (s) | reference (s) | ratio |",
-        "|---|---|---|---|---|---|",
-    ]
-    for arch, name, t_ours, t_ref in rows:
-        ratio, ref = t_ref / t_ours, refs.get(name, "Captum")
-        lines.append(f"| {arch} | {name} | {ref} | {t_ours:.3f} | {t_ref:.3f} | {ratio:.2f} |")
-    lines.append("")
-    lines.append(f"Geometric mean ratio: {statistics.geometric_mean([r / o for _, _, o, r in rows]):.2f}")
-    Path(args.out).write_text("\n".join(lines) + "\n")
+        lead, got = run_model(arch, args, s)
+        leads.append(lead)
+        rows += got
+    memory_md: list[str] = []
+    if not args.no_memory_scan:
+        sys.path.insert(0, str(Path(__file__).parent))
+        import perturbation_memory
+
+        counts = (250, 500) if args.quick else (1000, 8000)
+        memory_md = ["", *perturbation_memory.markdown(perturbation_memory.scan(args.size, counts, s.batch))]
+    text = report(
+        args, s, leads, rows, (load0, os.getloadavg()[0]), (time.perf_counter() - began) / 60, memory_md
+    )
+    Path(args.out).write_text(text)
     print(f"wrote {args.out}")
 
 

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from onnxplain.backends.base import Backend, Capability, batches
+from onnxplain.backends.base import Backend, Capability
+from onnxplain.backends.registry import cuda_index, is_out_of_memory, physical_cores, resolve_max_batch_size
 from onnxplain.core.errors import InputValidationError, ModelLoadError
 
 if TYPE_CHECKING:
@@ -34,10 +35,20 @@ def _cuda_driver_present() -> bool:
 class OnnxRuntimeBackend(Backend):
     """Forward passes on ONNX Runtime.
 
-    ``providers``: ``"auto"`` (CUDA when a GPU and onnxruntime-gpu are present, else CPU),
-    ``"cpu"``, ``"cuda"`` or an explicit onnxruntime provider list. ``num_threads``: ORT's
-    intra-op threads (0 = ORT's default). Intermediate tensors are made graph outputs on
-    demand; one session is built per set of requested tensors and reused.
+    ``device``: ``"auto"`` (CUDA when a GPU and onnxruntime-gpu are present, else CPU),
+    ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; asking for CUDA where it cannot run is an
+    :class:`~onnxplain.InputValidationError`. ``providers``: an explicit onnxruntime
+    provider list instead (or the older spelling of ``device``). ``num_threads``: ORT's
+    intra-op threads (None: the physical cores this process may use; 0: ORT's default).
+    ``max_batch_size``: rows per ``InferenceSession.run`` (``"auto"``: 32 on CPU, 256 on
+    CUDA); a pass that runs out of memory is retried at half the batch, and the smaller
+    size is kept. ``io_binding`` (default: on CUDA) binds inputs and outputs to the
+    device, so each pass copies its batch in and the requested tensors out once.
+
+    Sessions use the full graph optimisation level and sequential execution (a CNN's
+    parallelism is inside its operators). Intermediate tensors are made graph outputs on
+    demand; one session is built per set of requested tensors and reused, and the
+    backend itself is cached on the :class:`~onnxplain.Model`.
     """
 
     name = "onnxruntime"
@@ -47,22 +58,30 @@ class OnnxRuntimeBackend(Backend):
         self,
         model: Model,
         providers: str | Sequence[str] = "auto",
-        num_threads: int = 0,
-        max_batch_size: int = 32,
+        num_threads: int | None = None,
+        max_batch_size: int | str = "auto",
+        device: str | None = None,
+        io_binding: bool | None = None,
     ) -> None:
-        super().__init__(model, max_batch_size)
         import onnxruntime as ort
 
         self._ort = ort
-        self._requested = self._providers(providers)
-        self.num_threads = int(num_threads)
+        self._requested = self._providers(
+            device if device is not None else providers, "device" if device is not None else "providers"
+        )
+        use_cuda = self._requested[0] == "CUDAExecutionProvider" or (
+            isinstance(self._requested[0], tuple) and self._requested[0][0] == "CUDAExecutionProvider"
+        )
+        super().__init__(model, resolve_max_batch_size(max_batch_size, "cuda" if use_cuda else "cpu"))
+        self.num_threads = physical_cores() if num_threads is None else int(num_threads)
         self._sessions: dict[tuple[str, ...], object] = {}
         self._lock = threading.Lock()
         self.providers: list[str] = self._session(()).get_providers()
-        if "CUDAExecutionProvider" in self._requested and "CUDAExecutionProvider" not in self.providers:
+        if use_cuda and "CUDAExecutionProvider" not in self.providers:
             logger.warning("CUDA was requested but ONNX Runtime runs on %s", self.providers)
+        self.io_binding = self.device.startswith("cuda") if io_binding is None else bool(io_binding)
 
-    def _providers(self, providers: str | Sequence[str]) -> list[str]:
+    def _providers(self, providers: str | Sequence[str], arg: str) -> list:
         available = self._ort.get_available_providers()
         if isinstance(providers, str):
             key = providers.lower()
@@ -71,24 +90,35 @@ class OnnxRuntimeBackend(Backend):
                 return (["CUDAExecutionProvider"] if use_cuda else []) + ["CPUExecutionProvider"]
             if key == "cpu":
                 return ["CPUExecutionProvider"]
-            if key == "cuda":
+            if key.startswith("cuda"):
+                index = cuda_index(key)
                 if "CUDAExecutionProvider" not in available:
                     raise InputValidationError(
-                        "providers='cuda' but this onnxruntime has no CUDA provider; "
-                        "install onnxruntime-gpu or use providers='cpu'"
+                        f"{arg}={providers!r} but this onnxruntime has no CUDA provider; "
+                        f"install onnxruntime-gpu or use {arg}='cpu' (or 'auto')"
                     )
+                if not _cuda_driver_present():
+                    raise InputValidationError(
+                        f"{arg}={providers!r} but no CUDA driver is installed on this machine "
+                        f"(libcuda not found); use {arg}='cpu' (or 'auto')"
+                    )
+                if ":" in key:
+                    return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
                 return ["CUDAExecutionProvider", "CPUExecutionProvider"]
             raise InputValidationError(
-                f"providers must be 'auto', 'cpu', 'cuda' or a list of ORT providers, got {providers!r}"
+                f"{arg} must be 'auto', 'cpu', 'cuda', 'cuda:N' or a list of ORT providers, got {providers!r}"
             )
-        unknown = [p for p in providers if p not in available]
+        unknown = [p for p in providers if (p[0] if isinstance(p, tuple) else p) not in available]
         if unknown:
             raise InputValidationError(f"providers {unknown} are not available; have {available}")
         return list(providers)
 
     @property
     def device(self) -> str:
-        return "cuda" if "CUDAExecutionProvider" in self.providers else "cpu"
+        if "CUDAExecutionProvider" not in self.providers:
+            return "cpu"
+        first = self._requested[0]  # "cuda" as asked: "cuda", or "cuda:N" for an explicit index
+        return f"cuda:{first[1].get('device_id', 0)}" if isinstance(first, tuple) else "cuda"
 
     def _session(self, extra: tuple[str, ...]):
         with self._lock:
@@ -97,10 +127,21 @@ class OnnxRuntimeBackend(Backend):
                 return sess
             opts = self._ort.SessionOptions()
             opts.intra_op_num_threads = self.num_threads
+            opts.inter_op_num_threads = 1
+            opts.execution_mode = self._ort.ExecutionMode.ORT_SEQUENTIAL
+            opts.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             opts.log_severity_level = 3
             # ORT's spinning workers slow torch in the same process by an order of magnitude.
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+            # only the libraries the user named in load(custom_op_libraries=...), never others
+            for lib in getattr(self.model, "custom_op_libraries", ()):
+                try:
+                    opts.register_custom_ops_library(lib)
+                except Exception as exc:
+                    raise ModelLoadError(
+                        f"ONNX Runtime cannot load the custom-op library {lib!r}: {exc}"
+                    ) from None
             data = self.model.serialized(extra_outputs=extra)
             try:
                 sess = self._ort.InferenceSession(data, sess_options=opts, providers=self._requested)
@@ -120,13 +161,34 @@ class OnnxRuntimeBackend(Backend):
         fixed = model.fixed_batch
         size = fixed or self.max_batch_size
         parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
-        for sl in batches(len(x), size):
-            chunk = x[sl]
+        start = 0
+        while start < len(x):
+            chunk = x[start : start + size]
             real = len(chunk)
             if fixed and real < fixed:  # pad to the fixed batch the model was exported with
                 pad = np.repeat(chunk[-1:], fixed - real, axis=0)
                 chunk = np.concatenate([chunk, pad])
-            res = sess.run(names, {model.input_name: chunk})
+            try:
+                res = self._run(sess, names, chunk)
+            except Exception as exc:
+                if fixed or size == 1 or not is_out_of_memory(exc):
+                    raise
+                size = self.max_batch_size = max(1, size // 2)  # keep the size that fits
+                logger.warning("ONNX Runtime ran out of memory; retrying with batches of %d", size)
+                continue
             for n, r in zip(names, res):
                 parts[n].append(r[:real])
+            start += real
         return {n: np.concatenate(p) if p else np.zeros((0,)) for n, p in parts.items()}
+
+    def _run(self, sess, names: list[str], chunk: np.ndarray) -> list[np.ndarray]:
+        if not self.io_binding:
+            return sess.run(names, {self.model.input_name: chunk})
+        kind, _, index = self.device.partition(":")
+        binding = sess.io_binding()
+        value = self._ort.OrtValue.ortvalue_from_numpy(chunk, kind, int(index or 0))
+        binding.bind_ortvalue_input(self.model.input_name, value)
+        for n in names:
+            binding.bind_output(n, kind, int(index or 0))
+        sess.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()

@@ -12,13 +12,14 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from onnx import defs
 
+from onnxplain._compat import triton_before_tensorflow
 from onnxplain.backends.base import (
     INPUT,
     Backend,
@@ -27,6 +28,7 @@ from onnxplain.backends.base import (
     GradientResult,
     batches,
 )
+from onnxplain.backends.registry import cuda_index, is_out_of_memory, resolve_max_batch_size
 from onnxplain.core.errors import (
     InputValidationError,
     OnnxplainError,
@@ -54,7 +56,9 @@ class RuleContext:
 
     ``inputs``/``output``: the node's forward values (output with its autograd graph);
     ``grad_output``: the gradient arriving at each output; ``grad_input``: the ordinary
-    gradient of each input (None for inputs that need none).
+    gradient of each input (None for inputs that need none, or when the rule says it reads
+    none: ``rule.needs_grad_input = False``); ``kwargs``: the keyword arguments the module
+    was called with (to call ``module.forward`` again).
     """
 
     node: str
@@ -64,6 +68,7 @@ class RuleContext:
     output: Any
     grad_output: tuple[torch.Tensor | None, ...]
     grad_input: tuple[torch.Tensor | None, ...]
+    kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 #: A rule maps a node's context to new gradients for its inputs (None keeps them).
@@ -85,14 +90,19 @@ def _unsupported_operators(proto) -> list[str]:
                 since = defs.get_schema(node.op_type, version, domain).since_version
             except Exception:
                 since = version
-            missing.add(f"{node.op_type}-{since}")
+            prefix = f"{domain}::" if domain not in ("", "ai.onnx") else ""
+            missing.add(f"{prefix}{node.op_type}-{since}")
     return sorted(missing)
 
 
 class TorchBackend(Backend):
     """Gradients and backward-rule hooks on a torch module converted from the graph.
 
-    ``device``: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+    ``device``: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...;
+    asking for CUDA on a machine without it is an :class:`~onnxplain.InputValidationError`.
+    ``max_batch_size``: rows per module call (``"auto"``: 32 on CPU, 256 on CUDA); a
+    forward pass that runs out of memory is retried at half the batch, and the smaller size
+    is kept.
     ``verify``: compare the converted module with ONNX Runtime once, on a random input,
     when the input shape is static (a converter bug would otherwise give silently wrong
     explanations).
@@ -107,22 +117,18 @@ class TorchBackend(Backend):
         self,
         model: Model,
         device: str = "auto",
-        max_batch_size: int = 32,
+        max_batch_size: int | str = "auto",
         verify: bool = True,
     ) -> None:
-        super().__init__(model, max_batch_size)
+        self._device = _torch_device(device)
+        super().__init__(model, resolve_max_batch_size(max_batch_size, self._device.type))
+        triton_before_tensorflow()  # onnx2torch imports torchvision, which loads triton
         from onnx2torch import convert
         from onnx2torch.onnx_graph import OnnxGraph
 
         from onnxplain.backends import torch_converters
 
         torch_converters.install()
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        try:
-            self._device = torch.device(device)
-        except RuntimeError as exc:
-            raise InputValidationError(f"device {device!r}: {exc}") from None
         proto = model.proto()
         missing = _unsupported_operators(proto)
         if missing:
@@ -133,7 +139,8 @@ class TorchBackend(Backend):
                 missing,
             )
         try:
-            module = convert(proto)
+            with torch.random.fork_rng(devices=[]):  # onnx2torch initialises modules randomly
+                module = convert(proto)
         except NotImplementedError as exc:
             raise UnsupportedOperatorError(
                 f"the torch backend cannot convert this model: {exc}; forward-only methods "
@@ -240,12 +247,13 @@ class TorchBackend(Backend):
         try:
             for node, rule in rules.items():
                 module = self.node_module(node)
-                fn = torch_rules.resolve(rule)
+                fn = torch_rules.resolve(rule, self, node)
 
-                def fwd(mod, args, output, node=node, fn=fn):
-                    return _RuledCall(node, self._op_types[node], mod, args, output, fn).apply()
+                def fwd(mod, args, kwargs, output, node=node, fn=fn):
+                    call = _RuledCall(node, self._op_types[node], mod, args, output, fn, kwargs)
+                    return call.apply()
 
-                handles.append(module.register_forward_hook(fwd))
+                handles.append(module.register_forward_hook(fwd, with_kwargs=True))
             yield
         finally:
             for h in handles:
@@ -306,13 +314,27 @@ class TorchBackend(Backend):
         parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
         n_rows = len(x)
         x = np.asarray(x, dtype=self.model.input_dtype)[self._pad(n_rows)]
+        fixed = self.model.fixed_batch
+        size, start = self._chunk, 0
         with torch.inference_mode(), self._capture(inner) as store:
-            for sl in batches(len(x), self._chunk):
-                xb = torch.from_numpy(np.ascontiguousarray(x[sl])).to(self._device)
-                result = self._outputs(self.module(xb))
+            while start < len(x):
+                xb = torch.from_numpy(np.ascontiguousarray(x[start : start + size])).to(self._device)
+                store.clear()
+                try:
+                    result = self._outputs(self.module(xb))
+                except Exception as exc:
+                    if fixed or size == 1 or not is_out_of_memory(exc):
+                        raise
+                    del xb
+                    if self._device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    size = self.max_batch_size = max(1, size // 2)  # keep the size that fits
+                    logger.warning("torch ran out of memory; retrying with batches of %d", size)
+                    continue
                 for n in names:
                     value = xb if n == self.model.input_name else store.get(n, result.get(n))
                     parts[n].append(value.detach().cpu().numpy())
+                start += len(xb)
         return {n: np.concatenate(p)[:n_rows] for n, p in parts.items()}
 
     def gradients(
@@ -382,13 +404,35 @@ class TorchBackend(Backend):
         return v.dtype if v.is_floating_point() else torch.float32
 
 
+def _torch_device(device: str) -> torch.device:
+    """``"auto"``/``"cpu"``/``"cuda"``/``"cuda:N"`` as a torch device, checked against what
+    this machine has."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    index = cuda_index(device)
+    if index is None:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise InputValidationError(
+            f"device={device!r} but torch sees no CUDA GPU on this machine (a CPU-only torch "
+            "build or no driver); use device='cpu' (or 'auto')"
+        )
+    if index >= torch.cuda.device_count():
+        raise InputValidationError(
+            f"device={device!r} but torch sees {torch.cuda.device_count()} CUDA device(s); "
+            "use 'cuda:0' ... or device='cpu'"
+        )
+    return torch.device(device)
+
+
 class _RuledCall:
     """One call of a node whose backward is a rule: see :meth:`TorchBackend.node_rules`."""
 
     def __init__(self, node: str, op_type: str, module: torch.nn.Module, args: tuple,
-                 output: Any, rule: Rule) -> None:
+                 output: Any, rule: Rule, kwargs: Mapping[str, Any] | None = None) -> None:
         self.node, self.op_type, self.module, self.rule = node, op_type, module, rule
         self.args = tuple(args)
+        self.kwargs = dict(kwargs or {})
         self.output = output
         self.outputs = tuple(output) if isinstance(output, (tuple, list)) else (output,)
         self.diff = [i for i, a in enumerate(self.args)
@@ -409,14 +453,14 @@ class _RuledCall:
         live = [(o, g) for o, g in zip(self.outputs, grad_outputs) if o.requires_grad]
         inputs = [self.args[i] for i in self.diff]
         auto: tuple[torch.Tensor | None, ...] = (None,) * len(inputs)
-        if live:
+        if live and getattr(self.rule, "needs_grad_input", True):
             auto = torch.autograd.grad([o for o, _ in live], inputs, [g for _, g in live],
                                        retain_graph=True, allow_unused=True)
         grad_input: list[torch.Tensor | None] = [None] * len(self.args)
         for i, g in zip(self.diff, auto):
             grad_input[i] = g
         ctx = RuleContext(self.node, self.op_type, self.module, self.args, self.output,
-                          tuple(grad_outputs), tuple(grad_input))
+                          tuple(grad_outputs), tuple(grad_input), self.kwargs)
         new = self.rule(ctx)
         if new is not None:
             new = tuple(new)
