@@ -7,10 +7,23 @@
 (2, 3, 16, 16)
 """
 
-from onnxplain import adapters, backends, data, examples, infill, preprocess, segmentation, viz
+from onnxplain import (
+    adapters,
+    attacks,
+    backends,
+    data,
+    dataset,
+    examples,
+    infill,
+    metrics,
+    preprocess,
+    segmentation,
+    viz,
+)
 from onnxplain.core import (
     BackendCapabilityError,
     Channel,
+    DetectionScore,
     ExportError,
     InputValidationError,
     LayerNotFoundError,
@@ -19,12 +32,17 @@ from onnxplain.core import (
     ModelLoadError,
     Neuron,
     OnnxplainError,
+    OutputTarget,
+    Reduction,
+    SegmentationTarget,
     TensorSpec,
     UnsupportedOperatorError,
     load,
 )
+from onnxplain.dataset import explain_dataset, read_dataset, spray
 from onnxplain.methods import *  # noqa: F403  (the method classes, listed in methods.__all__)
 from onnxplain.methods import __all__ as _methods
+from onnxplain.methods import lrp
 from onnxplain.preprocess import Preprocess, read_image
 
 __version__ = "0.1.0"
@@ -32,6 +50,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BackendCapabilityError",
     "Channel",
+    "DetectionScore",
     "ExportError",
     "InputValidationError",
     "LayerNotFoundError",
@@ -40,18 +59,28 @@ __all__ = [
     "ModelLoadError",
     "Neuron",
     "OnnxplainError",
+    "OutputTarget",
+    "Reduction",
+    "SegmentationTarget",
     "Preprocess",
     "TensorSpec",
     "UnsupportedOperatorError",
     "adapters",
+    "attacks",
     "backends",
     "data",
+    "dataset",
     "examples",
+    "explain_dataset",
     "infill",
     "load",
+    "lrp",
+    "metrics",
     "preprocess",
+    "read_dataset",
     "read_image",
     "segmentation",
+    "spray",
     "viz",
     *_methods,
 ]

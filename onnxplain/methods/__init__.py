@@ -3,7 +3,8 @@
 Families: ``gradient`` (input gradients and modified backward rules), ``layer``
 (attributions to an intermediate tensor), ``cam`` (class activation maps),
 ``perturbation`` (occlusion, ablation, RISE, mask optimisation) and ``surrogate``
-(LIME, Kernel SHAP, Shapley value sampling).
+(LIME, Kernel SHAP, Shapley value sampling), ``lrp`` (relevance propagation) and
+``global_views`` (activation maximisation, DGN-AM, deconvnet top-k, attention gates).
 """
 
 from onnxplain.methods.base import Attribution
@@ -19,6 +20,7 @@ from onnxplain.methods.cam import (
     ScoreCAM,
     XGradCAM,
 )
+from onnxplain.methods.global_views import DGNAM, ActivationMaximization, AttentionMaps, DeconvnetTopK
 from onnxplain.methods.gradient import (
     Deconvolution,
     GuidedBackprop,
@@ -31,6 +33,7 @@ from onnxplain.methods.gradient import (
     SmoothGrad,
 )
 from onnxplain.methods.layer import LayerActivation, LayerGradientXActivation, LayerIntegratedGradients
+from onnxplain.methods.lrp import LRP, ContrastiveLRP, DeepTaylor, SoftmaxGradientLRP
 from onnxplain.methods.perturbation import (
     RISE,
     ExtremalPerturbation,
@@ -42,11 +45,18 @@ from onnxplain.methods.surrogate import KernelShap, Lime, ShapleyValueSampling, 
 
 __all__ = [
     "CAM",
+    "DGNAM",
+    "LRP",
     "RISE",
     "AblationCAM",
+    "ActivationMaximization",
+    "AttentionMaps",
     "Attribution",
     "CAMBase",
+    "ContrastiveLRP",
     "Deconvolution",
+    "DeconvnetTopK",
+    "DeepTaylor",
     "EigenCAM",
     "ExtremalPerturbation",
     "FeatureAblation",
@@ -71,6 +81,7 @@ __all__ = [
     "ScoreCAM",
     "ShapleyValueSampling",
     "SmoothGrad",
+    "SoftmaxGradientLRP",
     "SurrogateFit",
     "XGradCAM",
 ]
