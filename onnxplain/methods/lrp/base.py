@@ -14,7 +14,7 @@ from onnxplain.core.model import Model
 from onnxplain.core.targets import Objective
 from onnxplain.methods.base import Attribution
 from onnxplain.methods.lrp._graph import fold_batch_norms
-from onnxplain.methods.lrp.composites import Assignment, Composite
+from onnxplain.methods.lrp.composites import Assignment, Composite, DeepTaylorComposite
 
 
 @dataclass(frozen=True)
@@ -128,3 +128,29 @@ class LRPBase(Attribution):
 
 def per_example_sum(a: np.ndarray) -> np.ndarray:
     return a.reshape(len(a), -1).sum(1, dtype=np.float64)
+
+
+class ClassContrastBase(LRPBase):
+    """LRP variants that contrast the target with the other classes (CLRP, SGLRP).
+
+    ``composite``: the rules of the passes (default: deep Taylor, z^B at the input with the
+    pixel bounds ``low``/``high``, w² when they are not given).
+    """
+
+    def __init__(
+        self,
+        model: Model | Backend,
+        composite: Composite | None = None,
+        low: Any = None,
+        high: Any = None,
+        backend: str | Backend = "auto",
+        use_logits: bool | None = None,
+        **backend_options: Any,
+    ) -> None:
+        super().__init__(
+            model,
+            composite if composite is not None else DeepTaylorComposite(low, high),
+            backend,
+            use_logits=use_logits,
+            **backend_options,
+        )

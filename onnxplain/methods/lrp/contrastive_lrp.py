@@ -19,38 +19,17 @@ from typing import Any
 
 import numpy as np
 
-from onnxplain.backends.base import Backend
-from onnxplain.core.model import Model
 from onnxplain.core.targets import TargetLike
-from onnxplain.methods.lrp.base import LRPBase, SeededObjective, per_example_sum
-from onnxplain.methods.lrp.composites import Composite, DeepTaylorComposite
+from onnxplain.methods.lrp.base import ClassContrastBase, SeededObjective, per_example_sum
 
 
-class ContrastiveLRP(LRPBase):
+class ContrastiveLRP(ClassContrastBase):
     """Contrastive LRP (Gu et al. 2018), the formula in this module's docstring.
 
     ``composite``: the rules of both passes (default: deep Taylor with the pixel bounds
     ``low``/``high``). ``attribute(inputs, target)`` returns the CLRP map (input-shaped,
     ≥ 0, normalised units).
     """
-
-    def __init__(
-        self,
-        model: Model | Backend,
-        composite: Composite | None = None,
-        low: Any = None,
-        high: Any = None,
-        backend: str | Backend = "auto",
-        use_logits: bool | None = None,
-        **backend_options: Any,
-    ) -> None:
-        super().__init__(
-            model,
-            composite if composite is not None else DeepTaylorComposite(low, high),
-            backend,
-            use_logits=use_logits,
-            **backend_options,
-        )
 
     def attribute(
         self,

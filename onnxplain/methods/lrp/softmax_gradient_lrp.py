@@ -22,11 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from onnxplain.backends.base import Backend
-from onnxplain.core.model import Model
 from onnxplain.core.targets import TargetLike
-from onnxplain.methods.lrp.base import LRPBase, SeededObjective
-from onnxplain.methods.lrp.composites import Composite, DeepTaylorComposite
+from onnxplain.methods.lrp.base import ClassContrastBase, SeededObjective
 
 
 def softmax_gradient(logits: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -41,30 +38,12 @@ def softmax_gradient(logits: np.ndarray, target: np.ndarray) -> np.ndarray:
     return seed
 
 
-class SoftmaxGradientLRP(LRPBase):
+class SoftmaxGradientLRP(ClassContrastBase):
     """Softmax-gradient LRP (Iwana et al. 2019), the formula in this module's docstring.
 
     ``attribute(inputs, target)`` returns the SGLRP relevance (input-shaped; positive
     for evidence of the target, negative for evidence of its competitors).
     """
-
-    def __init__(
-        self,
-        model: Model | Backend,
-        composite: Composite | None = None,
-        low: Any = None,
-        high: Any = None,
-        backend: str | Backend = "auto",
-        use_logits: bool | None = None,
-        **backend_options: Any,
-    ) -> None:
-        super().__init__(
-            model,
-            composite if composite is not None else DeepTaylorComposite(low, high),
-            backend,
-            use_logits=use_logits,
-            **backend_options,
-        )
 
     def attribute(
         self,
