@@ -30,7 +30,8 @@ from onnxplain.methods.perturbation import RISE
 from onnxplain.methods.perturbation.extremal_perturbation import SmoothMask
 
 
-def _status(key: str) -> int | None:
+def proc_status(key: str) -> int | None:
+    """A byte count from /proc/self/status (``VmRSS``, ``VmHWM``...), None off Linux."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
@@ -46,7 +47,7 @@ def peaks(fn: Callable[[], object]) -> tuple[float, float, float]:
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
-        base = _status("VmRSS")
+        base = proc_status("VmRSS")
     except OSError:
         base = None
     tracemalloc.start()
@@ -56,7 +57,7 @@ def peaks(fn: Callable[[], object]) -> tuple[float, float, float]:
     seconds = time.perf_counter() - start
     traced = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    hwm = _status("VmHWM")
+    hwm = proc_status("VmHWM")
     rss = (hwm - base) / 2**20 if base is not None and hwm is not None else float("nan")
     return traced / 2**20, rss, seconds
 

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
+from perturbation_memory import proc_status  # benchmarks/ is on sys.path when run as a script
 
 import onnxplain as ox
 from onnxplain.backends.onnxruntime_backend import OnnxRuntimeBackend
@@ -55,17 +56,6 @@ FORWARD_ONLY = ("Occlusion", "FeatureAblation", "RISE", "Lime", "KernelShap", "S
 
 
 # -- measuring -----------------------------------------------------------------------------
-def _status(key: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
 def _malloc_trim() -> None:
     """Hand the heap's free pages back to the OS (glibc), so that memory freed by earlier runs
     no longer hides in the resident set: a run that needs it again must fault it back in."""
@@ -88,7 +78,7 @@ class PeakMemory:
         try:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")  # reset VmHWM to the current resident set
-            self.base = _status("VmRSS")
+            self.base = proc_status("VmRSS")
         except OSError:
             self.base = None
         if self.cuda:
@@ -98,7 +88,7 @@ class PeakMemory:
         return self
 
     def __exit__(self, *exc) -> None:
-        peak = _status("VmHWM")
+        peak = proc_status("VmHWM")
         if self.base is not None and peak is not None:
             self.mib = (peak - self.base) / 2**20
         if self.cuda:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
+import logging
+import warnings
+from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
@@ -38,6 +42,21 @@ def require(module: str, extra: str, what: str | None = None) -> ModuleType:
             f"{what or module} is needed to export this model but cannot be imported ({exc}); "
             f"install it with `pip install onnxplain[{extra}]`{_INSTALL_NOTES.get(module, '')}"
         ) from None
+
+
+@contextlib.contextmanager
+def quiet_export() -> Iterator[None]:
+    """Keep an exporter's warnings, and jax2onnx's log line per optional plugin library
+    that is not installed (equinox, dm-pix, ...), out of the user's log."""
+    plugin_log = logging.getLogger("jax2onnx")
+    level = plugin_log.level
+    plugin_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        plugin_log.setLevel(level)
 
 
 def as_example(example: Any, name: str = "example") -> np.ndarray:

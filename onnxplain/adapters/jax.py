@@ -6,12 +6,17 @@ layout the function takes. Parameters are baked into the graph as initializers.
 
 from __future__ import annotations
 
-import logging
-import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from onnxplain.adapters._common import as_example, check_rtol, explicit_pads, require, verified_model
+from onnxplain.adapters._common import (
+    as_example,
+    check_rtol,
+    explicit_pads,
+    quiet_export,
+    require,
+    verified_model,
+)
 from onnxplain.core.errors import ExportError, InputValidationError
 from onnxplain.core.model import Model
 
@@ -88,14 +93,8 @@ def export(fn: Any, example: Any, params: Any = None, opset: int | None = None, 
         ) from exc
     spec = jax.ShapeDtypeStruct(("batch", *x.shape[1:]), jax.numpy.float32)
     kwargs: dict[str, Any] = {"opset": opset} if opset is not None else {}
-    # jax2onnx imports its plugins on first use and logs one warning per optional library
-    # (equinox, dm-pix, ...) that is not installed.
-    plugin_log = logging.getLogger("jax2onnx")
-    level = plugin_log.level
-    plugin_log.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet_export():
             proto = jax2onnx.to_onnx(
                 forward,
                 [spec],
@@ -110,6 +109,4 @@ def export(fn: Any, example: Any, params: Any = None, opset: int | None = None, 
             f"jax2onnx could not export the {what}: {type(exc).__name__}: "
             f"{str(exc).splitlines()[0][:300] if str(exc) else ''}"
         ) from exc
-    finally:
-        plugin_log.setLevel(level)
     return verified_model(explicit_pads(proto), x, expected, rtol, f"jax2onnx ({what})")

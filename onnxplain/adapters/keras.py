@@ -7,9 +7,7 @@ exported model keeps the Keras input layout, channels-last (N, H, W, C) for imag
 
 from __future__ import annotations
 
-import logging
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ from onnxplain.adapters._common import (
     as_example,
     check_rtol,
     explicit_pads,
+    quiet_export,
     require,
     verified_model,
 )
@@ -87,14 +86,8 @@ def export(model: Any, example: Any, opset: int | None = None, rtol: float = 1e-
 
     with tempfile.TemporaryDirectory(prefix="onnxplain-keras-") as folder:
         path = Path(folder) / "model.onnx"
-        # jax2onnx (the jax backend's exporter) logs a warning per optional plugin library
-        # that is not installed; keep that out of the user's log.
-        plugin_log = logging.getLogger("jax2onnx")
-        level = plugin_log.level
-        plugin_log.setLevel(logging.ERROR)
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with quiet_export():  # the jax backend exports through jax2onnx
                 model.export(str(path), format="onnx", verbose=False, opset_version=opset)
             proto = onnx.load(str(path))  # with any external data, while the folder exists
         except Exception as exc:
@@ -102,6 +95,4 @@ def export(model: Any, example: Any, opset: int | None = None, rtol: float = 1e-
                 f"Keras could not export the model to ONNX on the {backend} backend: "
                 f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
             ) from exc
-        finally:
-            plugin_log.setLevel(level)
     return verified_model(explicit_pads(proto), x, expected, rtol, f"keras ({backend} backend)")
