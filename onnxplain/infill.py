@@ -89,9 +89,17 @@ class Infill:
 
 
 def blend(x: np.ndarray, keep: np.ndarray, fill: np.ndarray) -> np.ndarray:
-    """``keep ⊙ x + (1 − keep) ⊙ fill``; exact (no rounding) where ``keep`` is 0 or 1."""
+    """``keep ⊙ x + (1 − keep) ⊙ fill``; exact (no rounding) where ``keep`` is 0 or 1.
+
+    A boolean ``keep`` selects exactly, as ``np.where`` would (up to the sign of a zero),
+    for finite values: ``x·1 + fill·0 = x``; two products and a sum run several times
+    faster than ``np.where`` over broadcast operands.
+    """
     if keep.dtype == bool:
-        return np.where(keep, x, fill).astype(x.dtype, copy=False)
+        out = np.empty(np.broadcast_shapes(x.shape, keep.shape, np.shape(fill)), dtype=x.dtype)
+        np.multiply(x, keep, out=out)
+        out += np.multiply(fill, ~keep, dtype=x.dtype)
+        return out
     out = keep * x
     out += (1 - keep) * fill
     return out.astype(x.dtype, copy=False)

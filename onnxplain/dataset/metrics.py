@@ -30,7 +30,7 @@ def to_maps(attributions: np.ndarray, layout: str = "NCHW") -> np.ndarray:
 def _fit(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if maps.shape[1:] == tuple(size):
         return maps
-    from onnxplain.methods.base import resize_bilinear
+    from onnxplain.methods._resize import resize_bilinear
 
     return resize_bilinear(maps, size)
 

@@ -301,35 +301,3 @@ def expand_baseline(baselines: Any, x: np.ndarray, name: str = "baselines") -> n
     return broadcast_to_inputs(baselines, x, name)
 
 
-def resize_bilinear(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize (N, h, w) maps to (N, H, W) like ``torch.nn.functional.interpolate``
-    (``mode="bilinear", align_corners=False``)."""
-    n, h, w = maps.shape
-    out_h, out_w = size
-    if (h, w) == (out_h, out_w):
-        return maps.copy()
-
-    def axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        src = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
-        src = np.clip(src, 0, None)
-        i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
-        i1 = np.minimum(i0 + 1, n_in - 1)
-        return i0, i1, (src - i0).astype(maps.dtype)
-
-    y0, y1, wy = axis(h, out_h)
-    x0, x1, wx = axis(w, out_w)
-    rows = maps[:, y0, :] * (1 - wy)[None, :, None] + maps[:, y1, :] * wy[None, :, None]
-    return rows[:, :, x0] * (1 - wx)[None, None, :] + rows[:, :, x1] * wx[None, None, :]
-
-
-def resize_nearest(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize (N, h, w) maps to (N, H, W) like ``torch.nn.functional.interpolate``
-    (``mode="nearest"``: source index floor(i · h / H), computed in float32)."""
-    _, h, w = maps.shape
-
-    def axis(n_in: int, n_out: int) -> np.ndarray:
-        scale = np.float32(n_in) / np.float32(n_out)
-        src = np.floor(np.arange(n_out, dtype=np.float32) * scale).astype(np.int64)
-        return np.minimum(src, n_in - 1)
-
-    return maps[:, axis(h, size[0])][:, :, axis(w, size[1])]

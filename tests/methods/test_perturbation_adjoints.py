@@ -14,7 +14,7 @@ from perturbation_models import region_linear_model, torch_threads
 
 import onnxplain as ox
 from onnxplain.infill import GaussianBlur
-from onnxplain.methods.base import resize_bilinear
+from onnxplain.methods._resize import resize_bilinear
 from onnxplain.methods.perturbation import ExtremalPerturbation, MeaningfulPerturbation, _ops
 from onnxplain.methods.perturbation.base import Filler
 from onnxplain.methods.perturbation.extremal_perturbation import (

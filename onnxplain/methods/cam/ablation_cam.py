@@ -62,11 +62,21 @@ class AblationCAM(CAMBase):
         jobs = np.arange(n * k)  # (example, channel) pairs as n * K + k
         ablated = np.zeros(n * k)
         chunks = [jobs[i:i + self.batch_size] for i in range(0, len(jobs), self.batch_size)]
+        # One buffer of feature maps, reused: between batches only the channel each slot
+        # zeroed is restored (and a slot's whole map copied when its example changes).
+        slots = min(self.batch_size, n * k)
+        buf = np.empty((slots, *a.shape[1:]), dtype=a.dtype)
+        held = np.full(slots, -1)  # the example each slot holds
+        zeroed = np.zeros(slots, dtype=np.int64)  # the channel each slot has zeroed
         for chunk in self._progress(chunks, len(chunks), data.show_progress, "AblationCAM"):
-            rows = chunk // k
-            batch = a[rows].copy()
-            batch[np.arange(len(chunk)), chunk % k] = 0
-            out = self._tail_backend.forward(batch, outputs=[objective.tensor])[objective.tensor]
+            m, rows, channel = len(chunk), chunk // k, chunk % k
+            slot = np.arange(m)
+            same = held[:m] == rows
+            buf[slot[same], zeroed[:m][same]] = a[rows[same], zeroed[:m][same]]
+            buf[slot[~same]] = a[rows[~same]]
+            held[:m], zeroed[:m] = rows, channel
+            buf[slot, channel] = 0
+            out = self._tail_backend.forward(buf[:m], outputs=[objective.tensor])[objective.tensor]
             ablated[chunk] = objective.take(rows).scores(out)
         y = data.scores[:, None]
         return (y - ablated.reshape(n, k)) / np.where(y != 0, y, 1)

@@ -30,7 +30,8 @@ from onnxplain.core.errors import InputValidationError
 from onnxplain.core.model import LayerSpec, Model
 from onnxplain.core.targets import Objective, TargetLike, resolve_target
 from onnxplain.core.validation import Params, validate_params
-from onnxplain.methods.base import Attribution, resize_bilinear
+from onnxplain.methods._resize import resize_bilinear
+from onnxplain.methods.base import Attribution
 
 
 @dataclass
@@ -169,21 +170,7 @@ def normalize_maps(maps: np.ndarray) -> np.ndarray:
 def upsample_maps(maps: np.ndarray, size: tuple[int, int], align_corners: bool = False) -> np.ndarray:
     """Bilinear resize of (N, h, w) maps to (N, H, W), like ``torch.nn.functional.interpolate``
     with ``align_corners`` (``True`` is ``torch.nn.UpsamplingBilinear2d``)."""
-    if not align_corners:
-        return resize_bilinear(maps, size)
-    n, h, w = maps.shape
-
-    def axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        scale = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
-        src = np.arange(n_out) * scale
-        i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
-        i1 = np.minimum(i0 + 1, n_in - 1)
-        return i0, i1, (src - i0).astype(maps.dtype)
-
-    y0, y1, wy = axis(h, size[0])
-    x0, x1, wx = axis(w, size[1])
-    rows = maps[:, y0, :] * (1 - wy)[None, :, None] + maps[:, y1, :] * wy[None, :, None]
-    return rows[:, :, x0] * (1 - wx)[None, None, :] + rows[:, :, x1] * wx[None, None, :]
+    return resize_bilinear(maps, size, align_corners)
 
 
 def min_max_masks(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -192,6 +179,8 @@ def min_max_masks(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     flat = maps.reshape(len(maps), -1)
     low, high = flat.min(axis=1), flat.max(axis=1)
     constant = high <= low
-    span = np.where(constant, 1, high - low)[:, None, None]
-    masks = np.where(constant[:, None, None], 0, (maps - low[:, None, None]) / span)
-    return masks.astype(maps.dtype), constant
+    span = np.where(constant, 1, high - low).astype(maps.dtype)
+    masks = maps - low[:, None, None]  # in place from here: one (N, h, w) array
+    masks /= span[:, None, None]
+    masks[constant] = 0
+    return masks, constant

@@ -87,7 +87,9 @@ class ScoreCAM(CAMBase):
             rows = chunk // k
             maps = upsample_maps(a.reshape(n * k, *a.shape[2:])[chunk], x.shape[2:], self.align_corners)
             masks, _ = min_max_masks(maps)
-            scores[chunk] = self._score(x[rows] * masks[:, None], objective.take(rows))
+            # one example repeated (the common case): broadcast it instead of gathering copies
+            inputs = x[rows[0]] if (rows == rows[0]).all() else x[rows]
+            scores[chunk] = self._score(inputs * masks[:, None], objective.take(rows))
         scores = scores.reshape(n, k)
         if self.weighting != "channel_softmax":
             return scores  # constant channels keep weight 0, as in the authors' code

@@ -20,7 +20,8 @@ from onnxplain.backends.base import Backend, Capability
 from onnxplain.core.attention import AttentionGate, find_attention_gates
 from onnxplain.core.errors import InputValidationError
 from onnxplain.core.model import Model
-from onnxplain.methods.base import Attribution, resize_bilinear
+from onnxplain.methods._resize import resize_bilinear
+from onnxplain.methods.base import Attribution
 
 
 class AttentionMaps(Attribution):

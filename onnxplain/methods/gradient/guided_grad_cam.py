@@ -19,7 +19,8 @@ from onnxplain.core.errors import InputValidationError
 from onnxplain.core.model import Model
 from onnxplain.core.targets import TargetLike
 from onnxplain.core.validation import Params, validate_params
-from onnxplain.methods.base import Attribution, resize_bilinear, resize_nearest
+from onnxplain.methods._resize import resize_bilinear, resize_nearest
+from onnxplain.methods.base import Attribution
 from onnxplain.methods.cam.grad_cam import GradCAM
 from onnxplain.methods.gradient.guided_backprop import GuidedBackprop
 

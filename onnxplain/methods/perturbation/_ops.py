@@ -12,27 +12,13 @@ Separable linear maps of the two spatial axes are written as a pair of matrices
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from onnxplain.methods._resize import interp_matrix
 
-@functools.lru_cache(maxsize=64)
-def interp_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) matrix of 1-D linear resizing like ``torch.nn.functional.interpolate``
-    (``mode="bilinear", align_corners=False``): the same numbers as ``resize_bilinear``."""
-    src = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
-    src = np.clip(src, 0, None)
-    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    w = src - i0
-    m = np.zeros((n_out, n_in))
-    rows = np.arange(n_out)
-    np.add.at(m, (rows, i0), 1 - w)
-    np.add.at(m, (rows, i1), w)
-    m.setflags(write=False)
-    return m
+__all__ = ["interp_matrix"]  # re-exported: RISE and meaningful perturbation resize with it
 
 
 def translate(x: np.ndarray, shifts: np.ndarray) -> np.ndarray:

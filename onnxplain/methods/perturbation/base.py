@@ -47,6 +47,8 @@ class Filler:
                     f"infill {infill!r} returned shape {ref.shape} for inputs of shape {x.shape}"
                 )
             self.static = ref
+        #: the fill is the constant 0 (keep ⊙ x + (1 − keep) ⊙ 0 = keep ⊙ x, up to the sign of 0)
+        self.zero = self.static is not None and not self.static.any()
 
     def reference(
         self, rows: np.ndarray, batch: np.ndarray, keep: np.ndarray | None, keys: np.ndarray | None = None
@@ -78,6 +80,8 @@ class Filler:
         self, rows: np.ndarray, batch: np.ndarray, keep: np.ndarray, keys: np.ndarray | None = None
     ) -> np.ndarray:
         """The perturbed rows: ``keep ⊙ batch + (1 − keep) ⊙ fill``."""
+        if self.zero:  # the default fill, 0: the blend is one product (x·1 = x, x·0 = ±0)
+            return np.multiply(batch, keep).astype(batch.dtype, copy=False)
         ref = self.reference(rows, batch, keep if self.infill.mask_dependent else None, keys)
         return blend(batch, keep, ref)
 
@@ -142,9 +146,14 @@ class PerturbationAttribution(Attribution):
         """The shared loop of Occlusion and FeatureAblation.
 
         ``removed(p)`` is a boolean array, broadcastable to ``x``, of the features that
-        perturbation ``p`` removes. ``per_eval`` perturbations are evaluated together on all
-        N examples (rows ordered perturbation-major, as in Captum). Yields each group and
-        the score drops ``S(x) − S(x̃)`` of shape (len(group), N).
+        perturbation ``p`` removes; all have the same shape, with a leading dim of 1 or N.
+        ``per_eval`` perturbations are evaluated together on all N examples (rows ordered
+        perturbation-major, as in Captum). Yields each group and the score drops
+        ``S(x) − S(x̃)`` of shape (len(group), N).
+
+        The masks stay at their own size (a mask shared by the channels is not copied per
+        channel) and one example is broadcast, not copied, so each row of a batch is
+        written once, by the blend.
         """
         n = len(x)
         initial = self._scores_batched(x, objective, batch_size)
@@ -152,8 +161,9 @@ class PerturbationAttribution(Attribution):
         for group in self._progress(groups, len(groups), show_progress, desc):
             k = len(group)
             rows = np.tile(np.arange(n), k)
-            remove = np.stack([np.broadcast_to(removed(p), x.shape) for p in group])
-            batch = np.broadcast_to(x[None], (k, *x.shape)).reshape(k * n, *x.shape[1:])
-            perturbed = filler(rows, batch, ~remove.reshape(k * n, *x.shape[1:]))
+            keep = ~np.stack([removed(p) for p in group])  # (k, 1 or N, ...), the masks' own size
+            keep = np.broadcast_to(keep, (k, n, *keep.shape[2:])).reshape(k * n, *keep.shape[2:])
+            batch = np.broadcast_to(x, (k, *x.shape[1:])) if n == 1 else x[rows]
+            perturbed = filler(rows, batch, keep)
             scores = self._scores_batched(perturbed, objective.take(rows), batch_size)
             yield group, initial[None, :] - scores.reshape(k, n)

@@ -67,11 +67,14 @@ class FeatureAblation(PerturbationAttribution):
         objective = self._objective(x, target)
         rows = self._batch_size(p.batch_size)
         per_eval = p.perturbations_per_eval or max(1, rows // len(x))
-        features = np.unique(mask).tolist()
+        ids, index = np.unique(mask, return_inverse=True)  # index: each value's feature number
         filler = Filler(fill, x, np.random.default_rng(p.seed))
-        total = np.zeros(x.shape, dtype=np.float64)
-        for group, drops in self._ablate(x, objective, features, lambda f: mask == f, filler,
-                                         per_eval, rows, show_progress, "FeatureAblation"):
-            for k, f in enumerate(group):
-                total += drops[k].reshape(-1, *([1] * (x.ndim - 1))) * (mask == f)
-        return total.astype(x.dtype)
+        drops = np.zeros((len(ids), len(x)))  # (feature, example)
+        done = 0
+        for group, d in self._ablate(x, objective, ids.tolist(), lambda f: mask == f, filler,
+                                     per_eval, rows, show_progress, "FeatureAblation"):
+            drops[done:done + len(group)] = d
+            done += len(group)
+        # every input value gets the drop of its own feature, for its own example
+        example = np.arange(len(x)).reshape(-1, *([1] * (x.ndim - 1)))
+        return drops[np.broadcast_to(index.reshape(mask.shape), x.shape), example].astype(x.dtype)

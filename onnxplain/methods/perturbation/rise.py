@@ -116,6 +116,7 @@ class RISE(PerturbationAttribution):
                 keys = np.stack([rows, np.arange(start, start + size)], axis=1)
                 batch = filler(rows, np.broadcast_to(x[i], (size, *x.shape[1:])), keep, keys)
                 scores = self._scores(batch, objective.take(rows))
-                saliency[i] += scores @ m.reshape(size, h * w)
+                # float32 products of one batch (no float64 copy of the masks), summed in float64
+                saliency[i] += scores.astype(m.dtype) @ m.reshape(size, h * w)
         saliency /= prm.n_masks * prm.p
         return saliency.reshape(len(x), h, w).astype(x.dtype)

@@ -32,7 +32,7 @@ from onnxplain.backends.base import batches
 from onnxplain.core.errors import InputValidationError
 from onnxplain.core.targets import Objective, TargetLike
 from onnxplain.core.validation import Params
-from onnxplain.infill import Infill
+from onnxplain.infill import Infill, blend
 from onnxplain.methods._feature_mask import read_feature_mask
 from onnxplain.methods.perturbation.base import Filler, PerturbationAttribution
 
@@ -250,11 +250,12 @@ class SurrogateAttribution(PerturbationAttribution):
             keep = np.empty((len(row), *feats.labels[0].shape), dtype=bool)
             for i in np.unique(ex):
                 keep[ex == i] = samples[i][sample[ex == i]][:, feats.labels[i]]
+            # one example in the chunk (the common case): broadcast it instead of copying it
+            inputs = np.broadcast_to(x[ex[0]], (len(row), *x.shape[1:])) if ex[0] == ex[-1] else x[ex]
             if setup.background is not None:
-                perturbed = np.where(np.broadcast_to(keep, (len(row), *x.shape[1:])), x[ex],
-                                     setup.background[bg_row])
+                perturbed = blend(inputs, keep, setup.background[bg_row])
             else:
-                perturbed = setup.filler(ex, x[ex], keep)
+                perturbed = setup.filler(ex, inputs, keep)
             scores = self._scores(perturbed, setup.objective.take(ex))
             dists = (_distance(flat[ex], norms[ex], perturbed.reshape(len(row), -1), distance)
                      if distance is not None else None)
