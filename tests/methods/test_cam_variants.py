@@ -215,6 +215,16 @@ def test_align_corners_upsampling_equals_torch_upsampling_bilinear2d(rng):
     np.testing.assert_allclose(upsample_maps(maps, (7, 16), align_corners=True), ref, atol=1e-6)
 
 
+@pytest.mark.parametrize("size", [(224, 160), (3, 4), (5, 2)])
+def test_bilinear_upsampling_equals_torch_interpolate_and_is_contiguous(rng, size):
+    maps = rng.standard_normal((4, 7, 5)).astype(np.float32)
+    ref = F.interpolate(torch.from_numpy(maps)[:, None], size=size, mode="bilinear", align_corners=False)
+    got = upsample_maps(maps, size)
+    assert got.flags["C_CONTIGUOUS"] and got.dtype == np.float32
+    # torch computes the interpolation weights in float32, we round them from float64: a few ulp
+    np.testing.assert_allclose(got, ref[:, 0].numpy(), rtol=1e-5, atol=1e-6)
+
+
 # -- Ablation-CAM ------------------------------------------------------------------------
 def test_ablationcam_refuses_a_layer_that_a_skip_connection_crosses(resnet_pair):
     model = resnet_pair[1]

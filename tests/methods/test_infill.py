@@ -37,6 +37,28 @@ def test_constant_fills_blend_exactly(x):
     np.testing.assert_array_equal(infill.Gray()(x, keep)[..., :5], 0.5)
 
 
+def test_boolean_blend_selects_exactly_like_where_with_broadcasting(x):
+    rng = np.random.default_rng(3)
+    keep = rng.random((4, 2, 1, 12, 10)) < 0.5  # shared by the channels
+    fill = rng.standard_normal((3, 12, 10)).astype(np.float64)  # one example, another dtype
+    got = infill.blend(np.broadcast_to(x, (4, *x.shape)), keep, fill)
+    want = np.where(keep, x, fill).astype(np.float32)
+    assert got.dtype == np.float32 and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)  # exact: x·1 + f·0 = x, x·0 + f·1 = f
+
+
+def test_the_zero_fill_fast_path_equals_the_blend(x):
+    from onnxplain.methods.perturbation.base import Filler
+
+    keep = np.random.default_rng(4).random((2, 1, 12, 10)) < 0.5
+    soft = np.random.default_rng(5).random((2, 1, 12, 10)).astype(np.float32)
+    zero = Filler(infill.Constant(0.0), x, np.random.default_rng(0))
+    assert zero.zero and not Filler(infill.Constant(0.1), x, np.random.default_rng(0)).zero
+    rows = np.arange(2)
+    for mask in (keep, soft):
+        np.testing.assert_array_equal(zero(rows, x, mask), infill.blend(x, mask, np.zeros_like(x)))
+
+
 def test_constant_accepts_one_example_or_one_per_example(x):
     one = np.arange(3 * 12 * 10, dtype=np.float32).reshape(3, 12, 10)
     np.testing.assert_array_equal(infill.Constant(one).fill(x)[1], one)
