@@ -8,6 +8,14 @@ BatchNormalization becomes a function z = f(x, W, b)), so a rule only has to say
 modifies inputs and parameters; the vector-Jacobian products of the modified forward
 passes do the rest (zennit's ``BasicHook`` scheme). The formulas are in
 :mod:`onnxplain.methods.lrp.rules`.
+
+What keeps a rule's cost near one backward pass of the layer: a convolution's
+vector-Jacobian product is its input gradient (``convolution_backward``, no autograd
+graph); the modified parameters (W⁺, W⁻, γ-weights, 1, W²) are computed once per layer,
+device and dtype; the normaliser of a rule whose modified forward pass is the layer's own
+(ε, the sign mask of γ) is the node's forward output; flat and w² see a ones input, whose
+forward pass is cached per input shape; and when the layer input has no negative entry
+(after a ReLU), the x⁻ passes of z⁺, αβ and γ are skipped, as they are exactly 0.
 """
 
 from __future__ import annotations
@@ -28,18 +36,23 @@ if TYPE_CHECKING:
     from onnxplain.backends.torch_backend import Rule, RuleContext, TorchBackend
 
 Fn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+Vjp = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 # -- stabilised division -------------------------------------------------------------
 def stabilize(z: torch.Tensor, eps: float) -> torch.Tensor:
-    """z + ε·sign(z), sign(0) = 1 (zennit's ``Stabilizer``)."""
-    return z + eps * (z.sign() + (z == 0).to(z.dtype))
+    """z + ε·sign(z), sign(0) = 1 (zennit's ``Stabilizer``); a new tensor."""
+    z = z.detach()
+    return z.sign().masked_fill_(z == 0, 1).mul_(eps).add_(z)  # in place: no temporaries
 
 
 def divide(r: torch.Tensor, z: torch.Tensor, eps: float) -> torch.Tensor:
     """r / stab(z); with ε = 0, units with z = 0 get 0 instead of inf."""
     if eps > 0:
-        return r / stabilize(z, eps)
+        d = stabilize(z, eps)
+        if d.shape == r.shape and d.dtype == r.dtype:
+            return torch.div(r.detach(), d, out=d)
+        return r / d
     zero = z == 0
     return torch.where(zero, torch.zeros_like(r), r / torch.where(zero, torch.ones_like(z), z))
 
@@ -65,6 +78,8 @@ class Layer:
     weight: np.ndarray
     bias: np.ndarray | None
     fn: Fn
+    #: ∂⟨s, fn(x, W, ·)⟩/∂x as vjp(s, x, W) without autograd (None: autograd on fn)
+    vjp: Vjp | None = None
     _cache: dict = field(default_factory=dict)
 
     def params(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -78,6 +93,17 @@ class Layer:
                 else torch.as_tensor(np.array(self.bias), device=like.device, dtype=like.dtype)
             )
             found = self._cache[key] = (w, b)
+        return found
+
+    def modified(
+        self, like: torch.Tensor, name: str, make: Callable[[torch.Tensor, torch.Tensor | None], Any]
+    ) -> Any:
+        """``make(W, b)`` (parameters modified by a rule: W⁺, W⁻, 1, ...), computed once per
+        device and dtype: the rules run on every call, the weights do not change."""
+        key = (like.device, like.dtype, name)
+        found = self._cache.get(key)
+        if found is None:
+            found = self._cache[key] = make(*self.params(like))
         return found
 
 
@@ -110,7 +136,7 @@ def _torch_pad(pads: Sequence[int]) -> list[int]:
     return out
 
 
-def _conv(node: Any, w: np.ndarray) -> Fn:
+def _conv(node: Any, w: np.ndarray) -> tuple[Fn, Vjp]:
     d = w.ndim - 2
     strides = list(_attr(node, "strides", [1] * d))
     dilations = list(_attr(node, "dilations", [1] * d))
@@ -120,11 +146,26 @@ def _conv(node: Any, w: np.ndarray) -> Fn:
 
     def fn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         pads = _same_pads(node, x, kernel, strides, dilations)
-        if any(pads):
-            x = F.pad(x, _torch_pad(pads))
-        return conv(x, weight, bias, strides, 0, dilations, groups)
+        if pads[:d] == pads[d:]:  # symmetric: the convolution pads (no padded copy of x)
+            return conv(x, weight, bias, strides, pads[:d], dilations, groups)
+        return conv(F.pad(x, _torch_pad(pads)), weight, bias, strides, 0, dilations, groups)
 
-    return fn
+    def vjp(s: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        # the input gradient of the convolution, as autograd computes it (x: only its shape)
+        pads = _same_pads(node, x, kernel, strides, dilations)
+        symmetric = pads[:d] == pads[d:]
+        xp = x if symmetric else F.pad(x, _torch_pad(pads))
+        g = torch.ops.aten.convolution_backward(
+            s, xp, weight, None, strides, pads[:d] if symmetric else [0] * d, dilations,
+            False, [0] * d, groups, [True, False, False],
+        )[0]  # fmt: skip
+        if symmetric:
+            return g
+        return g[
+            (slice(None), slice(None)) + tuple(slice(pads[i], pads[i] + x.shape[2 + i]) for i in range(d))
+        ]
+
+    return fn, vjp
 
 
 def _conv_transpose(node: Any, w: np.ndarray) -> Fn:
@@ -181,8 +222,10 @@ def build_layer(node: Any) -> Layer:
         w = _const(ins[1]) if len(ins) > 1 else None
         b = _const(ins[2]) if len(ins) > 2 and ins[2] is not None else None
         if w is not None and (len(ins) < 3 or ins[2] is None or b is not None):
-            fn = _conv(node, w) if op == "Conv" else _conv_transpose(node, w)
-            return Layer(node.name, 0, w, b, fn)
+            if op == "Conv":
+                fn, vjp = _conv(node, w)
+                return Layer(node.name, 0, w, b, fn, vjp)
+            return Layer(node.name, 0, w, b, _conv_transpose(node, w))
     elif op == "Gemm":
         w = _const(ins[1])
         c = _const(ins[2]) if len(ins) > 2 and ins[2] is not None else None
@@ -260,64 +303,145 @@ def _bound(value: Any, x: torch.Tensor) -> torch.Tensor:
         ) from None
 
 
-def _weighted(
-    kind: str, p: Mapping[str, Any], layer: Layer, x: torch.Tensor, r: torch.Tensor
+def _nonnegative(x: torch.Tensor) -> bool:
+    """No entry of x is negative (x⁻ = 0: the x⁻ terms of a rule vanish exactly)."""
+    return x.numel() == 0 or bool(x.min() >= 0)  # NaN: False, the general path
+
+
+def _ratio(
+    layer: Layer,
+    terms: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, bool]],
+    r: torch.Tensor,
+    eps: float,
+    z: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    w, b = layer.params(x)
+    """Σ_i ±x_i ⊙ J_iᵀ s with s = mask · r / stab(z) and z = Σ_i ±fn(x_i, W_i, b_i).
+
+    ``terms``: (x_i, W_i, b_i, negated) (zennit's ``BasicHook``: one modified forward pass
+    per term, all sharing the normaliser z, which ``z`` gives when it is already known).
+    The products J_iᵀ s come from the layer's own ``vjp`` (a convolution's input
+    gradient) where it has one, otherwise from autograd on the modified forward passes.
+    """
     f = layer.fn
+    if layer.vjp is not None:
+        if z is None:
+            for i, (x, w, b, neg) in enumerate(terms):
+                out = f(x, w, b)
+                z = out if i == 0 else (z - out if neg else z + out)
+        s = divide(r, z, eps)
+        if mask is not None:
+            s = s.mul_(mask) if s.shape == mask.shape else s * mask
+        # x ⊙ (Jᵀs) in place: the convolution's gradient is a new tensor
+        parts = [layer.vjp(s, x, w).mul_(x) for x, w, _, _ in terms]
+        result = parts[0]
+        for (_, _, _, neg), part in zip(terms[1:], parts[1:]):
+            result = result.sub_(part) if neg else result.add_(part)
+        return result
     with torch.enable_grad():
-        if kind == "lrp.epsilon":
-            xi = _leaf(x)
-            z = f(xi, w, b)
-            (g,) = _vjp([z], [xi], [divide(r, z, float(p.get("epsilon", 1e-6)))])
-            return x * g
-        eps = float(p.get("stabilizer", 1e-6))
-        if kind in ("lrp.zplus", "lrp.alphabeta"):
-            wp, wn, bp, bn = w.clamp(min=0), w.clamp(max=0), _clamp(b, lo=0), _clamp(b, hi=0)
-            xp, xn = _leaf(x.clamp(min=0)), _leaf(x.clamp(max=0))
-            z = f(xp, wp, bp) + f(xn, wn, None)
-            gp, gn = _vjp([z], [xp, xn], [divide(r, z, eps)])
-            positive = xp.detach() * gp + xn.detach() * gn
-            if kind == "lrp.zplus":
-                return positive
-            alpha, beta = float(p.get("alpha", 2.0)), float(p.get("beta", 1.0))
-            if beta == 0:
-                return alpha * positive
-            xp2, xn2 = _leaf(x.clamp(min=0)), _leaf(x.clamp(max=0))
-            z2 = f(xp2, wn, bn) + f(xn2, wp, None)
-            gp2, gn2 = _vjp([z2], [xp2, xn2], [divide(r, z2, eps)])
-            return alpha * positive - beta * (xp2.detach() * gp2 + xn2.detach() * gn2)
-        if kind == "lrp.gamma":
-            gamma = float(p.get("gamma", 0.25))
-            w_up, w_dn = w + gamma * w.clamp(min=0), w + gamma * w.clamp(max=0)
-            b_up = None if b is None else b + gamma * b.clamp(min=0)
-            b_dn = None if b is None else b + gamma * b.clamp(max=0)
-            z = f(x, w, b)
-            xs = [_leaf(x.clamp(min=0)), _leaf(x.clamp(max=0)), _leaf(x.clamp(min=0)), _leaf(x.clamp(max=0))]
-            outs = [f(xs[0], w_up, b_up), f(xs[1], w_dn, None), f(xs[2], w_dn, b_dn), f(xs[3], w_up, None)]
-            s_pos = (z > 0).to(r.dtype) * divide(r, outs[0] + outs[1], eps)
-            s_neg = (z < 0).to(r.dtype) * divide(r, outs[2] + outs[3], eps)
-            grads = _vjp(outs, xs, [s_pos, s_pos, s_neg, s_neg])
-            return sum(xi.detach() * g for xi, g in zip(xs, grads))
-        if kind == "lrp.zbox":
-            lo, hi = _leaf(_bound(p["low"], x)), _leaf(_bound(p["high"], x))
-            xi = _leaf(x)
-            outs = [
-                f(xi, w, b),
-                f(lo, w.clamp(min=0), _clamp(b, lo=0)),
-                f(hi, w.clamp(max=0), _clamp(b, hi=0)),
-            ]
-            s = divide(r, outs[0] - outs[1] - outs[2], eps)
-            gx, gl, gh = _vjp(outs, [xi, lo, hi], [s, s, s])
-            return x * gx - lo.detach() * gl - hi.detach() * gh
-        if kind in ("lrp.flat", "lrp.wsquare"):
-            ones = _leaf(torch.ones_like(x))
-            if kind == "lrp.flat":
-                z = f(ones, torch.ones_like(w), None)
-            else:
-                z = f(ones, w * w, None if b is None else b * b)
-            (g,) = _vjp([z], [ones], [divide(r, z, eps)])
-            return g
+        leaves = [_leaf(x) for x, _, _, _ in terms]
+        outs = [f(xi, w, b) for xi, (_, w, b, _) in zip(leaves, terms)]
+        if z is None:
+            for i, (out, (_, _, _, neg)) in enumerate(zip(outs, terms)):
+                z = out if i == 0 else (z - out if neg else z + out)
+        s = divide(r, z, eps)
+        if mask is not None:
+            s = mask * s
+        grads = _vjp(outs, leaves, [s] * len(outs))
+    result = None
+    for (x, _, _, neg), g in zip(terms, grads):
+        part = x * g
+        result = part if result is None else (result - part if neg else result + part)
+    return result
+
+
+def _positive(layer: Layer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """W⁺, b⁺ (cached on the layer)."""
+    return layer.modified(x, "+", lambda w, b: (w.clamp(min=0), _clamp(b, lo=0)))
+
+
+def _negative(layer: Layer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """W⁻, b⁻ (cached on the layer)."""
+    return layer.modified(x, "-", lambda w, b: (w.clamp(max=0), _clamp(b, hi=0)))
+
+
+def _split(
+    layer: Layer, x: torch.Tensor, positive: bool, r: torch.Tensor, eps: float, nonnegative: bool
+) -> torch.Tensor:
+    """z⁺ (``positive``: x⁺ through W⁺ with b⁺ and x⁻ through W⁻) or z⁻ (x⁺ through W⁻
+    with b⁻ and x⁻ through W⁺), one normaliser."""
+    first, second = (_positive, _negative) if positive else (_negative, _positive)
+    w1, b1 = first(layer, x)
+    if nonnegative:  # x⁻ = 0: its forward pass is exactly 0 and its relevance too
+        return _ratio(layer, [(x, w1, b1, False)], r, eps)
+    w2, _ = second(layer, x)
+    return _ratio(layer, [(x.clamp(min=0), w1, b1, False), (x.clamp(max=0), w2, None, False)], r, eps)
+
+
+def _weighted(
+    kind: str,
+    p: Mapping[str, Any],
+    layer: Layer,
+    x: torch.Tensor,
+    r: torch.Tensor,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The relevance of x for the rule ``kind``; ``out``: the layer's forward output fn(x, W, b)."""
+    w, b = layer.params(x)
+    if out is not None and (tuple(out.shape) != tuple(r.shape) or out.dtype != r.dtype):
+        out = None
+    if kind == "lrp.epsilon":
+        return _ratio(layer, [(x, w, b, False)], r, float(p.get("epsilon", 1e-6)), z=out)
+    eps = float(p.get("stabilizer", 1e-6))
+    if kind in ("lrp.zplus", "lrp.alphabeta"):
+        nonneg = _nonnegative(x)
+        positive = _split(layer, x, True, r, eps, nonneg)
+        if kind == "lrp.zplus":
+            return positive
+        alpha, beta = float(p.get("alpha", 2.0)), float(p.get("beta", 1.0))
+        if beta == 0:
+            return alpha * positive
+        return alpha * positive - beta * _split(layer, x, False, r, eps, nonneg)
+    if kind == "lrp.gamma":
+        gamma = float(p.get("gamma", 0.25))
+
+        def make(w: torch.Tensor, b: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+            return (
+                w + gamma * w.clamp(min=0),
+                w + gamma * w.clamp(max=0),
+                None if b is None else b + gamma * b.clamp(min=0),
+                None if b is None else b + gamma * b.clamp(max=0),
+            )
+
+        w_up, w_dn, b_up, b_dn = layer.modified(x, ("gamma", gamma), make)
+        z = out if out is not None else layer.fn(x, w, b)
+        pos, neg = (z > 0).to(r.dtype), (z < 0).to(r.dtype)
+        if _nonnegative(x):
+            return _ratio(layer, [(x, w_up, b_up, False)], r, eps, mask=pos) + _ratio(
+                layer, [(x, w_dn, b_dn, False)], r, eps, mask=neg
+            )
+        xp, xn = x.clamp(min=0), x.clamp(max=0)
+        return _ratio(layer, [(xp, w_up, b_up, False), (xn, w_dn, None, False)], r, eps, mask=pos) + _ratio(
+            layer, [(xp, w_dn, b_dn, False), (xn, w_up, None, False)], r, eps, mask=neg
+        )
+    if kind == "lrp.zbox":
+        (wp, bp), (wn, bn) = _positive(layer, x), _negative(layer, x)
+        lo, hi = _bound(p["low"], x), _bound(p["high"], x)
+        return _ratio(layer, [(x, w, b, False), (lo, wp, bp, True), (hi, wn, bn, True)], r, eps)
+    if kind in ("lrp.flat", "lrp.wsquare"):
+        if kind == "lrp.flat":
+            w1, b1 = layer.modified(x, "flat", lambda w, b: (torch.ones_like(w), None))
+        else:
+            w1, b1 = layer.modified(x, "wsquare", lambda w, b: (w * w, None if b is None else b * b))
+        # the modified forward pass of a ones input: the same for every example and call
+        key = (x.device, x.dtype, "ones", kind)
+        shape, z = layer._cache.get(key, (None, None))
+        if shape != tuple(x.shape[1:]):
+            z = layer.fn(x.new_ones((1, *x.shape[1:])), w1, b1)
+            layer._cache[key] = (tuple(x.shape[1:]), z)
+        if layer.vjp is not None:  # the relevance is Jᵀs itself (x: only its shape counts)
+            return layer.vjp(divide(r, z, eps), x, w1)
+        return _ratio(layer, [(torch.ones_like(x), w1, b1, False)], r, eps, z=z)
     raise InputValidationError(f"unknown LRP rule {kind!r}; the torch backend knows {list(LRP_RULE_NAMES)}")
 
 
@@ -346,7 +470,8 @@ def _weighted_rule(rule: BackwardRule, backend: TorchBackend, node: str) -> Rule
 
     def fn(ctx: RuleContext) -> tuple[torch.Tensor | None, ...]:
         x = ctx.inputs[layer.data].detach()
-        return _result(ctx, {layer.data: _weighted(kind, params, layer, x, _relevance(ctx))})
+        out = ctx.output.detach() if isinstance(ctx.output, torch.Tensor) else None
+        return _result(ctx, {layer.data: _weighted(kind, params, layer, x, _relevance(ctx), out)})
 
     return fn
 

@@ -3,6 +3,7 @@ seeded backward pass and batching."""
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -37,6 +38,34 @@ class SeededObjective(Objective):
 
     def repeat(self, times: int) -> SeededObjective:
         return SeededObjective(self.tensor, self.kind, np.repeat(self.index, times, axis=0))
+
+
+#: Assignments already made, per model: (composite entries, tensor) -> Assignment. A
+#: method is often built per call, and walking the graph would be paid each time.
+_ASSIGNED: weakref.WeakKeyDictionary[Model, dict[Any, Assignment]] = weakref.WeakKeyDictionary()
+
+
+def _assign(composite: Composite, model: Model, tensor: str) -> Assignment:
+    """``composite.assign(model, tensor)``, cached on the model for composites that only
+    differ by their (hashable) entries."""
+    kind = type(composite)
+    key = None
+    if kind.assign is Composite.assign and kind.rule_for is Composite.rule_for:
+        try:
+            key = (tuple(composite.entries), tensor)
+            hash(key)
+        except TypeError:  # e.g. ZBox bounds given as arrays
+            key = None
+    if key is None:
+        return composite.assign(model, tensor)
+    try:
+        cache = _ASSIGNED.setdefault(model, {})
+    except TypeError:  # a model that cannot be weakly referenced
+        return composite.assign(model, tensor)
+    found = cache.get(key)
+    if found is None:
+        found = cache[key] = composite.assign(model, tensor)
+    return Assignment(dict(found.rules), found.first, found.last)
 
 
 class LRPBase(Attribution):
@@ -75,7 +104,7 @@ class LRPBase(Attribution):
     def _assignment_for(self, model: Model, tensor: str) -> Assignment:
         found = self._assignments.get(tensor)
         if found is None:
-            found = self._assignments[tensor] = self.composite.assign(model, tensor)
+            found = self._assignments[tensor] = _assign(self.composite, model, tensor)
         return found
 
     def rules(self, tensor: str | None = None) -> dict[str, str]:
