@@ -107,16 +107,28 @@ def timed(fn: Callable[[], object], cuda: bool, memory: bool = False) -> tuple[f
     return seconds, mem.mib if memory else float("nan")
 
 
-def forward_rows(plan: list[tuple[OnnxRuntimeBackend, int, np.ndarray, int]]) -> None:
-    """The runtime's own forward passes for (backend, rows, one input row, batch) in ``plan``:
-    ``rows`` rows in full batches plus the remainder, straight through ``InferenceSession.run``."""
-    for be, rows, row, size in plan:
+#: Distinct input buffers the runtime's own passes take in turn: a method sends new data in
+#: every pass, so feeding one buffer again and again (which the CPU caches keep close) would
+#: give the runtime an advantage no method can have.
+ROTATE = 3
+
+
+def input_buffers(row: np.ndarray, size: int) -> list[np.ndarray]:
+    """``ROTATE`` separate arrays of ``size`` copies of ``row``."""
+    return [np.ascontiguousarray(np.repeat(row, size, axis=0)) for _ in range(ROTATE)]
+
+
+def forward_rows(plan: list[tuple[OnnxRuntimeBackend, int, list[np.ndarray]]]) -> None:
+    """The runtime's own forward passes for (backend, rows, input buffers) in ``plan``: ``rows``
+    rows in full batches (the buffers in turn) plus the remainder, straight through
+    ``InferenceSession.run``."""
+    for be, rows, bufs in plan:
         sess, name = be._session(()), be.model.input_name
-        full = np.ascontiguousarray(np.repeat(row, min(size, rows), axis=0))
-        for _ in range(rows // len(full)):
-            sess.run(None, {name: full})
-        if rows % len(full):
-            sess.run(None, {name: full[: rows % len(full)]})
+        size = len(bufs[0])
+        for i in range(rows // size):
+            sess.run(None, {name: bufs[i % len(bufs)]})
+        if rows % size:
+            sess.run(None, {name: bufs[0][: rows % size]})
 
 
 @contextlib.contextmanager
@@ -158,16 +170,16 @@ def runtime_speed(
     """Raw ``InferenceSession.run`` time per row (the runtime's limit, no onnxplain code) at each
     batch size; the sizes take turns in each round, so that load changes hit them alike."""
     sess, name = be._session(()), be.model.input_name
-    batches = {size: np.ascontiguousarray(np.repeat(row, size, axis=0)) for size in sizes}
+    batches = {size: input_buffers(row, size) for size in sizes}
     times: dict[int, list[float]] = {size: [] for size in sizes}
-    for batch in batches.values():
-        sess.run(None, {name: batch})
+    for bufs in batches.values():
+        sess.run(None, {name: bufs[0]})
     for _ in range(repeat):
-        for size, batch in batches.items():
+        for size, bufs in batches.items():
             calls = max(1, rows // size)
             start = time.perf_counter()
-            for _ in range(calls):
-                sess.run(None, {name: batch})
+            for i in range(calls):
+                sess.run(None, {name: bufs[i % len(bufs)]})
             times[size].append((time.perf_counter() - start) / (calls * size))
     return RuntimeSpeed({size: statistics.median(t) for size, t in times.items()})
 
@@ -178,27 +190,28 @@ def runtime_lead(
     """Seconds per row at ``size`` rows per call: (ONNX Runtime ``InferenceSession.run``, PyTorch
     eager under ``torch.inference_mode``), measured alternately, medians of ``repeat``."""
     sess, name = be._session(()), be.model.input_name
-    batch = np.ascontiguousarray(np.repeat(x[:1], size, axis=0))
-    batch_t = torch.from_numpy(batch).to(next(net.parameters()).device)
+    bufs = input_buffers(x[:1], size)
+    device = next(net.parameters()).device
+    bufs_t = [torch.from_numpy(b).to(device) for b in bufs]
     calls = max(1, rows // size)
 
-    def ort_pass() -> None:
-        sess.run(None, {name: batch})
+    def ort_pass(i: int) -> None:
+        sess.run(None, {name: bufs[i % len(bufs)]})
 
-    def torch_pass() -> None:
+    def torch_pass(i: int) -> None:
         with torch.inference_mode():
-            net(batch_t)
-        if batch_t.is_cuda:
+            net(bufs_t[i % len(bufs_t)])
+        if device.type == "cuda":
             torch.cuda.synchronize()
 
     times: dict = {ort_pass: [], torch_pass: []}
     for fn in times:
-        fn()
+        fn(0)
     for _ in range(repeat):
         for fn, got in times.items():
             start = time.perf_counter()
-            for _ in range(calls):
-                fn()
+            for i in range(calls):
+                fn(i)
             got.append((time.perf_counter() - start) / (calls * size))
     return statistics.median(times[ort_pass]), statistics.median(times[torch_pass])
 
@@ -540,7 +553,7 @@ def run_model(arch: str, args: argparse.Namespace, s: Settings) -> tuple[Lead, l
     net = net.to(s.device)
     cuda = s.device.startswith("cuda")
     sizes = tuple(sorted({8, 16, s.batch} if args.quick else {8, 16, 32, 64, s.batch}))
-    probe = {"rows": 16 if args.quick else 64, "repeat": 1 if args.quick else 3}
+    probe = {"rows": 16 if args.quick else 128, "repeat": 1 if args.quick else 5}
     main_be = model.backend("onnxruntime", device=s.device, num_threads=s.threads)
     speeds: dict[int, RuntimeSpeed] = {id(main_be): runtime_speed(main_be, x[:1], sizes, **probe)}
     lead = Lead(
@@ -594,7 +607,7 @@ def run_case(
         for be, (n_rows, row) in counts.items():
             if id(be) not in speeds:  # e.g. AblationCAM's tail model
                 speeds[id(be)] = runtime_speed(be, row, sizes, **probe)
-            plan.append((be, n_rows, row, speeds[id(be)].best_batch))
+            plan.append((be, n_rows, input_buffers(row, min(n_rows, speeds[id(be)].best_batch))))
         limit_fn = lambda: forward_rows(plan)  # noqa: E731
         limit_fn()
     else:
@@ -683,7 +696,10 @@ def report(
         "",
         "ONNX Runtime `InferenceSession.run` vs the same network in PyTorch eager under "
         f"`torch.inference_mode`, milliseconds per row at batch {s.batch}, timed alternately (median of 5); "
-        "the best ONNX Runtime batch (of 8, 16, 32, 64) is the one the limits below use.",
+        "the best ONNX Runtime batch (of 8, 16, 32, 64; 128 rows per size, median of 5 rounds) is the one "
+        f"the limits below use. Every timed pass here and in the limits takes one of {ROTATE} separate input "
+        "arrays in turn, as a method sends new data in every pass (one array fed again and again stays in "
+        "the CPU caches, an advantage no method has).",
         "",
         "| model | ORT ms/row | torch ms/row | lead | best ORT batch | ORT ms/row at best |",
         "|---|---|---|---|---|---|",
