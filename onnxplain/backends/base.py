@@ -97,6 +97,8 @@ class Backend(ABC):
 
     name: ClassVar[str] = "abstract"
     capabilities: ClassVar[frozenset[Capability]] = frozenset()
+    #: leave numpy's BLAS threads as they are during method calls (see :meth:`computing`)
+    keep_blas_threads: bool = False
 
     def __init__(self, model: Model | None, max_batch_size: int = 32) -> None:
         if max_batch_size < 1:
@@ -121,6 +123,20 @@ class Backend(ABC):
     def device(self) -> str:
         """Where the computation really runs (e.g. ``"cpu"``, ``"cuda:0"``)."""
         return "cpu"
+
+    def computing(self) -> contextlib.AbstractContextManager[Any]:
+        """The context every method call enters around its work on this backend.
+
+        On the CPU, numpy's BLAS is held to one thread meanwhile: its idle workers
+        busy-wait on the cores the backend computes on (see
+        :mod:`onnxplain.backends._threads`). Set ``keep_blas_threads = True`` on a
+        backend to leave BLAS alone.
+        """
+        if self.device != "cpu" or self.keep_blas_threads:
+            return contextlib.nullcontext()
+        from onnxplain.backends._threads import single_threaded_blas
+
+        return single_threaded_blas()
 
     def has(self, *needs: Capability) -> bool:
         return set(needs) <= self.capabilities

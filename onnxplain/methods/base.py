@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import inspect
@@ -99,7 +100,9 @@ def user_layout(fn: Callable[..., Any]) -> Callable[..., Any]:
                     arguments[extra] = dict(arguments[extra])
                     _convert_arguments(model, arguments[extra])
             method._explained = None
-            result = fn(*bound.args, **bound.kwargs)
+            backend = getattr(method, "backend", None)
+            with backend.computing() if backend is not None else contextlib.nullcontext():
+                result = fn(*bound.args, **bound.kwargs)
             if nhwc and method._input_shaped:
                 result = _convert_result(model, result, arguments.get("inputs"))
             self.last_metadata = method._metadata()

@@ -191,3 +191,31 @@ def test_out_of_memory_errors_are_recognised():
     assert is_out_of_memory(MemoryError())
     assert not is_out_of_memory(RuntimeException("Invalid rank for input: x"))
     assert not is_out_of_memory(ValueError("shape mismatch"))
+
+
+def _blas_threads() -> list[int]:
+    from threadpoolctl import threadpool_info
+
+    return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+
+def test_blas_is_held_to_one_thread_during_a_cpu_method_call_and_restored(fresh_model, x):
+    before = _blas_threads()
+    assert before, "numpy's BLAS should be visible to threadpoolctl"
+    seen = []
+    occlusion = ox.Occlusion(fresh_model, backend="onnxruntime")
+    forward = occlusion.backend.forward
+
+    def spy(batch, outputs=None):
+        seen.append(_blas_threads())
+        return forward(batch, outputs)
+
+    occlusion.backend.forward = spy
+    occlusion.attribute(x, target=0, sliding_window_shapes=(3, 8, 8), strides=(3, 8, 8))
+    assert seen and all(threads == [1] * len(before) for threads in seen)
+    assert _blas_threads() == before
+    # a backend can opt out
+    seen.clear()
+    occlusion.backend.keep_blas_threads = True
+    occlusion.attribute(x, target=0, sliding_window_shapes=(3, 8, 8), strides=(3, 8, 8))
+    assert all(threads == before for threads in seen)
