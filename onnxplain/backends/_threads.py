@@ -16,7 +16,7 @@ from typing import Any
 
 _LOCK = threading.Lock()
 _CONTROLLER: Any = None
-_ACTIVE: list[Any] = []  # the limiter of the calls now inside (one, entered by the first)
+_LIMITER: Any = None  # the limit the first call in set, restored by the last one out
 _DEPTH = 0  # calls now inside, nested or from several threads: the last one out restores
 
 
@@ -36,17 +36,18 @@ def _controller() -> Any:
 def single_threaded_blas() -> Any:
     """Within the block, the BLAS libraries loaded in this process use one thread; the
     thread counts are restored when the last block open in the process exits."""
-    global _DEPTH
+    global _DEPTH, _LIMITER
     with _LOCK:
         _DEPTH += 1
         if _DEPTH == 1:
             controller = _controller()
             if controller:
-                _ACTIVE.append(controller.limit(limits=1, user_api="blas"))
+                _LIMITER = controller.limit(limits=1, user_api="blas")
     try:
         yield
     finally:
         with _LOCK:
             _DEPTH -= 1
-            if _DEPTH == 0 and _ACTIVE:
-                _ACTIVE.pop().restore_original_limits()
+            if _DEPTH == 0 and _LIMITER is not None:
+                _LIMITER.restore_original_limits()
+                _LIMITER = None

@@ -297,6 +297,14 @@ class Attribution:
         yield from tqdm(items, total=total, disable=disable, desc=desc, leave=False)
 
 
+def take_rows(a: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``a[rows]``; when every row is the same example, a read-only broadcast view of it
+    instead of copies (the common case of one explained example)."""
+    if len(rows) and (rows == rows[0]).all():
+        return np.broadcast_to(a[rows[0]], (len(rows), *a.shape[1:]))
+    return a[rows]
+
+
 def expand_baseline(baselines: Any, x: np.ndarray, name: str = "baselines") -> np.ndarray:
     """Broadcast a scalar, a single example or a per-example array to ``x``'s shape."""
     if baselines is None:

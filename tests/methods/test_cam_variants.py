@@ -10,6 +10,7 @@ from helpers import max_rel_err
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxplain as ox
+from onnxplain.methods._resize import resize_bilinear
 from onnxplain.methods.cam import (
     CAM,
     AblationCAM,
@@ -22,7 +23,6 @@ from onnxplain.methods.cam import (
     ScoreCAM,
     XGradCAM,
 )
-from onnxplain.methods.cam.base import upsample_maps
 
 TOL = 1e-5
 
@@ -212,14 +212,14 @@ def test_scorecam_does_not_softmax_a_model_that_ends_in_softmax(matmul_head_mode
 def test_align_corners_upsampling_equals_torch_upsampling_bilinear2d(rng):
     maps = rng.standard_normal((3, 2, 5)).astype(np.float32)
     ref = torch.nn.UpsamplingBilinear2d(size=(7, 16))(torch.from_numpy(maps)[:, None])[:, 0].numpy()
-    np.testing.assert_allclose(upsample_maps(maps, (7, 16), align_corners=True), ref, atol=1e-6)
+    np.testing.assert_allclose(resize_bilinear(maps, (7, 16), align_corners=True), ref, atol=1e-6)
 
 
 @pytest.mark.parametrize("size", [(224, 160), (3, 4), (5, 2)])
 def test_bilinear_upsampling_equals_torch_interpolate_and_is_contiguous(rng, size):
     maps = rng.standard_normal((4, 7, 5)).astype(np.float32)
     ref = F.interpolate(torch.from_numpy(maps)[:, None], size=size, mode="bilinear", align_corners=False)
-    got = upsample_maps(maps, size)
+    got = resize_bilinear(maps, size)
     assert got.flags["C_CONTIGUOUS"] and got.dtype == np.float32
     # torch computes the interpolation weights in float32, we round them from float64: a few ulp
     np.testing.assert_allclose(got, ref[:, 0].numpy(), rtol=1e-5, atol=1e-6)

@@ -167,12 +167,6 @@ def normalize_maps(maps: np.ndarray) -> np.ndarray:
     return np.where(span > 0, (maps - low) / np.where(span > 0, span, 1), 0.0)
 
 
-def upsample_maps(maps: np.ndarray, size: tuple[int, int], align_corners: bool = False) -> np.ndarray:
-    """Bilinear resize of (N, h, w) maps to (N, H, W), like ``torch.nn.functional.interpolate``
-    with ``align_corners`` (``True`` is ``torch.nn.UpsamplingBilinear2d``)."""
-    return resize_bilinear(maps, size, align_corners)
-
-
 def min_max_masks(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each (h, w) map of (N, h, w) scaled to [0, 1], and which maps are constant
     (those come back as zeros)."""

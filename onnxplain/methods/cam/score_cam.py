@@ -33,7 +33,9 @@ from onnxplain.core.model import LayerSpec, Model
 from onnxplain.core.outputs import TARGETS_OUTPUT
 from onnxplain.core.targets import Objective
 from onnxplain.core.validation import Params, validate_params
-from onnxplain.methods.cam.base import CAMBase, LayerData, min_max_masks, upsample_maps
+from onnxplain.methods._resize import resize_bilinear
+from onnxplain.methods.base import take_rows
+from onnxplain.methods.cam.base import CAMBase, LayerData, min_max_masks
 
 Weighting = Literal["probability", "score", "channel_softmax"]
 
@@ -85,11 +87,9 @@ class ScoreCAM(CAMBase):
         chunks = [jobs[i:i + self.batch_size] for i in range(0, len(jobs), self.batch_size)]
         for chunk in self._progress(chunks, len(chunks), data.show_progress, "ScoreCAM"):
             rows = chunk // k
-            maps = upsample_maps(a.reshape(n * k, *a.shape[2:])[chunk], x.shape[2:], self.align_corners)
+            maps = resize_bilinear(a.reshape(n * k, *a.shape[2:])[chunk], x.shape[2:], self.align_corners)
             masks, _ = min_max_masks(maps)
-            # one example repeated (the common case): broadcast it instead of gathering copies
-            inputs = x[rows[0]] if (rows == rows[0]).all() else x[rows]
-            scores[chunk] = self._score(inputs * masks[:, None], objective.take(rows))
+            scores[chunk] = self._score(take_rows(x, rows) * masks[:, None], objective.take(rows))
         scores = scores.reshape(n, k)
         if self.weighting != "channel_softmax":
             return scores  # constant channels keep weight 0, as in the authors' code

@@ -17,7 +17,7 @@ from onnxplain.backends.base import batches
 from onnxplain.core.errors import InputValidationError
 from onnxplain.core.targets import Objective
 from onnxplain.infill import Constant, Infill, blend
-from onnxplain.methods.base import Attribution, expand_baseline
+from onnxplain.methods.base import Attribution, expand_baseline, take_rows
 
 T = TypeVar("T")
 
@@ -56,9 +56,7 @@ class Filler:
         """The fill for ``batch`` (= the examples ``rows`` of x) under ``keep``; ``keys``
         (R, 2): each row's (example, perturbation) key for a keyed random fill."""
         if self.static is not None:
-            if len(rows) and (rows == rows[0]).all():  # one example repeated: a view, no copy
-                return np.broadcast_to(self.static[rows[0]], batch.shape)
-            return self.static[rows]
+            return take_rows(self.static, rows)
         if self.seeds is not None and keys is not None and self.infill.stochastic:
             return self._keyed(batch, keep, np.asarray(keys, dtype=np.int64))
         return np.asarray(self.infill.fill(batch, keep, self.rng), dtype=batch.dtype)
@@ -163,7 +161,7 @@ class PerturbationAttribution(Attribution):
             rows = np.tile(np.arange(n), k)
             keep = ~np.stack([removed(p) for p in group])  # (k, 1 or N, ...), the masks' own size
             keep = np.broadcast_to(keep, (k, n, *keep.shape[2:])).reshape(k * n, *keep.shape[2:])
-            batch = np.broadcast_to(x, (k, *x.shape[1:])) if n == 1 else x[rows]
+            batch = take_rows(x, rows)
             perturbed = filler(rows, batch, keep)
             scores = self._scores_batched(perturbed, objective.take(rows), batch_size)
             yield group, initial[None, :] - scores.reshape(k, n)

@@ -34,6 +34,7 @@ from onnxplain.core.targets import Objective, TargetLike
 from onnxplain.core.validation import Params
 from onnxplain.infill import Infill, blend
 from onnxplain.methods._feature_mask import read_feature_mask
+from onnxplain.methods.base import take_rows
 from onnxplain.methods.perturbation.base import Filler, PerturbationAttribution
 
 #: Above this many features per example, a warning suggests grouping them.
@@ -250,8 +251,7 @@ class SurrogateAttribution(PerturbationAttribution):
             keep = np.empty((len(row), *feats.labels[0].shape), dtype=bool)
             for i in np.unique(ex):
                 keep[ex == i] = samples[i][sample[ex == i]][:, feats.labels[i]]
-            # one example in the chunk (the common case): broadcast it instead of copying it
-            inputs = np.broadcast_to(x[ex[0]], (len(row), *x.shape[1:])) if ex[0] == ex[-1] else x[ex]
+            inputs = take_rows(x, ex)
             if setup.background is not None:
                 perturbed = blend(inputs, keep, setup.background[bg_row])
             else:
