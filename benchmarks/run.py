@@ -12,7 +12,8 @@ Writes ``benchmarks/RESULTS.md``. Per (model, method): both times (median of ``-
 runs after one warm-up run), the speedup (reference time / onnxplain time), the peak memory
 of each side, and, for forward-only methods, the runtime's limit: the time ONNX Runtime
 alone needs for the same number of forward rows at its best batch size, and the method's
-efficiency = limit / method time. Both sides do the same work: the same number of forward
+efficiency = limit / method time. Ratios are medians of each round's own ratio (the sides
+of a round run back to back). Both sides do the same work: the same number of forward
 (and backward) rows in batches of the same size. Seeded random weights (no downloads).
 
 Peak memory: the growth of the process's peak resident set during the first timed run
@@ -515,21 +516,39 @@ def lrp_cases(
 # -- the run ----------------------------------------------------------------------------------
 @dataclass
 class Row:
+    """One method on one model: the seconds of each timed run, run i of each side taken in the
+    same round. Times are medians; ratios are the medians of the rounds' ratios (a run compared
+    with its neighbour in time, not with a run from a quieter minute)."""
+
     arch: str
     case: Case
-    t_ours: float
-    t_ref: float
+    ours: list[float]
+    ref: list[float]
     mem_ours: float
     mem_ref: float
-    limit: float | None = None  # forward-only methods: the runtime's own time for the same rows
+    limits: list[float] | None = None  # forward-only methods: the runtime's own time for the same rows
+
+    @property
+    def t_ours(self) -> float:
+        return statistics.median(self.ours)
+
+    @property
+    def t_ref(self) -> float:
+        return statistics.median(self.ref)
+
+    @property
+    def limit(self) -> float | None:
+        return None if self.limits is None else statistics.median(self.limits)
 
     @property
     def speedup(self) -> float:
-        return self.t_ref / self.t_ours
+        return statistics.median(r / o for r, o in zip(self.ref, self.ours))
 
     @property
     def efficiency(self) -> float | None:
-        return None if self.limit is None else self.limit / self.t_ours
+        if self.limits is None:
+            return None
+        return statistics.median(lim / o for lim, o in zip(self.limits, self.ours))
 
 
 @dataclass
@@ -615,13 +634,20 @@ def run_case(
     case.ref()
     ours, ref, limit = [], [], []
     for i in range(args.repeat):
-        ours.append(timed(case.ours, cuda, memory=i == 0))
-        ref.append(timed(case.ref, cuda, memory=i == 0))
-        if limit_fn is not None:
-            limit.append(timed(limit_fn, cuda)[0])
-    med = lambda runs: statistics.median(t for t, _ in runs)  # noqa: E731
+        # onnxplain and the limit run next to each other, in turns first and last, so that each
+        # efficiency ratio compares two runs under the same load
+        steps = [(ours, case.ours), (limit, limit_fn), (ref, case.ref)]
+        for runs, fn in steps if i % 2 == 0 else steps[::-1]:
+            if fn is not None:
+                runs.append(timed(fn, cuda, memory=i == 0 and fn is not limit_fn))
     return Row(
-        arch, case, med(ours), med(ref), ours[0][1], ref[0][1], statistics.median(limit) if limit else None
+        arch,
+        case,
+        [t for t, _ in ours],
+        [t for t, _ in ref],
+        ours[0][1],
+        ref[0][1],
+        [t for t, _ in limit] or None,
     )
 
 
@@ -630,7 +656,7 @@ def verdict(row: Row, lead: Lead) -> str:
     least 0.9× the runtime's lead faster than the reference); gradient and rule methods at
     most 1.1× the reference's time."""
     if row.limit is None:
-        return "✓" if row.t_ours <= 1.1 * row.t_ref else "✗ > 1.1× reference"
+        return "✓" if row.speedup >= 1 / 1.1 else "✗ > 1.1× reference"
     misses = []
     if row.efficiency < 0.9:
         misses.append("efficiency < 0.9")
@@ -716,7 +742,10 @@ def report(
         "Speedup = reference time / onnxplain time (> 1: onnxplain faster). Limit = the time ONNX Runtime "
         "alone (`InferenceSession.run`, no onnxplain code) takes for the rows the method sent it, at the "
         "runtime's best batch size (for AblationCAM: one full pass plus the rows of the layers after the "
-        "map), timed in turn with both sides; efficiency = limit / onnxplain time. Target: forward-only "
+        "map); efficiency = limit / onnxplain time. Each round times onnxplain and the limit next to each "
+        "other and the reference before or after them (in turns); the times shown are medians over the "
+        "rounds, speedup and efficiency the medians of each round's own ratio, so that a load change "
+        "between rounds does not enter a ratio. Target: forward-only "
         "methods efficiency ≥ 0.9 and speedup ≥ 0.9 × the model's lead; gradient and rule methods (torch "
         "backend) at most 1.1× the reference's time. Peak MiB: growth of the peak resident set in the first "
         "timed run (see benchmarks/run.py).",
