@@ -527,17 +527,69 @@ class Model:
             return self
         from onnx_ir import convenience
 
+        outputs = [o.name for o in self.outputs]
         try:
-            graph = convenience.extract(self.ir.graph, [tensor], [o.name for o in self.outputs])
+            graph = convenience.extract(self.ir.graph, [tensor], outputs)
         except ValueError as exc:
-            raise InputValidationError(
-                f"the graph after {tensor!r} also depends on tensors computed before it, so it "
-                f"cannot be re-run from {tensor!r} alone ({exc}); choose a layer that every "
-                "path to the output goes through, e.g. the input of the global pooling"
-            ) from None
+            # Exports with a dynamic batch read the batch size from the input (Shape(input)
+            # → Range/Expand/Reshape after the layer); read it from `tensor` instead.
+            graph = self._batch_from(tensor)
+            if graph is not None:
+                try:
+                    graph = convenience.extract(graph, [tensor], outputs)
+                except ValueError:
+                    graph = None
+            if graph is None:
+                raise InputValidationError(
+                    f"the graph after {tensor!r} also depends on tensors computed before it, so it "
+                    f"cannot be re-run from {tensor!r} alone ({exc}); choose a layer that every "
+                    "path to the output goes through, e.g. the input of the global pooling"
+                ) from None
         sub = ir.Model(graph, ir_version=self.ir.ir_version, producer_name="onnxplain")
         return Model(sub, source=f"{self.source} after {tensor}",
                      custom_op_libraries=self.custom_op_libraries)
+
+    def _batch_from(self, tensor: str) -> ir.Graph | None:
+        """A copy of the graph in which every ``Shape`` of a (batch, fixed dims...) tensor is
+        built from ``tensor``'s batch size and those fixed dims, so that the layers after
+        ``tensor`` no longer reach back for the batch size; None when nothing was rewritten
+        or ``tensor`` itself has no leading batch dim."""
+        batch = self.input_spec.shape[0] if self.input_spec.shape else None
+        target = _dims(self._values[tensor])
+        if not isinstance(batch, str) or not target or target[0] != batch:
+            return None
+        graph = self.ir.graph.clone()
+        values = ir.convenience.create_value_mapping(graph, include_subgraphs=False)
+        anchor = values[tensor]
+        rewritten = False
+        for node in list(graph):
+            if node.op_type != "Shape" or node.domain not in ("", "ai.onnx") or node.inputs[0] is anchor:
+                continue
+            dims = _dims(node.inputs[0])
+            if not dims or dims[0] != batch or not all(isinstance(d, int) for d in dims[1:]):
+                continue
+            attrs = {k: a.value for k, a in node.attributes.items()}
+            picked = list(range(len(dims)))[attrs.get("start", 0) : attrs.get("end", len(dims))]
+            made = []
+            if picked and picked[0] == 0:
+                made.append(ir.node("Shape", [anchor], attributes={"start": 0, "end": 1}))
+            if [i for i in picked if i]:
+                fixed = np.array([dims[i] for i in picked if i], dtype=np.int64)
+                made.append(ir.node("Constant", [], attributes={"value": ir.tensor(fixed)}))
+            if not made:
+                continue
+            if len(made) == 2:
+                made.append(ir.node("Concat", [m.outputs[0] for m in made], attributes={"axis": 0}))
+            if anchor.producer() is not None:
+                graph.insert_after(anchor.producer(), made)
+            else:
+                graph.insert_before(graph[0], made)
+            ir.convenience.replace_all_uses_with(node.outputs[0], made[-1].outputs[0])
+            rewritten = True
+        if not rewritten:
+            return None
+        graph.sort()
+        return graph
 
     # -- serialisation -----------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
