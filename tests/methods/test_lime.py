@@ -203,3 +203,34 @@ def test_lime_refuses_bad_arguments(cnn, small_images, kwargs, match):
         warnings.simplefilter("error", RuntimeWarning)  # our error comes first, no numpy warning
         with pytest.raises(ox.InputValidationError, match=match):
             Lime(cnn).attribute(small_images, target=0, n_samples=20, **kwargs)
+
+
+@pytest.mark.parametrize("model_name", ["lasso", "ridge"])
+def test_surrogate_with_more_features_than_samples_equals_scikit_learn_and_stays_fast(model_name):
+    """Every pixel its own feature (Captum's default without a feature_mask) gives far more
+    features than samples: the lasso sweeps a working set (a Gram matrix of 6144² would
+    take 300 MB and each full sweep thousands of updates), ridge solves the n × n dual."""
+    from sklearn.linear_model import Lasso, Ridge
+
+    from onnxplain.methods.surrogate._linear import weighted_fit
+
+    rng = np.random.default_rng(0)
+    z = (rng.random((48, 6144)) < 0.5).astype(np.float64)
+    y = z @ (0.01 * rng.standard_normal(6144)) + 0.01 * rng.standard_normal(48)
+    w = np.exp(-rng.random(48))
+    if model_name == "lasso":
+        ref = Lasso(alpha=0.01, tol=1e-12, max_iter=100_000).fit(z, y, sample_weight=w)
+    else:
+        ref = Ridge(alpha=1.0).fit(z, y, sample_weight=w)
+    beta, b = weighted_fit(z, y, w, model_name, 0.01 if model_name == "lasso" else 1.0)
+    # the objective is what both minimise; where many optima tie (more features than
+    # samples), the coefficients may differ, the objective may not
+    def objective(coef, icpt):
+        r = y - icpt - z @ coef
+        if model_name == "lasso":
+            return 0.5 * (w @ r**2) / w.sum() + 0.01 * np.abs(coef).sum()
+        return w @ r**2 + np.sum(coef**2)
+
+    assert objective(beta, b) <= objective(ref.coef_, ref.intercept_) + 1e-9
+    if model_name == "ridge":  # strictly convex: one optimum
+        np.testing.assert_allclose(beta, ref.coef_, atol=1e-10)
