@@ -356,7 +356,8 @@ class Model:
 
         ``"auto"`` is the last spatial feature map before global pooling: the input of the
         last global pooling (GlobalAveragePool, or a mean/max over both spatial axes); in
-        models without one, the last 4-D tensor with spatial extent before the output.
+        models without one, the last 4-D tensor with spatial extent and the batch dim first
+        before the output.
 
         For torchvision's resnet18 and mobilenet_v2 this is the output of the layer
         pytorch-grad-cam recommends (``layer4[-1]``, ``features[-1]``). For densenet121 it
@@ -389,7 +390,12 @@ class Model:
                     pooled = by_name[source.name]
         if pooled is not None:
             return pooled
-        spatial = [s for s in layers if all(not isinstance(d, int) or d > 1 for d in s.shape[2:])]
+        batch = self.input_spec.shape[0] if self.input_spec.shape else None
+        spatial = [
+            s for s in layers
+            if all(not isinstance(d, int) or d > 1 for d in s.shape[2:])
+            and (s.shape[0] is None or batch is None or s.shape[0] == batch)  # one map per example
+        ]
         if spatial:
             return spatial[-1]
         raise LayerNotFoundError(
