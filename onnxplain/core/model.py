@@ -194,6 +194,8 @@ class Model:
         self.input_spec = floats[0]
         self._serialized: dict[tuple[str, ...], bytes] = {}
         self._backends: dict[tuple, Backend] = {}
+        #: incremental inference's analyses, plans and sub-models (onnxplain.core.incremental)
+        self._incremental: dict[tuple, Any] = {}
         self._lock = threading.RLock()
 
     # -- description -------------------------------------------------------------------

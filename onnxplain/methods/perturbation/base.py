@@ -140,6 +140,8 @@ class PerturbationAttribution(Attribution):
         batch_size: int,
         show_progress: bool | None,
         desc: str,
+        incremental: bool = False,
+        boxes: np.ndarray | None = None,
     ) -> Iterator[tuple[list[T], np.ndarray]]:
         """The shared loop of Occlusion and FeatureAblation.
 
@@ -152,7 +154,20 @@ class PerturbationAttribution(Attribution):
         The masks stay at their own size (a mask shared by the channels is not copied per
         channel) and one example is broadcast, not copied, so each row of a batch is
         written once, by the blend.
+
+        ``incremental``: evaluate through
+        :mod:`onnxplain.methods.perturbation._incremental` (the same drops up to float
+        rounding) where a plan pays, else as below; ``boxes`` (P, 4): each perturbation's
+        spatial bounding box (h0, h1, w0, w1), if the caller knows them.
         """
+        if incremental:
+            from onnxplain.methods.perturbation._incremental import incremental_ablate
+
+            found = incremental_ablate(self, x, objective, perturbations, removed, filler, per_eval,
+                                       batch_size, show_progress, desc, boxes)
+            if found is not None:
+                yield from found
+                return
         n = len(x)
         initial = self._scores_batched(x, objective, batch_size)
         groups = [list(perturbations[i:i + per_eval]) for i in range(0, len(perturbations), per_eval)]
