@@ -57,6 +57,8 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from onnxplain.core.model import batch_shape
+
 if TYPE_CHECKING:
     from onnxplain.core.model import Model
 
@@ -416,6 +418,19 @@ def _node_geometry(
         if axis != first.axes[1]:
             return None
         return _hull(geos)
+    if op in ("LayerNormalization", "MatMul"):
+        # over the channel axis only, when it is the last one (a ConvNeXt block's LayerNorm
+        # and pointwise Linear layers between its permutes): one position at a time
+        if len(spatial) != 1 or spatial[0] is not node.inputs[0] or first.axes[1] != rank - 1:
+            return None
+        if op == "LayerNormalization":
+            if _int(node, "axis", -1) % rank != rank - 1:
+                return None
+            return first
+        weight = shapes.get(inputs[1].name) if len(inputs) == 2 else None
+        if weight is None or len(weight) != 2 or inputs[1].name in dep:  # a weight, not a feature map
+            return None
+        return first
     if op == "Transpose":
         perm = _ints(node, "perm", None)
         if perm is None or len(perm) != 4:
@@ -529,10 +544,17 @@ def _ancestors(nodes: list[ir.Node], producer: dict[str, int], name: str) -> fro
 
 
 def _tail_nodes(
-    nodes: list[ir.Node], producer: dict[str, int], outputs: list[str], cut: str, source: str
+    nodes: list[ir.Node],
+    producer: dict[str, int],
+    outputs: list[str],
+    cut: str,
+    source: str,
+    batch_only: frozenset[int] = frozenset(),
 ) -> list[int] | None:
     """The nodes the outputs need when ``cut`` is given, or None when they also need
-    ``source`` by another path."""
+    ``source`` by another path. ``batch_only``: nodes that read only the batch size and
+    fixed dims (:func:`onnxplain.core.model.batch_shape`), which :meth:`Model.tail`
+    reads from the cut instead: the path through them does not count."""
     seen: set[int] = set()
     stack = list(outputs)
     done: set[str] = set()
@@ -547,7 +569,8 @@ def _tail_nodes(
         if i is None or i in seen:
             continue
         seen.add(i)
-        stack.extend(v.name for v in nodes[i].inputs if v is not None and v.name)
+        if i not in batch_only:
+            stack.extend(v.name for v in nodes[i].inputs if v is not None and v.name)
     return sorted(seen)
 
 
@@ -578,6 +601,8 @@ def analyse(model: Model, size: tuple[int, int]) -> Analysis:
     total = float(sum(flops))
     producer = {v.name: i for i, n in enumerate(nodes) for v in n.outputs if v.name}
     outputs = [o.name for o in model.outputs]
+    batch = model.input_spec.shape[0] if model.input_spec.shape else None
+    batch_only = frozenset(i for i, n in enumerate(nodes) if batch_shape(n, batch) is not None)
     candidates = []
     for name, geo in geometry.items():
         shape = shapes.get(name)
@@ -592,7 +617,7 @@ def analyse(model: Model, size: tuple[int, int]) -> Analysis:
             and consumers[0].outputs[0].name in geometry
         ):
             continue  # the element-wise op's output is as good a cut
-        tail = _tail_nodes(nodes, producer, outputs, name, source)
+        tail = _tail_nodes(nodes, producer, outputs, name, source, batch_only)
         if tail is None:
             continue
         candidates.append(

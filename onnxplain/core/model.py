@@ -114,6 +114,20 @@ def save_metadata(model: Model) -> dict[str, str]:
     return props
 
 
+def batch_shape(node: ir.Node, batch: Dim) -> list[int] | None:
+    """The dims a ``Shape`` node reads when they are the batch dim ``batch`` (a symbol) and
+    dims of fixed size, so that another batch-first tensor's batch size and constants can
+    stand in for it (see :meth:`Model.tail`); None for any other node."""
+    if node.op_type != "Shape" or node.domain not in ("", "ai.onnx") or not isinstance(batch, str):
+        return None
+    dims = _dims(node.inputs[0])
+    if not dims or dims[0] != batch:
+        return None
+    attrs = {k: a.value for k, a in node.attributes.items()}
+    picked = list(range(len(dims)))[attrs.get("start", 0) : attrs.get("end", len(dims))]
+    return picked if all(isinstance(dims[i], int) for i in picked if i) else None
+
+
 def _np_dtype(value: ir.Value) -> np.dtype | None:
     if value.dtype is None:
         return None
@@ -571,13 +585,10 @@ class Model:
         anchor = values[tensor]
         rewritten = False
         for node in list(graph):
-            if node.op_type != "Shape" or node.domain not in ("", "ai.onnx") or node.inputs[0] is anchor:
+            picked = batch_shape(node, batch)
+            if picked is None or node.inputs[0] is anchor:
                 continue
-            dims = _dims(node.inputs[0])
-            if not dims or dims[0] != batch or not all(isinstance(d, int) for d in dims[1:]):
-                continue
-            attrs = {k: a.value for k, a in node.attributes.items()}
-            picked = list(range(len(dims)))[attrs.get("start", 0) : attrs.get("end", len(dims))]
+            dims = _dims(node.inputs[0]) or ()
             made = []
             if picked and picked[0] == 0:
                 made.append(ir.node("Shape", [anchor], attributes={"start": 0, "end": 1}))

@@ -355,6 +355,41 @@ def mobilenet_v2():
     return ox.adapters.torch.export(net, x, exporter="legacy"), x
 
 
+class _ConvNeXtLike(torch.nn.Module):
+    """A ConvNeXt block as torchvision writes it: depthwise conv, then channels-last
+    LayerNorm and pointwise Linear layers between permutes; its dynamic-batch export also
+    reads the batch size from the input (Shape(input) → a path around every cut)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = torch.nn.Conv2d(3, 8, 2, stride=2)
+        self.dw = torch.nn.Conv2d(8, 8, 5, padding=2, groups=8)
+        self.norm = torch.nn.LayerNorm(8)
+        self.up, self.down = torch.nn.Linear(8, 16), torch.nn.Linear(16, 8)
+        self.fc = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        f = self.stem(x)
+        y = self.dw(f).permute(0, 2, 3, 1)
+        y = self.down(torch.nn.functional.gelu(self.up(self.norm(y)))).permute(0, 3, 1, 2)
+        g = (f + y).mean((2, 3))
+        return self.fc(g) + x.new_zeros(x.shape[0], 4)
+
+
+def test_convnext_like_block_with_layernorm_linear_and_a_batch_size_path(always, caplog):
+    x = np.random.default_rng(2).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    model = ox.adapters.torch.export(_ConvNeXtLike().eval(), x)
+    assert any(n.op_type == "Shape" for n in model.ir.graph)
+    assert {"LayerNormalization", "MatMul"} <= {n.op_type for n in model.ir.graph}
+    _assert_same(ox.Occlusion(model), x, caplog, target=[1, 2], sliding_window_shapes=(3, 6, 6),
+                 strides=(3, 4, 4))
+    plan = incremental.plan(model, (32, 32), np.array([[0, 6, 0, 6]]))
+    assert plan is not None  # the cuts reach through the LayerNorm and the Linear layers
+    recomputed = {n.op_type for st in plan.stages for n in st.model.ir.graph}
+    assert {"LayerNormalization", "MatMul"} <= recomputed
+
+
 def test_resnet18_plan_cuts_inside_the_network(resnet18):
     """At 224×224 with 28×28 windows (the benchmark's setting) the planner cuts deep in
     the network, through several stages, at an estimated cost well below a full pass."""
