@@ -115,6 +115,24 @@ def test_occlusion_equals_the_torch_twins(pair):
     assert max_rel_err(nchw(ours), ref) < TOL
 
 
+def test_incremental_occlusion_of_the_channels_last_export_equals_full_passes(pair, monkeypatch, caplog):
+    import logging
+
+    from onnxplain.core import incremental
+
+    monkeypatch.setattr(incremental, "GAIN", 1e9)  # take the incremental path on this small net
+    monkeypatch.setattr(incremental, "STAGE_OVERHEAD", 0.0)
+    _, _, model, _, x = pair
+    occ = ox.Occlusion(model)
+    kwargs = dict(target=[2, 4], sliding_window_shapes=(6, 6, 3), strides=(4, 4, 3), show_progress=False)
+    full = occ.attribute(x, **kwargs)
+    with caplog.at_level(logging.DEBUG, logger="onnxplain.core.incremental"):
+        fast = occ.attribute(x, incremental=True, **kwargs)
+    assert any("incremental: cuts" in r.getMessage() for r in caplog.records)
+    # float rounding only: 1e-5 of the largest output
+    assert np.abs(fast - full).max() <= 1e-5 * np.abs(model.predict(x)).max()
+
+
 def test_grad_cam_equals_the_torch_twins(pair):
     _, _, model, reference, x = pair
     ours = ox.GradCAM(model, layer=last_relu(model)).attribute(x, target=3)
