@@ -526,10 +526,14 @@ def node_flops(node: ir.Node, shapes: dict[str, tuple[int, ...]]) -> float:
     return numel
 
 
-def _ancestors(nodes: list[ir.Node], producer: dict[str, int], name: str) -> frozenset[int]:
+def _ancestors(
+    inputs: Sequence[Sequence[str]], producer: dict[str, int], name: str, stop: str | None = None
+) -> frozenset[int]:
+    """The nodes (indices; ``inputs[i]``: node i's input names) that ``name`` is computed
+    by, back to the graph inputs or to ``stop``."""
     seen: set[int] = set()
     stack = [name]
-    done: set[str] = set()
+    done: set[str] = set() if stop is None else {stop}
     while stack:
         t = stack.pop()
         if t in done:
@@ -539,7 +543,7 @@ def _ancestors(nodes: list[ir.Node], producer: dict[str, int], name: str) -> fro
         if i is None or i in seen:
             continue
         seen.add(i)
-        stack.extend(v.name for v in nodes[i].inputs if v is not None and v.name)
+        stack.extend(inputs[i])
     return frozenset(seen)
 
 
@@ -600,6 +604,7 @@ def analyse(model: Model, size: tuple[int, int]) -> Analysis:
     flops = [node_flops(n, shapes) for n in nodes]
     total = float(sum(flops))
     producer = {v.name: i for i, n in enumerate(nodes) for v in n.outputs if v.name}
+    names = [[v.name for v in n.inputs if v is not None and v.name] for n in nodes]
     outputs = [o.name for o in model.outputs]
     batch = model.input_spec.shape[0] if model.input_spec.shape else None
     batch_only = frozenset(i for i, n in enumerate(nodes) if batch_shape(n, batch) is not None)
@@ -621,7 +626,7 @@ def analyse(model: Model, size: tuple[int, int]) -> Analysis:
         if tail is None:
             continue
         candidates.append(
-            Candidate(name, geo, shape, _ancestors(nodes, producer, name), float(sum(flops[i] for i in tail)))
+            Candidate(name, geo, shape, _ancestors(names, producer, name), float(sum(flops[i] for i in tail)))
         )
     candidates.sort(key=lambda c: max(c.ancestors, default=-1))
     why = "" if candidates else "no tensor that every path goes through has a spatially local prefix"
@@ -754,18 +759,7 @@ def sub_model(
     proto = model.proto()
     g = proto.graph
     producer = {o: i for i, n in enumerate(g.node) for o in n.output if o}
-    keep: set[int] = set()
-    stack = [target]
-    seen: set[str] = {source}
-    while stack:
-        t = stack.pop()
-        if t in seen:
-            continue
-        seen.add(t)
-        i = producer.get(t)
-        if i is not None and i not in keep:
-            keep.add(i)
-            stack.extend(x for x in g.node[i].input if x)
+    keep = _ancestors([[x for x in n.input if x] for n in g.node], producer, target, stop=source)
     nodes = [g.node[i] for i in sorted(keep)]
     explicit = {}
     for node in model.ir.graph:  # auto_pad SAME_* as the explicit pads it means at full size
