@@ -28,7 +28,7 @@ from onnxplain.backends.base import Backend, batches
 from onnxplain.core import incremental
 from onnxplain.core.errors import OnnxplainError
 from onnxplain.core.targets import Objective
-from onnxplain.methods.base import take_rows
+from onnxplain.methods.perturbation.base import perturb
 
 if TYPE_CHECKING:
     from onnxplain.methods.perturbation.base import Filler, PerturbationAttribution
@@ -211,10 +211,7 @@ class _Run:
         for start in method._progress(starts, len(starts), show_progress, desc):
             group = perturbations[start : start + per_eval]
             k = len(group)
-            rows = np.tile(np.arange(n), k)
-            keep = ~np.stack([removed(p) for p in group])
-            keep = np.broadcast_to(keep, (k, n, *keep.shape[2:])).reshape(k * n, *keep.shape[2:])
-            perturbed = filler(rows, take_rows(self.x, rows), keep)
+            rows, perturbed = perturb(self.x, group, removed, filler)
             pert = np.repeat(np.arange(start, start + k), n)  # each row's perturbation
             patches = self.patches(perturbed, rows, pert)
             last = self.plan.stages[-1]

@@ -84,6 +84,18 @@ class Filler:
         return blend(batch, keep, ref)
 
 
+def perturb(
+    x: np.ndarray, group: Sequence[T], removed: Callable[[T], np.ndarray], filler: Filler
+) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of ``group``'s perturbations of every example of ``x``, perturbation-major
+    (row ``k·N + i``: perturbation k of example i), and which example each row is."""
+    n, k = len(x), len(group)
+    rows = np.tile(np.arange(n), k)
+    keep = ~np.stack([removed(p) for p in group])  # (k, 1 or N, ...), the masks' own size
+    keep = np.broadcast_to(keep, (k, n, *keep.shape[2:])).reshape(k * n, *keep.shape[2:])
+    return rows, filler(rows, take_rows(x, rows), keep)
+
+
 class PerturbationAttribution(Attribution):
     """Base of the perturbation family (forward passes only unless a method says so)."""
 
@@ -172,11 +184,6 @@ class PerturbationAttribution(Attribution):
         initial = self._scores_batched(x, objective, batch_size)
         groups = [list(perturbations[i:i + per_eval]) for i in range(0, len(perturbations), per_eval)]
         for group in self._progress(groups, len(groups), show_progress, desc):
-            k = len(group)
-            rows = np.tile(np.arange(n), k)
-            keep = ~np.stack([removed(p) for p in group])  # (k, 1 or N, ...), the masks' own size
-            keep = np.broadcast_to(keep, (k, n, *keep.shape[2:])).reshape(k * n, *keep.shape[2:])
-            batch = take_rows(x, rows)
-            perturbed = filler(rows, batch, keep)
+            rows, perturbed = perturb(x, group, removed, filler)
             scores = self._scores_batched(perturbed, objective.take(rows), batch_size)
-            yield group, initial[None, :] - scores.reshape(k, n)
+            yield group, initial[None, :] - scores.reshape(len(group), n)
