@@ -606,8 +606,7 @@ def analyse(model: Model, size: tuple[int, int]) -> Analysis:
     producer = {v.name: i for i, n in enumerate(nodes) for v in n.outputs if v.name}
     names = [[v.name for v in n.inputs if v is not None and v.name] for n in nodes]
     outputs = [o.name for o in model.outputs]
-    batch = model.input_spec.shape[0] if model.input_spec.shape else None
-    batch_only = frozenset(i for i, n in enumerate(nodes) if batch_shape(n, batch) is not None)
+    batch_only = frozenset(i for i, n in enumerate(nodes) if batch_shape(n, model.batch_dim) is not None)
     candidates = []
     for name, geo in geometry.items():
         shape = shapes.get(name)

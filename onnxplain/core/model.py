@@ -234,6 +234,11 @@ class Model:
         return self.ir.opset_imports.get("", self.ir.opset_imports.get("ai.onnx", 0))
 
     @property
+    def batch_dim(self) -> Dim:
+        """The input's batch dim as the graph declares it: a symbol, a size, or None."""
+        return self.input_spec.shape[0] if self.input_spec.shape else None
+
+    @property
     def fixed_batch(self) -> int | None:
         """The batch size the input is fixed to, or None when the batch is dynamic."""
         shape = self.input_spec.shape
@@ -406,7 +411,7 @@ class Model:
                     pooled = by_name[source.name]
         if pooled is not None:
             return pooled
-        batch = self.input_spec.shape[0] if self.input_spec.shape else None
+        batch = self.batch_dim
         spatial = [
             s for s in layers
             if all(not isinstance(d, int) or d > 1 for d in s.shape[2:])
@@ -576,7 +581,7 @@ class Model:
         built from ``tensor``'s batch size and those fixed dims, so that the layers after
         ``tensor`` no longer reach back for the batch size; None when nothing was rewritten
         or ``tensor`` itself has no leading batch dim."""
-        batch = self.input_spec.shape[0] if self.input_spec.shape else None
+        batch = self.batch_dim
         target = _dims(self._values[tensor])
         if not isinstance(batch, str) or not target or target[0] != batch:
             return None

@@ -79,10 +79,11 @@ class NoiseTunnel(Attribution):
         is bounded by ``nt_samples_batch_size`` × N rows, not by ``nt_samples``; a wrapped
         IntegratedGradients further bounds its own passes with ``internal_batch_size``.
         ``seed``: the noise is drawn from ``numpy.random.default_rng(seed)`` sample by
-        sample, in the inputs' float type, so results do not depend on the batch size. ``noise``: the perturbations
-        themselves, shape ``(nt_samples, N, *inputs.shape[1:])`` (``noise[s, i]`` is added
-        to example i in copy s; ``stdevs`` and ``seed`` are then unused) — the way to
-        reproduce another library's draws exactly (the tests rebuild Captum's). Other
+        sample, in the inputs' float type, so results do not depend on the batch size.
+        ``noise``: the perturbations themselves, shape ``(nt_samples, N, *inputs.shape[1:])``
+        (``noise[s, i]`` is added to example i in copy s; ``stdevs`` and ``seed`` are then
+        unused) — the way to reproduce another library's draws exactly (the tests rebuild
+        Captum's). Other
         keyword arguments (``baselines``, ``n_steps``, ``internal_batch_size``, ``abs``, …)
         go to the wrapped method; per-example ``baselines`` follow their example.
         ``show_progress`` is NoiseTunnel's and is passed on to a wrapped method that takes

@@ -87,8 +87,8 @@ class Filler:
 def perturb(
     x: np.ndarray, group: Sequence[T], removed: Callable[[T], np.ndarray], filler: Filler
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The rows of ``group``'s perturbations of every example of ``x``, perturbation-major
-    (row ``k·N + i``: perturbation k of example i), and which example each row is."""
+    """Which example each row is, and the rows: ``group``'s perturbations of every example
+    of ``x``, perturbation-major (row ``k·N + i``: perturbation k of example i)."""
     n, k = len(x), len(group)
     rows = np.tile(np.arange(n), k)
     keep = ~np.stack([removed(p) for p in group])  # (k, 1 or N, ...), the masks' own size
