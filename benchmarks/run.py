@@ -185,11 +185,12 @@ def runtime_speed(
     return RuntimeSpeed({size: statistics.median(t) for size, t in times.items()})
 
 
-def runtime_lead(
-    be: OnnxRuntimeBackend, net: torch.nn.Module, x: np.ndarray, size: int, rows: int, repeat: int
-) -> tuple[float, float]:
-    """Seconds per row at ``size`` rows per call: (ONNX Runtime ``InferenceSession.run``, PyTorch
-    eager under ``torch.inference_mode``), measured alternately, medians of ``repeat``."""
+def lead_sampler(
+    be: OnnxRuntimeBackend, net: torch.nn.Module, x: np.ndarray, size: int, rows: int
+) -> Callable[[], tuple[float, float]]:
+    """A function that times ``rows`` rows at ``size`` rows per call through ONNX Runtime
+    (``InferenceSession.run``) and then through PyTorch eager under ``torch.inference_mode``,
+    and returns the seconds per row of each."""
     sess, name = be._session(()), be.model.input_name
     bufs = input_buffers(x[:1], size)
     device = next(net.parameters()).device
@@ -205,16 +206,24 @@ def runtime_lead(
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    times: dict = {ort_pass: [], torch_pass: []}
-    for fn in times:
-        fn(0)
-    for _ in range(repeat):
-        for fn, got in times.items():
+    def sample() -> tuple[float, float]:
+        got = []
+        for fn in (ort_pass, torch_pass):
             start = time.perf_counter()
             for i in range(calls):
                 fn(i)
             got.append((time.perf_counter() - start) / (calls * size))
-    return statistics.median(times[ort_pass]), statistics.median(times[torch_pass])
+        return got[0], got[1]
+
+    ort_pass(0)
+    torch_pass(0)
+    return sample
+
+
+def runtime_lead(sample: Callable[[], tuple[float, float]], repeat: int) -> tuple[float, float]:
+    """Seconds per row (ONNX Runtime, PyTorch eager) from ``sample``: medians of ``repeat``."""
+    got = [sample() for _ in range(repeat)]
+    return statistics.median(g[0] for g in got), statistics.median(g[1] for g in got)
 
 
 # -- the TorchRay-style RISE reference -----------------------------------------------------------
@@ -537,6 +546,11 @@ class Row:
     mem_ours: float
     mem_ref: float
     limits: list[float] | None = None  # forward-only methods: the runtime's own time for the same rows
+    leads: list[float] | None = None  # forward-only methods: the runtime's lead, sampled each round
+
+    @property
+    def lead(self) -> float | None:
+        return None if self.leads is None else statistics.median(self.leads)
 
     @property
     def t_ours(self) -> float:
@@ -585,12 +599,11 @@ def run_model(arch: str, args: argparse.Namespace, s: Settings) -> tuple[Lead, l
     probe = {"rows": 16 if args.quick else 128, "repeat": 1 if args.quick else 5}
     main_be = model.backend("onnxruntime", device=s.device, num_threads=s.threads)
     speeds: dict[int, RuntimeSpeed] = {id(main_be): runtime_speed(main_be, x[:1], sizes, **probe)}
-    lead = Lead(
-        arch,
-        s.batch,
-        speeds[id(main_be)],
-        *runtime_lead(main_be, net, x, s.batch, probe["rows"], 3 if args.quick else 5),
-    )
+    sample = lead_sampler(main_be, net, x, s.batch, probe["rows"])
+    lead = Lead(arch, s.batch, speeds[id(main_be)], *runtime_lead(sample, 3 if args.quick else 5))
+    # each forward-only row measures the lead again in every round, next to the reference,
+    # on fewer rows (two batches)
+    row_sample = lead_sampler(main_be, net, x, s.batch, 2 * s.batch)
     print(
         f"{arch}: ONNX Runtime {1e3 * lead.ort_per_row:.2f} ms/row, torch eager "
         f"{1e3 * lead.torch_per_row:.2f} ms/row at batch {s.batch}: lead {lead.lead:.2f}×; best ORT batch "
@@ -603,13 +616,15 @@ def run_model(arch: str, args: argparse.Namespace, s: Settings) -> tuple[Lead, l
         if wanted and case.name.split(" (")[0] not in wanted:
             continue
         try:
-            row = run_case(arch, case, args, speeds, sizes, probe, cuda)
+            row = run_case(arch, case, args, speeds, sizes, probe, cuda, row_sample)
         except Exception as exc:  # a broken row must not cost the rest of the table
             FAILED.append(f"{arch} {case.name}: {type(exc).__name__}: {str(exc)[:200]}")
             print(f"  {case.name:26s} FAILED {FAILED[-1]}", flush=True)
             continue
         rows.append(row)
-        extra = "" if row.limit is None else f"  limit {row.limit:7.3f}s  efficiency {row.efficiency:4.2f}"
+        extra = "" if row.limit is None else (
+            f"  limit {row.limit:7.3f}s  efficiency {row.efficiency:4.2f}  lead {row.lead:4.2f}"
+        )
         print(
             f"  {case.name:26s} onnxplain {row.t_ours:8.3f}s  {case.reference} {row.t_ref:8.3f}s  "
             f"speedup {row.speedup:5.2f}{extra}",
@@ -623,11 +638,19 @@ FAILED: list[str] = []
 
 
 def run_case(
-    arch: str, case: Case, args: argparse.Namespace, speeds: dict, sizes: tuple, probe: dict, cuda: bool
+    arch: str,
+    case: Case,
+    args: argparse.Namespace,
+    speeds: dict,
+    sizes: tuple,
+    probe: dict,
+    cuda: bool,
+    lead_sample: Callable[[], tuple[float, float]],
 ) -> Row:
     """One row. After a warm-up run of each side, the runs alternate (onnxplain, reference,
     and for forward-only methods the runtime's own passes), so that load changes on a shared
-    machine hit all three alike; each time is the median of ``args.repeat`` runs."""
+    machine hit all three alike; each time is the median of ``args.repeat`` runs. Forward-only
+    rows also take a sample of the runtime's lead (``lead_sample``) next to each reference run."""
     limit_fn = None
     if case.name.split(" (")[0] in FORWARD_ONLY:
         with counting_rows() as counts:
@@ -644,14 +667,18 @@ def run_case(
     else:
         case.ours()
     case.ref()
-    ours, ref, limit = [], [], []
+    ours, ref, limit, leads = [], [], [], []
     for i in range(args.repeat):
         # onnxplain and the limit run next to each other, in turns first and last, so that each
-        # efficiency ratio compares two runs under the same load
+        # efficiency ratio compares two runs under the same load; the lead's sample runs next
+        # to the reference
         steps = [(ours, case.ours), (limit, limit_fn), (ref, case.ref)]
         for runs, fn in steps if i % 2 == 0 else steps[::-1]:
             if fn is not None:
                 runs.append(timed(fn, cuda, memory=i == 0 and fn is not limit_fn))
+            if fn is case.ref and limit_fn is not None:
+                ort_row, torch_row = lead_sample()
+                leads.append(torch_row / ort_row)
     return Row(
         arch,
         case,
@@ -660,6 +687,7 @@ def run_case(
         ours[0][1],
         ref[0][1],
         [t for t, _ in limit] or None,
+        leads or None,
     )
 
 
@@ -672,7 +700,7 @@ def verdict(row: Row, lead: Lead) -> str:
     misses = []
     if row.efficiency < 0.9:
         misses.append("efficiency < 0.9")
-    if row.speedup < 0.9 * lead.lead:
+    if row.speedup < 0.9 * (row.lead or lead.lead):
         misses.append("speedup < 0.9× lead")
     return "✓" if not misses else "✗ " + ", ".join(misses)
 
@@ -757,21 +785,24 @@ def report(
         "map); efficiency = limit / onnxplain time. Each round times onnxplain and the limit next to each "
         "other and the reference before or after them (in turns); the times shown are medians over the "
         "rounds, speedup and efficiency the medians of each round's own ratio, so that a load change "
-        "between rounds does not enter a ratio. Target: forward-only "
-        "methods efficiency ≥ 0.9 and speedup ≥ 0.9 × the model's lead; gradient and rule methods (torch "
+        "between rounds does not enter a ratio. Lead (forward-only rows): the runtime's lead sampled again "
+        f"in every round right next to the reference run (ONNX Runtime, then PyTorch eager, on {2 * s.batch} "
+        f"rows at batch {s.batch}), median of the rounds, because PyTorch's speed on this machine drifts "
+        "by more than the target's margin over a run. Target: forward-only "
+        "methods efficiency ≥ 0.9 and speedup ≥ 0.9 × the row's lead; gradient and rule methods (torch "
         "backend) at most 1.1× the reference's time. Peak MiB: growth of the peak resident set in the first "
         "timed run (see benchmarks/run.py).",
         "",
         "| model | method | reference | work (both sides) | onnxplain s | reference s | speedup | limit s "
-        "| efficiency | target | peak MiB onnxplain | peak MiB reference |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| efficiency | lead | target | peak MiB onnxplain | peak MiB reference |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     by_arch = {ld.arch: ld for ld in leads}
     for r in rows:
         lines.append(
             f"| {r.arch} | {r.case.name} | {r.case.reference} | {r.case.work} | {r.t_ours:.3f} "
-            f"| {r.t_ref:.3f} "
-            f"| {r.speedup:.2f} | {fmt(r.limit, '.3f')} | {fmt(r.efficiency, '.2f')} | "
+            f"| {r.t_ref:.3f} | {r.speedup:.2f} | {fmt(r.limit, '.3f')} | {fmt(r.efficiency, '.2f')} "
+            f"| {fmt(r.lead, '.2f')} | "
             f"{verdict(r, by_arch[r.arch])} | {fmt(r.mem_ours, '.0f')} | {fmt(r.mem_ref, '.0f')} |"
         )
     if rows:
