@@ -234,3 +234,26 @@ def test_surrogate_with_more_features_than_samples_equals_scikit_learn_and_stays
     assert objective(beta, b) <= objective(ref.coef_, ref.intercept_) + 1e-9
     if model_name == "ridge":  # strictly convex: one optimum
         np.testing.assert_allclose(beta, ref.coef_, atol=1e-10)
+
+
+@pytest.mark.parametrize("mode", ["cosine", "euclidean"])
+@pytest.mark.parametrize("label_shape", [(1, 8, 8), (3, 8, 8)])
+def test_distances_from_feature_sums_equal_the_perturbed_inputs_distances(mode, label_shape):
+    """With a fill shared by all samples, Lime's input-space distances come from per-feature
+    sums; they equal the distances measured on the blended inputs (zero and non-zero fills,
+    channel-shared and per-channel features)."""
+    from onnxplain.infill import blend
+    from onnxplain.methods.surrogate.base import _distance, _distance_from_sums, _feature_sums
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 8, 8)).astype(np.float32)
+    labels = rng.integers(0, 10, label_shape)
+    z = rng.random((40, 10)) < 0.5
+    z[0] = True  # the input itself: distance 0
+    for fill in (np.zeros_like(x), rng.standard_normal(x.shape).astype(np.float32)):
+        perturbed = blend(np.broadcast_to(x, (40, *x.shape)), z[:, labels], fill[None])
+        want = _distance(np.broadcast_to(x.ravel(), (40, x.size)), np.full(40, np.linalg.norm(x)),
+                         perturbed.reshape(40, -1), mode)
+        got = _distance_from_sums(z, _feature_sums(x, fill, labels, 10), float(np.linalg.norm(x)), mode)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        assert abs(got[0]) < 1e-6

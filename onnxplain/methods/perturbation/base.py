@@ -79,7 +79,8 @@ class Filler:
     ) -> np.ndarray:
         """The perturbed rows: ``keep ⊙ batch + (1 − keep) ⊙ fill``."""
         if self.zero:  # the default fill, 0: the blend is one product (x·1 = x, x·0 = ±0)
-            return np.multiply(batch, keep).astype(batch.dtype, copy=False)
+            # a float mask multiplies faster than a bool one, which numpy casts element by element
+            return np.multiply(batch, np.asarray(keep).astype(batch.dtype, copy=False))
         ref = self.reference(rows, batch, keep if self.infill.mask_dependent else None, keys)
         return blend(batch, keep, ref)
 

@@ -241,6 +241,12 @@ class SurrogateAttribution(PerturbationAttribution):
         dist_sums = [np.zeros(len(s)) for s in samples] if distance is not None else None
         flat = x.reshape(len(x), -1)
         norms = np.linalg.norm(flat, axis=1)
+        static = setup.filler.static if setup.filler is not None else None
+        # with a fill that is the same for every sample, each distance follows from per-feature
+        # sums, without reading the perturbed input again
+        per_feature = (None if distance is None or static is None
+                       else [_feature_sums(x[i], static[i], feats.labels[i], s.shape[1])
+                             for i, s in enumerate(samples)])
         n_chunks = -(-total // setup.rows)
         for sl in self._progress(batches(total, setup.rows), n_chunks, setup.show_progress, desc):
             # rows are ordered (example, coalition, background row); index only this chunk
@@ -257,8 +263,15 @@ class SurrogateAttribution(PerturbationAttribution):
             else:
                 perturbed = setup.filler(ex, inputs, keep)
             scores = self._scores(perturbed, setup.objective.take(ex))
-            dists = (_distance(flat[ex], norms[ex], perturbed.reshape(len(row), -1), distance)
-                     if distance is not None else None)
+            dists = None
+            if per_feature is not None:
+                dists = np.empty(len(row))
+                for i in np.unique(ex):
+                    sel = ex == i
+                    dists[sel] = _distance_from_sums(samples[i][sample[sel]], per_feature[i], norms[i],
+                                                     distance)
+            elif distance is not None:
+                dists = _distance(flat[ex], norms[ex], perturbed.reshape(len(row), -1), distance)
             for i in np.unique(ex):
                 sel = ex == i
                 np.add.at(sums[i], sample[sel], scores[sel])
@@ -277,6 +290,26 @@ def _distance(original: np.ndarray, norms: np.ndarray, perturbed: np.ndarray, mo
     dot = np.einsum("ij,ij->i", original, perturbed).astype(np.float64)
     size = np.sqrt(np.einsum("ij,ij->i", perturbed, perturbed)).astype(np.float64)
     return 1.0 - dot / (np.maximum(norms, eps) * np.maximum(size, eps))
+
+
+def _feature_sums(x: np.ndarray, fill: np.ndarray, labels: np.ndarray, m: int) -> np.ndarray:
+    """(4, M) float64 sums over each feature's input values of x², x·r, r² and (x − r)²,
+    for one example x and its fill r."""
+    lab = np.broadcast_to(labels, x.shape).ravel()
+    a, r = x.ravel().astype(np.float64), fill.ravel().astype(np.float64)
+    return np.stack([np.bincount(lab, weights=w, minlength=m) for w in (a * a, a * r, r * r, (a - r) ** 2)])
+
+
+def _distance_from_sums(z: np.ndarray, sums: np.ndarray, norm: float, mode: str) -> np.ndarray:
+    """:func:`_distance` between one example and its perturbations ``z`` (S, M) (True: the
+    feature kept, else its fill), from the example's :func:`_feature_sums`."""
+    kept, gone = z.astype(np.float64), (~z).astype(np.float64)
+    if mode == "euclidean":
+        return np.sqrt(np.maximum(gone @ sums[3], 0))
+    eps = 1e-8
+    dot = kept @ sums[0] + gone @ sums[1]
+    size = np.sqrt(np.maximum(kept @ sums[0] + gone @ sums[2], 0))
+    return 1.0 - dot / (max(norm, eps) * np.maximum(size, eps))
 
 
 def interpretable_distance(z: np.ndarray, mode: str) -> np.ndarray:
