@@ -53,8 +53,10 @@ def check_input(model: Model | None, x: Any, name: str = "inputs") -> np.ndarray
             f"{name} must hold floating-point values, got dtype {x.dtype}; convert and "
             "normalise the images as the model expects"
         )
-    if x.ndim == 0 or x.shape[0] == 0:
-        raise InputValidationError(f"{name} must be a non-empty batch (N, ...), got shape {x.shape}")
+    if x.ndim == 0 or 0 in x.shape:
+        raise InputValidationError(
+            f"{name} must be a non-empty batch (N, ...) with every axis longer than 0, got shape {x.shape}"
+        )
     if not np.isfinite(x).all():
         raise InputValidationError(f"{name} contains NaN or Inf values")
     if model is None:

@@ -89,3 +89,10 @@ def test_bad_inputs_are_our_error(shape, dtype, poison):
         return
     assert out.shape == (shape[0], 3)
 
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 0, 0), (2, 0, 6, 6), (1, 3, 6, 0)])
+def test_inputs_with_an_empty_axis_are_our_error(shape):
+    """An image with no pixels (or no channels) is refused before it reaches the runtime."""
+    with pytest.raises(ox.InputValidationError, match="every axis longer than 0"):
+        MODEL.predict(np.ones(shape, np.float32))
