@@ -362,6 +362,13 @@ class Model:
                 f"no tensor named {missing} in the model; model.layers() lists the feature maps"
             )
 
+    def producer_inputs(self, name: str) -> list[str]:
+        """The input tensors of the node that computes tensor ``name`` ([] for a graph input
+        or an initializer)."""
+        self.check_tensors([name])
+        producer = self._values[name].producer()
+        return [] if producer is None else [v.name for v in producer.inputs if v is not None]
+
     def layers(self) -> list[LayerSpec]:
         """Every 4-D tensor computed by the graph, in topological order."""
         out = []
@@ -376,9 +383,13 @@ class Model:
         """A feature map by tensor name or node name, or ``"auto"``.
 
         ``"auto"`` is the last spatial feature map before global pooling: the input of the
-        last global pooling (GlobalAveragePool, or a mean/max over both spatial axes); in
-        models without one, the last 4-D tensor with spatial extent and the batch dim first
-        before the output.
+        last global pooling (GlobalAveragePool, or a mean/max over both spatial axes). In a
+        vision transformer without one (attention: a product of two tensors computed from
+        the input), it is the (N, tokens, C) output of the last LayerNormalization before
+        the last attention, the last block's first normalisation, which CAMs read as the
+        grid of its patch tokens. In other models, the last 4-D tensor with spatial extent
+        and the batch dim first before the output (never one computed from an attention's
+        product, such as its heads × tokens × tokens weights).
 
         For torchvision's resnet18 and mobilenet_v2 this is the output of the layer
         pytorch-grad-cam recommends (``layer4[-1]``, ``features[-1]``). For densenet121 it
@@ -412,17 +423,77 @@ class Model:
         if pooled is not None:
             return pooled
         batch = self.batch_dim
+        mixing, after = self._token_mixing()
+        if mixing:
+            token = self._token_layer(mixing[-1])
+            if token is not None:
+                return token
         spatial = [
             s for s in layers
             if all(not isinstance(d, int) or d > 1 for d in s.shape[2:])
             and (s.shape[0] is None or batch is None or s.shape[0] == batch)  # one map per example
+            and s.name not in after  # not a tensor of attention (heads × tokens × tokens)
         ]
         if spatial:
             return spatial[-1]
+        if mixing:
+            raise LayerNotFoundError(
+                "layer='auto' found no feature map: the layers before the output mix tokens by "
+                "attention (a transformer), and no LayerNormalization feeds the last attention; "
+                "pass the name of a (N, tokens, C) tensor, such as the input or output of the last "
+                "block's first normalisation"
+            )
         raise LayerNotFoundError(
             "found no spatial feature map for layer='auto' (no 4-D tensor with height and "
             "width > 1); pass a layer name from model.layers()"
         )
+
+    def _token_mixing(self) -> tuple[list[ir.Node], set[str]]:
+        """The nodes that multiply two tensors computed from the input (attention's
+        Q·Kᵀ and A·V), in topological order, and the names of every tensor after them."""
+        from_input = {self.input_name}
+        mixing, after = [], set()
+        for node in self.ir.graph:
+            ins = [v.name for v in node.inputs if v is not None]
+            if not any(name in from_input for name in ins):
+                continue
+            outs = {v.name for v in node.outputs if v.name}
+            from_input |= outs
+            if node.op_type in ("MatMul", "Einsum") and len(ins) >= 2 and all(
+                    name in from_input for name in ins[:2]):
+                mixing.append(node)
+                after |= outs
+            elif any(name in after for name in ins):
+                after |= outs
+        return mixing, after
+
+    def _token_layer(self, attention: ir.Node) -> LayerSpec | None:
+        """The (N, tokens, C) output of the last LayerNormalization before ``attention``:
+        for a vision transformer, the last block's first normalisation (the layer
+        pytorch-grad-cam's ViT examples take), whose patch tokens a CAM reads as a grid."""
+        seen, stack = set(), [v for v in attention.inputs if v is not None]
+        while stack:
+            v = stack.pop()
+            if id(v) in seen:
+                continue
+            seen.add(id(v))
+            producer = v.producer()
+            if producer is not None:
+                stack.extend(i for i in producer.inputs if i is not None)
+        order = {id(node): i for i, node in enumerate(self.ir.graph)}
+        batch = self.batch_dim
+        found = None
+        for node in self.ir.graph:
+            out = node.outputs[0] if node.outputs else None
+            dims = _dims(out) if out is not None else None
+            if (node.op_type == "LayerNormalization" and id(out) in seen and dims is not None
+                    and len(dims) == 3 and (batch is None or dims[0] in (batch, None))):
+                if found is None or order[id(node)] > order[id(found)]:
+                    found = node
+        if found is None:
+            return None
+        out = found.outputs[0]
+        return LayerSpec(out.name, found.op_type, found.name or "", _dims(out) or ())
 
     def channels_first_layer(self, spec: LayerSpec) -> LayerSpec:
         """``spec``, or for a channels-last feature map (the output of a
@@ -588,10 +659,18 @@ class Model:
         graph = self.ir.graph.clone()
         values = ir.convenience.create_value_mapping(graph, include_subgraphs=False)
         anchor = values[tensor]
+        before = set()  # the nodes ``tensor`` is computed by: they keep reading the input
+        stack = [anchor.producer()]
+        while stack:
+            node = stack.pop()
+            if node is None or id(node) in before:
+                continue
+            before.add(id(node))
+            stack.extend(v.producer() for v in node.inputs if v is not None)
         rewritten = False
         for node in list(graph):
             picked = batch_shape(node, batch)
-            if picked is None or node.inputs[0] is anchor:
+            if picked is None or node.inputs[0] is anchor or id(node) in before:
                 continue
             dims = _dims(node.inputs[0]) or ()
             made = []

@@ -9,7 +9,10 @@ A at a time, which bounds the memory. Forward-only: runs on ONNX Runtime. pytorc
 ablates the same way wherever A's minimum is 0 (post-ReLU layers); on layers with
 negative values it instead sets the channel to min(A) − 10⁷ (cumulatively across its
 batch), which is not the paper's definition. Where y^c = 0 the weight is the plain drop
-y^c − y^c_k.
+y^c − y^c_k. On a transformer's token layer, channel k is zeroed in the patch tokens only;
+with ``layer="auto"`` that layer is the input of the last block (the residual stream), as
+the normalisation inside the block, which the other CAMs take, is skipped by the block's
+residual connection and cannot be re-run alone.
 """
 
 from __future__ import annotations
@@ -42,6 +45,11 @@ class AblationCAM(CAMBase):
         p = validate_params(_Params, "AblationCAM", batch_size=batch_size)
         super().__init__(model, layer, backend, **backend_options)
         self.batch_size = p.batch_size or self.backend.max_batch_size
+        if layer == "auto" and self.tokens and self.layer.op_type == "LayerNormalization":
+            # a transformer's auto layer is the last block's first normalisation, which the
+            # block's residual connection skips: ablate the block's input instead, the one
+            # tensor every path to the output goes through
+            self.layer = self.model.find_layer(self.model.producer_inputs(self.layer.name)[0])
         self.tail = self.model.tail(self.layer.name)  # the layers after `layer`
         try:
             self._tail_backend = self.tail.backend_for(self.requires, self.backend.name, "AblationCAM",
@@ -59,23 +67,28 @@ class AblationCAM(CAMBase):
                 f"AblationCAM's target must be an output class, not {objective.tensor!r}"
             )
         n, k = a.shape[:2]
+        raw = data.raw if data.raw is not None else a  # the tensor the tail takes
+        # channel k of example i is chan(...)[i, k]: the map's channel, or for a token layer
+        # that channel of the patch tokens (the class tokens are left as they are)
+        chan = data.grid.channels if data.grid is not None else (lambda t: t)
         jobs = np.arange(n * k)  # (example, channel) pairs as n * K + k
         ablated = np.zeros(n * k)
         chunks = [jobs[i:i + self.batch_size] for i in range(0, len(jobs), self.batch_size)]
         # One buffer of feature maps, reused: between batches only the channel each slot
         # zeroed is restored (and a slot's whole map copied when its example changes).
         slots = min(self.batch_size, n * k)
-        buf = np.empty((slots, *a.shape[1:]), dtype=a.dtype)
+        buf = np.empty((slots, *raw.shape[1:]), dtype=raw.dtype)
+        buf_k, raw_k = chan(buf), chan(raw)
         held = np.full(slots, -1)  # the example each slot holds
         zeroed = np.zeros(slots, dtype=np.int64)  # the channel each slot has zeroed
         for chunk in self._progress(chunks, len(chunks), data.show_progress, "AblationCAM"):
             m, rows, channel = len(chunk), chunk // k, chunk % k
             slot = np.arange(m)
             same = held[:m] == rows
-            buf[slot[same], zeroed[:m][same]] = a[rows[same], zeroed[:m][same]]
-            buf[slot[~same]] = a[rows[~same]]
+            buf_k[slot[same], zeroed[:m][same]] = raw_k[rows[same], zeroed[:m][same]]
+            buf[slot[~same]] = raw[rows[~same]]
             held[:m], zeroed[:m] = rows, channel
-            buf[slot, channel] = 0
+            buf_k[slot, channel] = 0
             out = self._tail_backend.forward(buf[:m], outputs=[objective.tensor])[objective.tensor]
             ablated[chunk] = objective.take(rows).scores(out)
         y = data.scores[:, None]

@@ -2,7 +2,9 @@
 
     L^c = ReLU( Σ_k w_k^c A^k )
 
-``A`` is the feature map of ``layer`` (N, K, h, w) and ``c`` the target. A variant
+``A`` is the feature map of ``layer`` (N, K, h, w) and ``c`` the target; a vision
+transformer's (N, tokens, C) layer is read as the (N, C, h, w) grid of its patch tokens
+(:mod:`onnxplain.methods.cam._tokens`, pytorch-grad-cam's ``reshape_transform``). A variant
 implements one of two extension points, both given a :class:`LayerData`:
 
 - ``channel_weights(data) -> (N, K)``: the weights ``w_k^c`` (CAM, Grad-CAM, Grad-CAM++,
@@ -32,6 +34,7 @@ from onnxplain.core.targets import Objective, TargetLike, resolve_target
 from onnxplain.core.validation import Params, validate_params
 from onnxplain.methods._resize import resize_bilinear
 from onnxplain.methods.base import Attribution
+from onnxplain.methods.cam._tokens import TokenGrid, is_token_layer
 
 
 @dataclass
@@ -41,7 +44,10 @@ class LayerData:
     ``inputs``: x (N, C, H, W); ``objective``: the resolved target; ``scores``: the
     target's score y^c per example (N,); ``activations``: A (N, K, h, w);
     ``gradients``: ∂y^c/∂A (N, K, h, w), or None for forward-only variants;
-    ``show_progress``: for variants that loop (tqdm, see ``Attribution._progress``).
+    ``show_progress``: for variants that loop (tqdm, see ``Attribution._progress``);
+    ``raw``: the layer's tensor as the model computes it, ``grid``: for a transformer's
+    token layer, how ``activations`` and ``gradients`` were read from its patch tokens
+    (None for a feature map, where ``raw`` is ``activations``).
     """
 
     inputs: np.ndarray
@@ -50,6 +56,8 @@ class LayerData:
     activations: np.ndarray
     gradients: np.ndarray | None
     show_progress: bool | None = None
+    raw: np.ndarray | None = None
+    grid: TokenGrid | None = None
 
 
 class _CAMParams(Params):
@@ -84,10 +92,13 @@ class CAMBase(Attribution):
                 f"{name}: layer must be a tensor name from model.layers() or 'auto', got {layer!r}"
             )
         self.layer = self._find_layer(layer)
-        if len(self.layer.shape) != 4:
+        #: a (N, tokens, C) layer of a vision transformer, read as its patch grid
+        self.tokens = is_token_layer(self.layer.shape, self.model.batch_dim)
+        if len(self.layer.shape) != 4 and not self.tokens:
             raise InputValidationError(
                 f"layer {self.layer.name!r} has shape {self.layer.shape}; CAMs need a 4-D "
-                "(N, C, H, W) feature map, see model.layers()"
+                "(N, C, H, W) feature map (see model.layers()) or a transformer's (N, tokens, C) "
+                "layer of patch tokens"
             )
 
     def _find_layer(self, layer: str) -> LayerSpec:
@@ -141,13 +152,28 @@ class CAMBase(Attribution):
             cam = normalize_maps(cam)
         return cam.astype(np.float32)
 
+    def _grid(self, x: np.ndarray, a: np.ndarray) -> TokenGrid | None:
+        """The patch grid of a token layer's activations ``a`` for inputs ``x``; None for maps."""
+        if not self.tokens:
+            return None
+        if x.ndim != 4 or a.ndim != 3:
+            raise InputValidationError(
+                f"layer {self.layer.name!r} is a token layer: it needs (N, C, H, W) image inputs, "
+                f"got inputs of shape {x.shape} and tokens of shape {a.shape}"
+            )
+        return TokenGrid.infer(self.layer.name, a.shape[1], x.shape[2:])
+
     def _layer_data(self, x: np.ndarray, target: TargetLike, show_progress: bool | None) -> LayerData:
         name = self.layer.name
         if Capability.GRADIENTS in self.requires:
             objective = self._objective(x, target)
             res = self.backend.gradients(x, objective, wrt=[name])
-            return LayerData(x, objective, res.scores, res.activations[name], res.gradients[name],
-                             show_progress)
+            a, g = res.activations[name], res.gradients[name]
+            grid = self._grid(x, a)
+            if grid is not None:
+                a, g = grid.to_grid(a), grid.to_grid(g)
+            return LayerData(x, objective, res.scores, a, g, show_progress, raw=res.activations[name],
+                             grid=grid)
         output = self._output_tensor()
         outs = self.backend.forward(x, outputs=list(dict.fromkeys([name, output])))
         objective = resolve_target(target, len(x), output, self.model.num_classes,
@@ -156,7 +182,9 @@ class CAMBase(Attribution):
         if objective.tensor not in outs:
             outs.update(self.backend.forward(x, outputs=[objective.tensor]))
         scores = np.asarray(objective.scores(outs[objective.tensor]), dtype=np.float64)
-        return LayerData(x, objective, scores, outs[name], None, show_progress)
+        grid = self._grid(x, outs[name])
+        a = outs[name] if grid is None else grid.to_grid(outs[name])
+        return LayerData(x, objective, scores, a, None, show_progress, raw=outs[name], grid=grid)
 
 
 def normalize_maps(maps: np.ndarray) -> np.ndarray:

@@ -1,0 +1,186 @@
+"""CAMs on a vision transformer: token layers read as the grid of their patch tokens.
+
+A small torchvision VisionTransformer (32×32 input, 8×8 patches: a class token and a 4×4
+grid; LayerNorm and head weights randomised, as torchvision initialises the head to 0)
+against pytorch-grad-cam with the ``reshape_transform`` its ViT tutorial uses, at the layer
+that tutorial takes (the last block's first LayerNorm), which ``layer="auto"`` finds.
+Error: max |ours − ref| over maps min-max scaled to [0, 1]. Measured: gradient variants
+≤ 8e-7 (Grad-CAM++ 4e-6), Score-CAM 3e-6; Eigen-CAM's maps before ReLU within 1e-4 up to
+the sign; Ablation-CAM's weights equal a torch ablation of the same tokens to 4e-6
+(max_rel_err).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import pytorch_grad_cam as pgc
+import torch
+from helpers import max_rel_err
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from torchvision.models.vision_transformer import VisionTransformer
+
+import onnxplain as ox
+from onnxplain.methods.cam import (
+    AblationCAM,
+    EigenCAM,
+    GradCAM,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    ScoreCAM,
+    XGradCAM,
+)
+from onnxplain.methods.cam._tokens import TokenGrid
+
+TOL = 1e-5
+TARGET = 2
+
+
+def reshape_transform(t: torch.Tensor, h: int = 4, w: int = 4) -> torch.Tensor:
+    """pytorch-grad-cam's ViT reshape: drop the class token, tokens → (N, C, h, w)."""
+    return t[:, 1:, :].reshape(t.size(0), h, w, t.size(2)).permute(0, 3, 1, 2)
+
+
+@pytest.fixture(scope="module")
+def vit():
+    """(torch ViT, its ONNX Model, inputs (2, 3, 32, 32))."""
+    torch.manual_seed(0)
+    net = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32,
+                            mlp_dim=64, num_classes=5).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.LayerNorm):
+                m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=g))
+                m.bias.copy_(0.5 * torch.randn(m.bias.shape, generator=g))
+        net.heads.head.weight.copy_(torch.randn(net.heads.head.weight.shape, generator=g))
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    return net, ox.adapters.torch.export(net, torch.from_numpy(x)), x
+
+
+class Scale(torch.nn.Module):
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return t * self.factor
+
+
+def _reference(net, cls, x, wrap_scale: float | None = None, **kwargs) -> np.ndarray:
+    """pytorch-grad-cam at the last block's first LayerNorm. ``wrap_scale`` t: that layer's
+    output divided by t and multiplied again (an exact reparametrisation), hooked between, so
+    that Grad-CAM++'s 1e-6 in α's denominator becomes negligible (see test_cam_parity.py)."""
+    layer = net.encoder.layers[-1].ln_1
+    if wrap_scale:
+        net = copy.deepcopy(net)
+        down, block = Scale(1 / wrap_scale), net.encoder.layers[-1]
+        block.ln_1 = torch.nn.Sequential(block.ln_1, down, Scale(wrap_scale))
+        layer = down
+    cam = cls(model=net, target_layers=[layer], reshape_transform=reshape_transform, **kwargs)
+    return cam(torch.from_numpy(x), targets=[ClassifierOutputTarget(TARGET)] * len(x))
+
+
+def test_auto_finds_the_last_blocks_first_layernorm(vit):
+    net, model, x = vit
+    spec = model.find_layer("auto")
+    assert spec.op_type == "LayerNormalization" and len(spec.shape) == 3
+    seen = {}
+    hook = net.encoder.layers[-1].ln_1.register_forward_hook(lambda m, i, o: seen.setdefault("a", o))
+    with torch.no_grad():
+        net(torch.from_numpy(x))
+    hook.remove()
+    ours = model.backend("onnxruntime").forward(x, outputs=[spec.name])[spec.name]
+    assert max_rel_err(ours, seen["a"].numpy()) < 1e-5
+
+
+@pytest.mark.parametrize("ours, ref", [
+    (GradCAM, pgc.GradCAM), (GradCAMPlusPlus, pgc.GradCAMPlusPlus), (XGradCAM, pgc.XGradCAM),
+    (LayerCAM, pgc.LayerCAM), (HiResCAM, pgc.HiResCAM),
+])
+def test_gradient_cams_equal_pytorch_grad_cam_with_its_vit_reshape(vit, ours, ref):
+    net, model, x = vit
+    got = ours(model).attribute(x, target=TARGET, normalize=True)
+    want = _reference(net, ref, x, wrap_scale=1e4 if ours is GradCAMPlusPlus else None)
+    assert got.shape == want.shape == (2, 32, 32)
+    assert np.abs(got - want).max() < TOL
+    assert want.max() > 0.5  # the maps are not degenerate
+
+
+def test_score_cam_equals_pytorch_grad_cam_with_its_vit_reshape(vit):
+    net, model, x = vit
+    got = ScoreCAM(model, weighting="channel_softmax", align_corners=True).attribute(
+        x, target=TARGET, normalize=True, show_progress=False)
+    want = _reference(net, pgc.ScoreCAM, x)
+    assert np.abs(got - want).max() < TOL
+
+
+def test_eigen_cam_equals_pytorch_grad_cam_up_to_the_singular_vector_sign(vit):
+    """The maps before ReLU and resizing (a singular vector's sign is arbitrary)."""
+    net, model, x = vit
+
+    class Raw(pgc.EigenCAM):
+        def get_cam_image(self, *args, **kwargs):
+            self.raw = super().get_cam_image(*args, **kwargs)
+            return self.raw
+
+    cam = Raw(model=net, target_layers=[net.encoder.layers[-1].ln_1], reshape_transform=reshape_transform)
+    cam(torch.from_numpy(x), targets=None)
+    got = EigenCAM(model).attribute(x, relu_attributions=False, upsample=False)
+    assert got.shape == cam.raw.shape == (2, 4, 4)
+    for ours, ref in zip(got, cam.raw):
+        assert min(max_rel_err(ours, ref), max_rel_err(-ours, ref)) < 1e-4
+
+
+def test_ablation_cam_ablates_each_channel_of_the_residual_streams_patch_tokens(vit):
+    """``layer="auto"``: the last block's input (its LayerNorm is skipped by the residual
+    connection, so the layers after it cannot be re-run alone). Weights (y − y_k) / y against
+    the torch network with channel k of that tensor's patch tokens zeroed by a hook."""
+    net, model, x = vit
+    cam = AblationCAM(model, batch_size=7)  # batches that split the 32 channels unevenly
+    captured = {}
+    real = cam.channel_weights
+    cam.channel_weights = lambda data: captured.setdefault("w", real(data))
+    cam.attribute(x, target=TARGET, show_progress=False)
+    block = net.encoder.layers[-1]
+
+    def score(channel: int | None) -> np.ndarray:
+        def zero(module, args):
+            t = args[0].clone()
+            if channel is not None:
+                t[:, 1:, channel] = 0
+            return (t,)
+        hook = block.register_forward_pre_hook(zero)
+        with torch.no_grad():
+            out = net(torch.from_numpy(x))[:, TARGET].double().numpy()
+        hook.remove()
+        return out
+
+    y = score(None)
+    want = np.stack([(y - score(k)) / y for k in range(32)], axis=1)
+    assert max_rel_err(captured["w"], want) < 1e-4
+
+
+def test_ablation_cam_refuses_a_layer_its_residual_connection_skips(vit):
+    _, model, _ = vit
+    with pytest.raises(ox.InputValidationError, match="cannot be re-run"):
+        AblationCAM(model, layer=model.find_layer("auto").name)
+
+
+@pytest.mark.parametrize("tokens, hw, want", [
+    (197, (224, 224), TokenGrid(1, 14, 14)),  # ViT-B/16
+    (198, (224, 224), TokenGrid(2, 14, 14)),  # DeiT: class and distillation tokens
+    (196, (224, 224), TokenGrid(0, 14, 14)),  # no class token
+    (33, (32, 64), TokenGrid(1, 4, 8)),  # a wide input
+    (261, (224, 224), TokenGrid(5, 16, 16)),  # class + 4 register tokens, 14-pixel patches
+])
+def test_the_patch_grid_follows_from_the_token_count_and_the_input_size(tokens, hw, want):
+    assert TokenGrid.infer("t", tokens, hw) == want
+
+
+def test_a_token_count_no_grid_explains_is_our_error():
+    with pytest.raises(ox.InputValidationError, match="no square-patch grid"):
+        TokenGrid.infer("t", 40, (7, 11))
