@@ -741,8 +741,8 @@ def report(
     lines = [
         "# Benchmarks: onnxplain vs the reference libraries",
         "",
-        "Regenerate on a quiet machine (about 45 minutes on 2 CPU cores, of which the memory scan takes 3; "
-        "`--repeat 3` takes about 30):",
+        "Regenerate on a quiet machine (about 45–55 minutes on 2 CPU cores, of which the memory scan "
+        "takes 3; `--repeat 3` takes about 30):",
         "",
         "    .venv/bin/python benchmarks/run.py",
         "",
