@@ -20,6 +20,7 @@ import pytorch_grad_cam as pgc
 import torch
 from helpers import max_rel_err
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from test_cam_parity import Scale, raw
 from torchvision.models.vision_transformer import VisionTransformer
 
 import onnxplain as ox
@@ -59,15 +60,6 @@ def vit():
         net.heads.head.weight.copy_(torch.randn(net.heads.head.weight.shape, generator=g))
     x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
     return net, ox.adapters.torch.export(net, torch.from_numpy(x)), x
-
-
-class Scale(torch.nn.Module):
-    def __init__(self, factor: float) -> None:
-        super().__init__()
-        self.factor = factor
-
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return t * self.factor
 
 
 def _reference(net, cls, x, wrap_scale: float | None = None, **kwargs) -> np.ndarray:
@@ -121,13 +113,8 @@ def test_score_cam_equals_pytorch_grad_cam_with_its_vit_reshape(vit):
 def test_eigen_cam_equals_pytorch_grad_cam_up_to_the_singular_vector_sign(vit):
     """The maps before ReLU and resizing (a singular vector's sign is arbitrary)."""
     net, model, x = vit
-
-    class Raw(pgc.EigenCAM):
-        def get_cam_image(self, *args, **kwargs):
-            self.raw = super().get_cam_image(*args, **kwargs)
-            return self.raw
-
-    cam = Raw(model=net, target_layers=[net.encoder.layers[-1].ln_1], reshape_transform=reshape_transform)
+    cam = raw(pgc.EigenCAM)(model=net, target_layers=[net.encoder.layers[-1].ln_1],
+                            reshape_transform=reshape_transform)
     cam(torch.from_numpy(x), targets=None)
     got = EigenCAM(model).attribute(x, relu_attributions=False, upsample=False)
     assert got.shape == cam.raw.shape == (2, 4, 4)
