@@ -59,7 +59,8 @@ class ClassifierHead:
     ``feature_map``: the pooled tensor (N, K, h, w); ``pool`` / ``linear``: the node names
     of the pooling and of the Gemm/MatMul; ``logits``: the tensor the head computes
     (N, classes); ``weight``: (classes, K) with Gemm's ``alpha`` and ``transB`` applied;
-    ``bias``: (classes,) or None.
+    ``bias``: (classes,) or None; ``features``: the linear layer's input, the pooled
+    features (N, K).
     """
 
     feature_map: str
@@ -68,6 +69,7 @@ class ClassifierHead:
     logits: str
     weight: np.ndarray
     bias: np.ndarray | None
+    features: str = ""
 
 
 def _dims(value: ir.Value) -> tuple[Dim, ...] | None:
@@ -609,23 +611,23 @@ class Model:
             return None
         return ClassifierHead(
             feature_map=feature_map.name, pool=pool.name or "", linear=node.name or "",
-            logits=logits.name, weight=w, bias=bias,
+            logits=logits.name, weight=w, bias=bias, features=value.name,
         )
 
-    def tail(self, tensor: str) -> Model:
+    def tail(self, tensor: str, outputs: Sequence[str] | None = None) -> Model:
         """The part of the graph after ``tensor``: a Model whose one input is ``tensor``
-        and whose outputs are this model's outputs (for re-running the head on modified
-        feature maps, as Ablation-CAM does).
+        and whose outputs are this model's outputs, or the tensors ``outputs`` (for
+        re-running the head on modified feature maps, as Ablation-CAM does).
 
         Raises :class:`InputValidationError` when the layers after ``tensor`` also need
         tensors computed before it (a skip connection crosses it).
         """
-        self.check_tensors([tensor])
-        if tensor == self.input_name:
+        self.check_tensors([tensor, *(outputs or ())])
+        if tensor == self.input_name and outputs is None:
             return self
         from onnx_ir import convenience
 
-        outputs = [o.name for o in self.outputs]
+        outputs = list(outputs) if outputs is not None else [o.name for o in self.outputs]
         try:
             graph = convenience.extract(self.ir.graph, [tensor], outputs)
         except ValueError as exc:

@@ -249,6 +249,30 @@ def test_ablationcam_weights_are_the_relative_drops_of_the_score(small_model, im
     assert max_rel_err(got, expected) < TOL
 
 
+@pytest.mark.parametrize("layer", ["auto", "/layer3/layer3.1/relu_1/Relu_output_0"])
+def test_ablationcam_on_a_linear_head_equals_rerunning_every_ablated_copy(resnet_pair, layer):
+    """With a class of the GAP → linear head as target, the ablated scores are evaluated
+    in closed form at the pooled map (y − W_ck · GAP(A^k)) and through the layers up to the
+    pooled features elsewhere; both equal the whole tail re-run on each ablated copy."""
+    model = resnet_pair[1]
+    x = np.random.default_rng(4).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    method = AblationCAM(model, layer=layer)
+    name, targets = method.layer.name, [3, 7]
+    acts = model.backend("onnxruntime").forward(x, outputs=[name])[name]
+    y = model.predict(x)[[0, 1], targets].astype(np.float64)
+    want = []
+    for i, c in enumerate(targets):
+        copies = np.repeat(acts[i:i + 1], acts.shape[1], axis=0)
+        copies[np.arange(acts.shape[1]), np.arange(acts.shape[1])] = 0
+        want.append((y[i] - method.tail.predict(copies)[:, c]) / y[i])
+    captured = {}
+    real = method.channel_weights
+    method.channel_weights = lambda data: captured.setdefault("w", real(data))
+    method.attribute(x, target=targets, show_progress=False)
+    assert method._linear not in (None, False)  # the head was found and used
+    assert max_rel_err(captured["w"], np.stack(want)) < 1e-4
+
+
 # -- identities of the gradient variants -------------------------------------------------
 def test_gradcam_plus_plus_default_is_exp_score_times_the_pytorch_grad_cam_scale(small_model, images):
     paper = GradCAMPlusPlus(small_model).attribute(images, target=[1, 2], relu_attributions=False)

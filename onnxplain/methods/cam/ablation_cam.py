@@ -24,7 +24,8 @@ import pydantic
 
 from onnxplain.backends.base import Backend, Capability
 from onnxplain.core.errors import BackendCapabilityError, InputValidationError
-from onnxplain.core.model import LayerSpec, Model
+from onnxplain.core.model import ClassifierHead, LayerSpec, Model
+from onnxplain.core.targets import Objective
 from onnxplain.core.validation import Params, validate_params
 from onnxplain.methods.cam.base import CAMBase, LayerData
 
@@ -51,14 +52,38 @@ class AblationCAM(CAMBase):
             # tensor every path to the output goes through
             self.layer = self.model.find_layer(self.model.producer_inputs(self.layer.name)[0])
         self.tail = self.model.tail(self.layer.name)  # the layers after `layer`
+        self._tail_backend = self._backend_of(self.tail, backend_options)
+        self._backend_options = backend_options
+        self._linear: tuple[Backend, ClassifierHead] | None | bool = False  # False: not looked for
+
+    def _backend_of(self, part: Model, options: dict[str, Any]) -> Backend:
         try:
-            self._tail_backend = self.tail.backend_for(self.requires, self.backend.name, "AblationCAM",
-                                                       **backend_options)
+            return part.backend_for(self.requires, self.backend.name, "AblationCAM", **options)
         except InputValidationError:
             raise BackendCapabilityError(
                 f"AblationCAM re-runs the layers after {self.layer.name!r} and needs a registered "
                 f"backend such as 'onnxruntime', not a {self.backend.name!r} backend"
             ) from None
+
+    def _linear_head(self, objective: Objective) -> tuple[Backend, ClassifierHead] | None:
+        """For a class of a global-average-pooling → linear classifier: the layers from
+        ``layer`` to the pooled features, and the head, whose target rows we apply in
+        float64 instead of computing every class of every ablated copy (on resnet18 the
+        1000-class product was most of the tail's work). None where that does not apply."""
+        if objective.kind != "index" or objective.index.shape[1] != 1:
+            return None
+        if self._linear is False:
+            self._linear = None
+            head = self.model.classifier_head()
+            if head is not None and head.features:
+                try:
+                    part = self.model.tail(self.layer.name, outputs=[head.features])
+                    self._linear = (self._backend_of(part, self._backend_options), head)
+                except InputValidationError:
+                    pass
+        if self._linear is None or objective.tensor != self._linear[1].logits:
+            return None
+        return self._linear
 
     def channel_weights(self, data: LayerData) -> np.ndarray:
         a, objective = data.activations, data.objective
@@ -67,6 +92,17 @@ class AblationCAM(CAMBase):
                 f"AblationCAM's target must be an output class, not {objective.tensor!r}"
             )
         n, k = a.shape[:2]
+        linear = self._linear_head(objective)
+        if linear is not None and linear[1].feature_map == self.layer.name and data.grid is None:
+            # the layers after the map are the head itself, GAP → linear: zeroing channel k
+            # takes W_ck · GAP(A^k) off the score, exactly, without running them
+            head = linear[1]
+            w = head.weight[objective.index[:, 0]]  # (N, K)
+            drop = w * a.astype(np.float64).mean(axis=(2, 3))
+            y = drop.sum(axis=1, keepdims=True)
+            if head.bias is not None:
+                y = y + head.bias[objective.index[:, 0], None]
+            return drop / np.where(y != 0, y, 1)
         raw = data.raw if data.raw is not None else a  # the tensor the tail takes
         # channel k of example i is chan(...)[i, k]: the map's channel, or for a token layer
         # that channel of the patch tokens (the class tokens are left as they are)
@@ -81,6 +117,20 @@ class AblationCAM(CAMBase):
         buf_k, raw_k = chan(buf), chan(raw)
         held = np.full(slots, -1)  # the example each slot holds
         zeroed = np.zeros(slots, dtype=np.int64)  # the channel each slot has zeroed
+        if linear is not None:
+            part, head = linear
+            classes = objective.index[:, 0]
+
+            def score(maps: np.ndarray, rows: np.ndarray) -> np.ndarray:
+                feats = part.forward(maps, outputs=[head.features])[head.features]
+                feats = feats.reshape(len(maps), -1).astype(np.float64)
+                out = np.einsum("rk,rk->r", feats, head.weight[classes[rows]])
+                return out + head.bias[classes[rows]] if head.bias is not None else out
+        else:
+            def score(maps: np.ndarray, rows: np.ndarray) -> np.ndarray:
+                out = self._tail_backend.forward(maps, outputs=[objective.tensor])[objective.tensor]
+                return objective.take(rows).scores(out)
+
         for chunk in self._progress(chunks, len(chunks), data.show_progress, "AblationCAM"):
             m, rows, channel = len(chunk), chunk // k, chunk % k
             slot = np.arange(m)
@@ -89,7 +139,8 @@ class AblationCAM(CAMBase):
             buf[slot[~same]] = raw[rows[~same]]
             held[:m], zeroed[:m] = rows, channel
             buf_k[slot, channel] = 0
-            out = self._tail_backend.forward(buf[:m], outputs=[objective.tensor])[objective.tensor]
-            ablated[chunk] = objective.take(rows).scores(out)
-        y = data.scores[:, None]
+            ablated[chunk] = score(buf[:m], rows)
+        # the unablated score by the same path as the ablated ones, so that a channel whose
+        # ablation changes nothing gets weight 0, not a rounding difference
+        y = (score(raw, np.arange(n)) if linear is not None else data.scores)[:, None]
         return (y - ablated.reshape(n, k)) / np.where(y != 0, y, 1)
