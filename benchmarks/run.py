@@ -810,9 +810,11 @@ def report(
     lines += [
         "",
         "Notes: AblationCAM in onnxplain re-runs only the layers after the feature map (Model.tail), "
-        "pytorch-grad-cam re-runs the whole network for every ablated batch: the same number of passes, less "
-        "work per pass. On mobilenet_v2 Captum's GuidedBackprop leaves ReLU6 unmodified (it hooks nn.ReLU "
-        "only), onnxplain guides every rectifier; the backward work is the same. The RISE reference follows "
+        "pytorch-grad-cam re-runs the whole network for every ablated batch; at the default layer, the "
+        "input of a GAP → linear head, onnxplain evaluates the ablations in closed form "
+        "(y − W_ck·GAP(A^k), exact), so its time is one forward pass. On mobilenet_v2 Captum's "
+        "GuidedBackprop leaves ReLU6 unmodified (it hooks nn.ReLU only), onnxplain guides every "
+        "rectifier; the backward work is the same. The RISE reference follows "
         "TorchRay's definition, written out in plain torch so that the benchmark does not need torchray. "
         "The incremental rows pass `incremental=True` (Nakandala et al., SIGMOD 2019): each window or "
         "feature re-runs only the early layers' region it can reach, pasted into the unperturbed feature "
