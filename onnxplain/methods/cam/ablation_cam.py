@@ -5,7 +5,11 @@ Convolutional Network via Gradient-free Localization", WACV 2020.
 
 y^c_k is the target score with channel k of A set to zero. Only the layers after
 ``layer`` are re-run (:meth:`onnxplain.Model.tail`), on ``batch_size`` ablated copies of
-A at a time, which bounds the memory. Forward-only: runs on ONNX Runtime. pytorch-grad-cam
+A at a time, which bounds the memory. Where the target is a class of a global-average-pooling
+→ linear head (:meth:`onnxplain.Model.classifier_head`), the head is applied in float64 to
+the target's row only: at the pooled map itself the ablated scores are then exact in closed
+form, y^c_k = y^c − W_ck · GAP(A^k), with no pass at all; at earlier layers only the layers up
+to the pooled features are re-run. Forward-only: runs on ONNX Runtime. pytorch-grad-cam
 ablates the same way wherever A's minimum is 0 (post-ReLU layers); on layers with
 negative values it instead sets the channel to min(A) − 10⁷ (cumulatively across its
 batch), which is not the paper's definition. Where y^c = 0 the weight is the plain drop
