@@ -269,7 +269,8 @@ def test_ablationcam_on_a_linear_head_equals_rerunning_every_ablated_copy(resnet
     real = method.channel_weights
     method.channel_weights = lambda data: captured.setdefault("w", real(data))
     method.attribute(x, target=targets, show_progress=False)
-    assert method._linear not in (None, False)  # the head was found and used
+    assert method._head is not None  # the head was found and used
+    assert (layer == "auto") == ("_features_backend" not in vars(method))  # closed form: no pass
     assert max_rel_err(captured["w"], np.stack(want)) < 1e-4
 
 

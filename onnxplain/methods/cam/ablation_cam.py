@@ -21,6 +21,7 @@ residual connection and cannot be re-run alone.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -58,7 +59,6 @@ class AblationCAM(CAMBase):
         self.tail = self.model.tail(self.layer.name)  # the layers after `layer`
         self._tail_backend = self._backend_of(self.tail, backend_options)
         self._backend_options = backend_options
-        self._linear: tuple[Backend, ClassifierHead] | None | bool = False  # False: not looked for
 
     def _backend_of(self, part: Model, options: dict[str, Any]) -> Backend:
         try:
@@ -69,25 +69,29 @@ class AblationCAM(CAMBase):
                 f"backend such as 'onnxruntime', not a {self.backend.name!r} backend"
             ) from None
 
-    def _linear_head(self, objective: Objective) -> tuple[Backend, ClassifierHead] | None:
-        """For a class of a global-average-pooling → linear classifier: the layers from
-        ``layer`` to the pooled features, and the head, whose target rows we apply in
+    @functools.cached_property
+    def _head(self) -> ClassifierHead | None:
+        """The model's global-average-pooling → linear classifier, if it has one."""
+        head = self.model.classifier_head()
+        return head if head is not None and head.features else None
+
+    @functools.cached_property
+    def _features_backend(self) -> Backend | None:
+        """The layers from ``layer`` to the head's pooled features (None where they cannot
+        be re-run from ``layer`` alone)."""
+        try:
+            part = self.model.tail(self.layer.name, outputs=[self._head.features])
+        except InputValidationError:
+            return None
+        return self._backend_of(part, self._backend_options)
+
+    def _linear_head(self, objective: Objective) -> ClassifierHead | None:
+        """The head, when the target is one of its classes: we then apply its target row in
         float64 instead of computing every class of every ablated copy (on resnet18 the
-        1000-class product was most of the tail's work). None where that does not apply."""
-        if objective.kind != "index" or objective.index.shape[1] != 1:
+        1000-class product was most of the tail's work)."""
+        if objective.kind != "index" or objective.index.shape[1] != 1 or self._head is None:
             return None
-        if self._linear is False:
-            self._linear = None
-            head = self.model.classifier_head()
-            if head is not None and head.features:
-                try:
-                    part = self.model.tail(self.layer.name, outputs=[head.features])
-                    self._linear = (self._backend_of(part, self._backend_options), head)
-                except InputValidationError:
-                    pass
-        if self._linear is None or objective.tensor != self._linear[1].logits:
-            return None
-        return self._linear
+        return self._head if objective.tensor == self._head.logits else None
 
     def channel_weights(self, data: LayerData) -> np.ndarray:
         a, objective = data.activations, data.objective
@@ -96,11 +100,10 @@ class AblationCAM(CAMBase):
                 f"AblationCAM's target must be an output class, not {objective.tensor!r}"
             )
         n, k = a.shape[:2]
-        linear = self._linear_head(objective)
-        if linear is not None and linear[1].feature_map == self.layer.name and data.grid is None:
+        head = self._linear_head(objective)
+        if head is not None and head.feature_map == self.layer.name and data.grid is None:
             # the layers after the map are the head itself, GAP → linear: zeroing channel k
             # takes W_ck · GAP(A^k) off the score, exactly, without running them
-            head = linear[1]
             w = head.weight[objective.index[:, 0]]  # (N, K)
             drop = w * a.astype(np.float64).mean(axis=(2, 3))
             y = drop.sum(axis=1, keepdims=True)
@@ -121,8 +124,8 @@ class AblationCAM(CAMBase):
         buf_k, raw_k = chan(buf), chan(raw)
         held = np.full(slots, -1)  # the example each slot holds
         zeroed = np.zeros(slots, dtype=np.int64)  # the channel each slot has zeroed
-        if linear is not None:
-            part, head = linear
+        part = self._features_backend if head is not None else None
+        if part is not None:
             classes = objective.index[:, 0]
 
             def score(maps: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -146,5 +149,5 @@ class AblationCAM(CAMBase):
             ablated[chunk] = score(buf[:m], rows)
         # the unablated score by the same path as the ablated ones, so that a channel whose
         # ablation changes nothing gets weight 0, not a rounding difference
-        y = (score(raw, np.arange(n)) if linear is not None else data.scores)[:, None]
+        y = (score(raw, np.arange(n)) if part is not None else data.scores)[:, None]
         return (y - ablated.reshape(n, k)) / np.where(y != 0, y, 1)
