@@ -130,6 +130,19 @@ def batch_shape(node: ir.Node, batch: Dim) -> list[int] | None:
     return picked if all(isinstance(dims[i], int) for i in picked if i) else None
 
 
+def _computed_by(values: Iterable[ir.Value | None]) -> set[int]:
+    """The ids of the nodes that ``values`` are computed by, back to the graph inputs."""
+    seen: set[int] = set()
+    stack = [v.producer() for v in values if v is not None]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        stack.extend(v.producer() for v in node.inputs if v is not None)
+    return seen
+
+
 def _np_dtype(value: ir.Value) -> np.dtype | None:
     if value.dtype is None:
         return None
@@ -473,25 +486,14 @@ class Model:
         """The (N, tokens, C) output of the last LayerNormalization before ``attention``:
         for a vision transformer, the last block's first normalisation (the layer
         pytorch-grad-cam's ViT examples take), whose patch tokens a CAM reads as a grid."""
-        seen, stack = set(), [v for v in attention.inputs if v is not None]
-        while stack:
-            v = stack.pop()
-            if id(v) in seen:
-                continue
-            seen.add(id(v))
-            producer = v.producer()
-            if producer is not None:
-                stack.extend(i for i in producer.inputs if i is not None)
-        order = {id(node): i for i, node in enumerate(self.ir.graph)}
+        before = _computed_by(attention.inputs)
         batch = self.batch_dim
         found = None
-        for node in self.ir.graph:
-            out = node.outputs[0] if node.outputs else None
-            dims = _dims(out) if out is not None else None
-            if (node.op_type == "LayerNormalization" and id(out) in seen and dims is not None
+        for node in self.ir.graph:  # topological order: the last match is the last one
+            dims = _dims(node.outputs[0]) if node.outputs else None
+            if (node.op_type == "LayerNormalization" and id(node) in before and dims is not None
                     and len(dims) == 3 and (batch is None or dims[0] in (batch, None))):
-                if found is None or order[id(node)] > order[id(found)]:
-                    found = node
+                found = node
         if found is None:
             return None
         out = found.outputs[0]
@@ -661,14 +663,7 @@ class Model:
         graph = self.ir.graph.clone()
         values = ir.convenience.create_value_mapping(graph, include_subgraphs=False)
         anchor = values[tensor]
-        before = set()  # the nodes ``tensor`` is computed by: they keep reading the input
-        stack = [anchor.producer()]
-        while stack:
-            node = stack.pop()
-            if node is None or id(node) in before:
-                continue
-            before.add(id(node))
-            stack.extend(v.producer() for v in node.inputs if v is not None)
+        before = _computed_by([anchor])  # these keep reading the input's batch size
         rewritten = False
         for node in list(graph):
             picked = batch_shape(node, batch)

@@ -263,19 +263,15 @@ class SurrogateAttribution(PerturbationAttribution):
             else:
                 perturbed = setup.filler(ex, inputs, keep)
             scores = self._scores(perturbed, setup.objective.take(ex))
-            dists = None
-            if per_feature is not None:
-                dists = np.empty(len(row))
-                for i in np.unique(ex):
-                    sel = ex == i
-                    dists[sel] = _distance_from_sums(samples[i][sample[sel]], per_feature[i], norms[i],
-                                                     distance)
-            elif distance is not None:
-                dists = _distance(flat[ex], norms[ex], perturbed.reshape(len(row), -1), distance)
+            dists = (_distance(flat[ex], norms[ex], perturbed.reshape(len(row), -1), distance)
+                     if distance is not None and per_feature is None else None)
             for i in np.unique(ex):
                 sel = ex == i
                 np.add.at(sums[i], sample[sel], scores[sel])
-                if dists is not None:
+                if per_feature is not None:
+                    got = _distance_from_sums(samples[i][sample[sel]], per_feature[i], norms[i], distance)
+                    np.add.at(dist_sums[i], sample[sel], got)
+                elif dists is not None:
                     np.add.at(dist_sums[i], sample[sel], dists[sel])
         out = [v / b for v in sums]
         return out, ([d / b for d in dist_sums] if dist_sums is not None else None)
@@ -286,10 +282,15 @@ def _distance(original: np.ndarray, norms: np.ndarray, perturbed: np.ndarray, mo
     in the inputs' precision (as Captum)."""
     if mode == "euclidean":
         return np.linalg.norm(original - perturbed, axis=1).astype(np.float64)
-    eps = 1e-8  # as torch's CosineSimilarity: a zero vector has similarity 0
     dot = np.einsum("ij,ij->i", original, perturbed).astype(np.float64)
     size = np.sqrt(np.einsum("ij,ij->i", perturbed, perturbed)).astype(np.float64)
-    return 1.0 - dot / (np.maximum(norms, eps) * np.maximum(size, eps))
+    return _cosine_distance(dot, norms, size)
+
+
+def _cosine_distance(dot: np.ndarray, norm_a: Any, norm_b: np.ndarray) -> np.ndarray:
+    """``1 − a·b / (‖a‖‖b‖)`` from the dot product and the norms."""
+    eps = 1e-8  # as torch's CosineSimilarity: a zero vector has similarity 0
+    return 1.0 - dot / (np.maximum(norm_a, eps) * np.maximum(norm_b, eps))
 
 
 def _feature_sums(x: np.ndarray, fill: np.ndarray, labels: np.ndarray, m: int) -> np.ndarray:
@@ -306,10 +307,8 @@ def _distance_from_sums(z: np.ndarray, sums: np.ndarray, norm: float, mode: str)
     kept, gone = z.astype(np.float64), (~z).astype(np.float64)
     if mode == "euclidean":
         return np.sqrt(np.maximum(gone @ sums[3], 0))
-    eps = 1e-8
-    dot = kept @ sums[0] + gone @ sums[1]
     size = np.sqrt(np.maximum(kept @ sums[0] + gone @ sums[2], 0))
-    return 1.0 - dot / (max(norm, eps) * np.maximum(size, eps))
+    return _cosine_distance(kept @ sums[0] + gone @ sums[1], norm, size)
 
 
 def interpretable_distance(z: np.ndarray, mode: str) -> np.ndarray:
