@@ -350,11 +350,24 @@ class DeepTaylorComposite(Composite):
 
 
 # -- the relevance path ------------------------------------------------------------------
+_NOT_REAL = frozenset({ir.DataType.BOOL, ir.DataType.STRING, ir.DataType.COMPLEX64, ir.DataType.COMPLEX128})
+
+
+def _carries_relevance(v: ir.Value) -> bool:
+    """A real-valued tensor: integer and bool ones (the batch size read by ``Shape``, the
+    indices of a ``Range``, masks) are bookkeeping, through which no relevance flows."""
+    dtype = v.dtype
+    if dtype is None:
+        return True
+    return dtype not in _NOT_REAL and "INT" not in dtype.name
+
+
 def _live_values(graph: ir.Graph, source: ir.Value) -> set[int]:
+    """The real-valued tensors computed from ``source``: those relevance flows through."""
     live = {id(source)}
     for node in graph:
         if any(v is not None and id(v) in live for v in node.inputs):
-            live.update(id(o) for o in node.outputs)
+            live.update(id(o) for o in node.outputs if _carries_relevance(o))
     return live
 
 

@@ -20,6 +20,7 @@ from onnxplain.methods import lrp
 torch = pytest.importorskip("torch")
 zennit = pytest.importorskip("zennit")
 
+from lrp_models import vgg_style  # noqa: E402
 from zennit import composites as zc  # noqa: E402
 from zennit.canonizers import SequentialMergeBatchNorm  # noqa: E402
 from zennit.torchvision import ResNetCanonizer  # noqa: E402
@@ -109,3 +110,33 @@ def test_single_rule_on_every_layer_matches_zennit(vgg, images, name):
     ours = lrp.LRP(model, lrp.Composite(entries)).attribute(images, target=TARGET)
     scale = np.abs(theirs).max()
     assert np.abs(ours - theirs).max() <= RTOL * scale
+
+
+class _BatchReadFlatten(torch.nn.Module):
+    """``f.reshape(f.shape[0], -1)``: the export reads the batch size with Shape and
+    builds the Reshape's target shape from it, integer tensors computed from the input."""
+
+    def __init__(self, net: torch.nn.Sequential) -> None:
+        super().__init__()
+        self.features, self.head = net[:9], net[10:]  # around the Flatten
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.features(x)
+        return self.head(f.reshape(f.shape[0], -1))
+
+
+def test_integer_shape_arithmetic_from_the_input_carries_no_relevance(images):
+    """Shape, Gather, Concat on the batch size (the TorchScript export of the reshape) are
+    bookkeeping, not a path relevance takes: they need no rule, and the map equals zennit's
+    on the same module."""
+    from onnxplain.adapters.torch import export as _export
+
+    torch.manual_seed(0)
+    net = _BatchReadFlatten(vgg_style(batch_norm=False)).eval()
+    model = _export(net, torch.from_numpy(images), exporter="legacy")
+    assert "Shape" in {node.op_type for node in model.ir.graph}
+    composite = zc.EpsilonPlusFlat()
+    theirs = _zennit(net, composite, images)
+    ours = lrp.LRP(model, lrp.EpsilonPlusFlat()).attribute(images, target=TARGET)
+    scale = np.abs(theirs).max()
+    assert scale > 0 and np.abs(ours - theirs).max() <= RTOL * scale
