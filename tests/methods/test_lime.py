@@ -236,6 +236,38 @@ def test_surrogate_with_more_features_than_samples_equals_scikit_learn_and_stays
         np.testing.assert_allclose(beta, ref.coef_, atol=1e-10)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_lasso_with_fewer_samples_than_features_reaches_the_certified_optimum(seed):
+    """Captum's default of 50 samples over a few hundred superpixels, with logits of size
+    10: coordinate descent needs over 10⁵ sweeps here (scikit-learn stops at its iteration
+    limit); the homotopy reaches the optimum, which the optimality conditions certify:
+    a_jᵀr = α·sign(β_j) on the support and |a_jᵀr| ≤ α off it."""
+    from sklearn.linear_model import Lasso
+
+    from onnxplain.methods.surrogate._linear import weighted_fit
+
+    rng = np.random.default_rng(seed)
+    z = (rng.random((50, 200)) < 0.5).astype(np.float64)
+    y = 10 * (z @ (0.3 * rng.standard_normal(200)) + rng.standard_normal(50))
+    w = np.exp(-rng.random(50))
+    alpha = 0.01
+    beta, b = weighted_fit(z, y, w, "lasso", alpha)
+    sw = w / w.sum()
+    corr = ((z - sw @ z) * sw[:, None]).T @ (y - b - z @ beta)  # ∂ of the smooth part, per feature
+    on = beta != 0
+    assert 0 < on.sum() < 50
+    np.testing.assert_allclose(corr[on], alpha * np.sign(beta[on]), rtol=0, atol=1e-9 * alpha)
+    assert np.abs(corr[~on]).max() <= alpha * (1 + 1e-9)
+
+    def objective(coef, icpt):
+        return 0.5 * (w @ (y - icpt - z @ coef) ** 2) / w.sum() + alpha * np.abs(coef).sum()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scikit-learn does not converge here
+        ref = Lasso(alpha=alpha, tol=1e-12, max_iter=20_000).fit(z, y, sample_weight=w)
+    assert objective(beta, b) <= objective(ref.coef_, ref.intercept_) + 1e-12
+
+
 @pytest.mark.parametrize("mode", ["cosine", "euclidean"])
 @pytest.mark.parametrize("label_shape", [(1, 8, 8), (3, 8, 8)])
 def test_distances_from_feature_sums_equal_the_perturbed_inputs_distances(mode, label_shape):
