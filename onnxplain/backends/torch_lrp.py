@@ -498,6 +498,43 @@ def _norm_rule(eps: float) -> Rule:
     return fn
 
 
+def _layer_norm_rule(eps: float, node: Any) -> Rule:
+    """ε on a LayerNormalization made linear by holding its standard deviation constant
+    (the LN-rule of Ali et al., ICML 2022): z = γ ⊙ (x − μ(x)) / σ̂ + β with σ̂ detached,
+    R_x = x ⊙ Jᵀ(R / stab(z)). The centring stays in the Jacobian, so relevance is conserved
+    up to what β absorbs, as a layer's bias does."""
+    axis = int(_attr(node, "axis", -1))
+    norm_eps = float(_attr(node, "epsilon", 1e-5))
+    consts = [_const(v) for v in list(node.inputs)[1:3]]
+
+    def fn(ctx: RuleContext) -> tuple[torch.Tensor | None, ...]:
+        if 0 not in _diff(ctx):
+            return _result(ctx, {})
+        x = _leaf(ctx.inputs[0])
+        params = []
+        for i, c in enumerate(consts):
+            if c is not None:
+                params.append(torch.as_tensor(np.array(c), device=x.device, dtype=x.dtype))
+            elif i + 1 < len(ctx.inputs) and isinstance(ctx.inputs[i + 1], torch.Tensor):
+                params.append(ctx.inputs[i + 1].detach())
+            else:
+                params.append(None)
+        dims = tuple(range(axis % x.ndim, x.ndim))
+        with torch.enable_grad():
+            centred = x - x.mean(dims, keepdim=True)
+            std = (centred.detach().square().mean(dims, keepdim=True) + norm_eps).sqrt()
+            z = centred / std
+            if params[0] is not None:
+                z = z * params[0]
+            if params[1] is not None:
+                z = z + params[1]
+        (g,) = _vjp([z], [x], [divide(_relevance(ctx), z.detach(), eps)])
+        return _result(ctx, {0: x.detach() * g})
+
+    fn.needs_grad_input = False  # type: ignore[attr-defined]
+    return fn
+
+
 def _pass_rule() -> Rule:
     def fn(ctx: RuleContext) -> tuple[torch.Tensor | None, ...]:
         diff = _diff(ctx)
@@ -548,6 +585,8 @@ def resolve(rule: BackwardRule, backend: TorchBackend | None, node: str | None) 
         raise InputValidationError(f"backward rule {rule.name!r} needs the node it applies to")
     if rule.name == "lrp.epsilon":
         ir_node = next((n for n in backend.model.ir.graph if n.name == node), None)
+        if ir_node is not None and ir_node.op_type == "LayerNormalization":
+            return _layer_norm_rule(float(params.get("epsilon", 1e-6)), ir_node)
         if ir_node is not None and ir_node.op_type not in (
             "Conv",
             "ConvTranspose",

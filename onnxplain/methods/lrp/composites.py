@@ -18,8 +18,10 @@ without weights, as zennit's ``layer_map_base``: element-wise activations pass
 relevance through, Add/Sub/Sum and average pooling split it in proportion to each
 input's contribution, a Mul or Div by a gate or constant passes it to the signal (SE
 blocks: nothing to the gate), max pooling, Concat and shape operations route it as the
-gradient does, and a BatchNormalization that could not be folded into its Conv is an
-affine layer with the ε rule. The named composites then add the rules for layers with
+gradient does, a BatchNormalization that could not be folded into its Conv is an
+affine layer with the ε rule, and a LayerNormalization (ConvNeXt, transformers) gets the
+ε rule with its standard deviation held constant, which makes it linear (the LN-rule of
+Ali et al., "XAI for Transformers", ICML 2022). The named composites then add the rules for layers with
 weights, exactly as zennit's composites of the same name.
 
 Unsupported nodes — anything on the relevance path from the input to the target that no
@@ -206,6 +208,8 @@ def base_entries(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> list[tuple[
         (Select(op_type=("Mul", "Div")), Gate()),
         (Select(op_type=tuple(sorted(ROUTING_OPS))), Gradient()),
         (Select(op_type="BatchNormalization"), Epsilon(epsilon)),
+        # held linear by a constant standard deviation (Ali et al. 2022's LN-rule)
+        (Select(op_type="LayerNormalization"), Epsilon(epsilon)),
     ]
 
 

@@ -119,3 +119,59 @@ def test_batch_size_does_not_change_the_result(vgg, images):
     whole = method.attribute(images, target=[1, 2])
     one_by_one = method.attribute(images, target=[1, 2], batch_size=1)
     np.testing.assert_allclose(whole, one_by_one, rtol=1e-5, atol=1e-9)
+
+
+class _ConvNeXtStyle(torch.nn.Module):
+    """A ConvNeXt block with ReLU for GELU: depthwise 7×7 conv → channels-last LayerNorm →
+    pointwise Linear → ReLU → Linear → residual Add; then GAP → LayerNorm → Linear. With
+    ``detach_std`` each LayerNorm's standard deviation is held constant (the LN-rule)."""
+
+    def __init__(self, detach_std: bool = False) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.stem = nn.Conv2d(3, 8, 4, stride=4)
+        self.dw = nn.Conv2d(8, 8, 7, padding=3, groups=8)
+        self.norm, self.up, self.down = nn.LayerNorm(8), nn.Linear(8, 32), nn.Linear(32, 8)
+        self.head_norm, self.fc = nn.LayerNorm(8), nn.Linear(8, 5)
+        self.detach_std = detach_std
+
+    def _ln(self, ln: torch.nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+        if not self.detach_std:
+            return ln(x)
+        centred = x - x.mean(-1, keepdim=True)
+        std = (centred.square().mean(-1, keepdim=True) + ln.eps).sqrt().detach()
+        return centred / std * ln.weight + ln.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        y = self._ln(self.norm, self.dw(x).permute(0, 2, 3, 1))
+        x = x + self.down(torch.relu(self.up(y))).permute(0, 3, 1, 2)
+        return self.fc(self._ln(self.head_norm, x.mean((2, 3))))
+
+
+def test_layer_norm_gets_the_ln_rule_lrp0_equals_gradient_times_input_with_its_std_held(images):
+    """The LN-rule (Ali et al. 2022) holds a LayerNormalization's standard deviation
+    constant, which makes the network piecewise linear: LRP-0 (no stabiliser) then equals
+    x ⊙ ∇S_c of the same module with each std detached, computed by torch autograd.
+    Tolerance 1e-5 of max |x ⊙ ∇S_c| (float32 through two normalisations)."""
+    torch.manual_seed(4)
+    net = _ConvNeXtStyle().eval()
+    with torch.no_grad():
+        for ln in (net.norm, net.head_norm):  # non-trivial affine parameters
+            ln.weight.uniform_(0.5, 1.5)
+            ln.bias.normal_(0, 0.1)
+    from onnxplain.adapters.torch import export as _export
+
+    model = _export(net, torch.from_numpy(images))
+    assert "LayerNormalization" in {node.op_type for node in model.ir.graph}
+    held = _ConvNeXtStyle(detach_std=True)
+    held.load_state_dict(net.state_dict())
+    xt = torch.from_numpy(images).requires_grad_(True)
+    (grad,) = torch.autograd.grad(held.eval()(xt)[:, 2].sum(), xt)
+    reference = (xt * grad).detach().numpy()
+
+    composite = lrp.Composite([(("Conv", "Gemm", "MatMul"), lrp.LRP0())], epsilon=0.0, stabilizer=0.0)
+    relevance = lrp.LRP(model, composite).attribute(images, target=2)
+    np.testing.assert_allclose(relevance, reference, atol=1e-5 * np.abs(reference).max())
+    # the default composite runs through them too, with a finite map
+    assert np.isfinite(lrp.LRP(model).attribute(images, target=2)).all()
