@@ -143,6 +143,19 @@ def _computed_by(values: Iterable[ir.Value | None]) -> set[int]:
     return seen
 
 
+def _computed_from(values: Iterable[ir.Value]) -> set[int]:
+    """The ids of the values computed from ``values`` (and theirs)."""
+    seen = {id(v) for v in values}
+    stack = list(values)
+    while stack:
+        for node, _ in stack.pop().uses():
+            for out in node.outputs:
+                if id(out) not in seen:
+                    seen.add(id(out))
+                    stack.append(out)
+    return seen
+
+
 def _np_dtype(value: ir.Value) -> np.dtype | None:
     if value.dtype is None:
         return None
@@ -622,7 +635,8 @@ class Model:
         re-running the head on modified feature maps, as Ablation-CAM does).
 
         Raises :class:`InputValidationError` when the layers after ``tensor`` also need
-        tensors computed before it (a skip connection crosses it).
+        tensors computed before it (a skip connection crosses it; see
+        :meth:`tail_with_skips`).
         """
         self.check_tensors([tensor, *(outputs or ())])
         if tensor == self.input_name and outputs is None:
@@ -650,6 +664,69 @@ class Model:
         sub = ir.Model(graph, ir_version=self.ir.ir_version, producer_name="onnxplain")
         return Model(sub, source=f"{self.source} after {tensor}",
                      custom_op_libraries=self.custom_op_libraries)
+
+    def tail_with_skips(self, tensor: str, outputs: Sequence[str] | None = None) -> tuple[Model, list[str]]:
+        """:meth:`tail`, also where skip connections cross ``tensor``: then the part after it
+        takes the tensors computed before it that those connections carry past it, and the
+        second item names them (``[]`` where none do, and the first item is :meth:`tail`'s).
+
+        The returned model keeps one input: per example, ``tensor`` and then each carried
+        tensor, flattened and concatenated (N, total), in that order. Ablation-CAM fills it
+        with ablated copies of the layer beside the example's own carried tensors.
+        """
+        try:
+            return self.tail(tensor, outputs), []
+        except InputValidationError as exc:
+            refused = exc
+        outputs = list(outputs) if outputs is not None else [o.name for o in self.outputs]
+        graph = self._batch_from(tensor) or self.ir.graph.clone()
+        values = ir.convenience.create_value_mapping(graph, include_subgraphs=False)
+        anchor = values[tensor]
+        needed = _computed_by(values[o] for o in outputs)
+        after, stack = set(), [anchor]  # the nodes computed from `tensor`
+        while stack:
+            for node, _ in stack.pop().uses():
+                if id(node) not in after:
+                    after.add(id(node))
+                    stack.extend(node.outputs)
+        from_input = _computed_from(graph.inputs)
+        carried: list[ir.Value] = []
+        for node in graph:
+            if id(node) not in after or id(node) not in needed:
+                continue
+            for v in node.inputs:
+                if (v is not None and v is not anchor and id(v) in from_input and v not in carried
+                        and (v.producer() is None or id(v.producer()) not in after)):
+                    carried.append(v)
+        batch, dims = self.batch_dim, [_dims(v) for v in (anchor, *carried)]
+        bad = [v.name for v, d in zip((anchor, *carried), dims) if v.dtype != anchor.dtype or not d
+               or d[0] != batch or not all(isinstance(i, int) for i in d[1:])]
+        if bad:
+            raise InputValidationError(
+                f"{refused}; the tensors it would also need, {bad}, are not {anchor.dtype} tensors of "
+                "known shape with the batch first"
+            ) from None
+        names = [v.name for v in carried]
+        sub = ir.convenience.extract(graph, [tensor, *names], outputs)
+        packed = ir.Value(name=f"{tensor}+carried", type=ir.TensorType(anchor.dtype),
+                          shape=ir.Shape([batch, sum(int(np.prod(d[1:])) for d in dims)]))
+        made, start = [], 0
+        for value, d in zip(list(sub.inputs), dims):
+            size = int(np.prod(d[1:]))
+            consts = [ir.node("Constant", [], attributes={"value": ir.tensor(np.array(c, np.int64))})
+                      for c in ([start], [start + size], [1], [-1, *d[1:]])]
+            cut = ir.node("Slice", [packed, *(c.outputs[0] for c in consts[:3])])
+            shaped = ir.node("Reshape", [cut.outputs[0], consts[3].outputs[0]])
+            made += [*consts, cut, shaped]
+            ir.convenience.replace_all_uses_with(value, shaped.outputs[0])
+            start += size
+        sub.inputs.clear()
+        sub.inputs.append(packed)
+        sub.insert_before(sub[0], made)
+        sub.sort()
+        model = ir.Model(sub, ir_version=self.ir.ir_version, producer_name="onnxplain")
+        return Model(model, source=f"{self.source} after {tensor} with {len(names)} carried tensor(s)",
+                     custom_op_libraries=self.custom_op_libraries), names
 
     def _batch_from(self, tensor: str) -> ir.Graph | None:
         """A copy of the graph in which every ``Shape`` of a (batch, fixed dims...) tensor is

@@ -162,6 +162,29 @@ def test_ablationcam_equals_pytorch_grad_cam(arch, nets, resnet_images):
     assert max_rel_err(got, ref) < TOL_ABLATION
 
 
+@pytest.mark.parametrize("block", ["layer4.1", "layer3.0"])
+def test_ablationcam_inside_a_residual_block_equals_pytorch_grad_cam(block, nets, resnet_images):
+    """A layer inside a residual block, which the block's skip connection bypasses: the
+    layers after it also take what the skip carries (the block input, or layer3.0's
+    downsampled one), computed once per example. pytorch-grad-cam re-runs the whole network
+    with the layer's output replaced. Its layer here is a ReLU inserted after the block's
+    first ReLU input (ReLU∘ReLU = ReLU: the network is unchanged), so that its ablation is
+    the paper's zero (it ablates with min(A) − 10⁷ where min(A) < 0)."""
+    net, _, model = nets["resnet18"]
+    net = copy.deepcopy(net)
+    stage, index = block.split(".")
+    unit = getattr(net, stage)[int(index)]
+    unit.bn1 = nn.Sequential(unit.bn1, nn.ReLU())
+    x = resnet_images[:1]
+    ours = AblationCAM(model, layer=f"/{stage}/{block}/relu/Relu_output_0", batch_size=100)
+    assert ours.carried  # a skip connection crosses the layer
+    got = ours.attribute(x, target=TARGETS[:1], relu_attributions=False, upsample=False)
+    with raw(pgc.AblationCAM)(model=net, target_layers=[unit.bn1[1]]) as ref:
+        ref.batch_size = 100
+        ref(input_tensor=torch.from_numpy(x), targets=[ClassifierOutputTarget(TARGETS[0])])
+    assert max_rel_err(got, ref.raw) < TOL_ABLATION
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_eigencam_equals_pytorch_grad_cam_up_to_the_singular_vector_sign(arch, nets, resnet_images):
     got = _ours(EigenCAM, nets, arch, resnet_images, TARGETS)

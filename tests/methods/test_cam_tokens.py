@@ -122,25 +122,34 @@ def test_eigen_cam_equals_pytorch_grad_cam_up_to_the_singular_vector_sign(vit):
         assert min(max_rel_err(ours, ref), max_rel_err(-ours, ref)) < 1e-4
 
 
-def test_ablation_cam_ablates_each_channel_of_the_residual_streams_patch_tokens(vit):
-    """``layer="auto"``: the last block's input (its LayerNorm is skipped by the residual
-    connection, so the layers after it cannot be re-run alone). Weights (y − y_k) / y against
-    the torch network with channel k of that tensor's patch tokens zeroed by a hook."""
+@pytest.mark.parametrize("where", ["auto", "block input"])
+def test_ablation_cam_ablates_each_channel_of_the_layers_patch_tokens(vit, where):
+    """``layer="auto"``: the last block's first LayerNorm, as for the other CAMs (the block's
+    residual connection skips it: the layers after it also take the residual stream, which
+    is carried past it); or the block's input, which every path goes through. Weights
+    (y − y_k) / y against the torch network with channel k of that tensor's patch tokens
+    zeroed by a hook."""
     net, model, x = vit
-    cam = AblationCAM(model, batch_size=7)  # batches that split the 32 channels unevenly
+    block = net.encoder.layers[-1]
+    layer = "auto" if where == "auto" else model.producer_inputs(model.find_layer("auto").name)[0]
+    cam = AblationCAM(model, layer=layer, batch_size=7)  # batches that split the 32 channels unevenly
+    assert cam.layer.op_type == ("LayerNormalization" if where == "auto" else "Add")
+    assert bool(cam.carried) == (where == "auto")
     captured = {}
     real = cam.channel_weights
     cam.channel_weights = lambda data: captured.setdefault("w", real(data))
     cam.attribute(x, target=TARGET, show_progress=False)
-    block = net.encoder.layers[-1]
 
     def score(channel: int | None) -> np.ndarray:
-        def zero(module, args):
-            t = args[0].clone()
+        def zero(t: torch.Tensor) -> torch.Tensor:
+            t = t.clone()
             if channel is not None:
                 t[:, 1:, channel] = 0
-            return (t,)
-        hook = block.register_forward_pre_hook(zero)
+            return t
+        if where == "auto":
+            hook = block.ln_1.register_forward_hook(lambda module, args, out: zero(out))
+        else:
+            hook = block.register_forward_pre_hook(lambda module, args: (zero(args[0]),))
         with torch.no_grad():
             out = net(torch.from_numpy(x))[:, TARGET].double().numpy()
         hook.remove()
@@ -149,12 +158,6 @@ def test_ablation_cam_ablates_each_channel_of_the_residual_streams_patch_tokens(
     y = score(None)
     want = np.stack([(y - score(k)) / y for k in range(32)], axis=1)
     assert max_rel_err(captured["w"], want) < 1e-4
-
-
-def test_ablation_cam_refuses_a_layer_its_residual_connection_skips(vit):
-    _, model, _ = vit
-    with pytest.raises(ox.InputValidationError, match="cannot be re-run"):
-        AblationCAM(model, layer=model.find_layer("auto").name)
 
 
 @pytest.mark.parametrize("tokens, hw, want", [

@@ -4,8 +4,10 @@ Convolutional Network via Gradient-free Localization", WACV 2020.
     w_k^c = ( y^c − y^c_k ) / y^c,      L^c = ReLU( Σ_k w_k^c A^k )
 
 y^c_k is the target score with channel k of A set to zero. Only the layers after
-``layer`` are re-run (:meth:`onnxplain.Model.tail`), on ``batch_size`` ablated copies of
-A at a time, which bounds the memory. Where the target is a class of a global-average-pooling
+``layer`` are re-run (:meth:`onnxplain.Model.tail_with_skips`), on ``batch_size`` ablated
+copies of A at a time, which bounds the memory; where skip connections cross ``layer`` (a
+layer inside a residual block), those layers also take the tensors the skips carry past
+it, computed once per example with A. Where the target is a class of a global-average-pooling
 → linear head (:meth:`onnxplain.Model.classifier_head`), the head is applied in float64 to
 the target's row only: at the pooled map itself the ablated scores are then exact in closed
 form, y^c_k = y^c − W_ck · GAP(A^k), with no pass at all; at earlier layers only the layers up
@@ -14,9 +16,7 @@ ablates the same way wherever A's minimum is 0 (post-ReLU layers); on layers wit
 negative values it instead sets the channel to min(A) − 10⁷ (cumulatively across its
 batch), which is not the paper's definition. Where y^c = 0 the weight is the plain drop
 y^c − y^c_k. On a transformer's token layer, channel k is zeroed in the patch tokens only;
-with ``layer="auto"`` that layer is the input of the last block (the residual stream), as
-the normalisation inside the block, which the other CAMs take, is skipped by the block's
-residual connection and cannot be re-run alone.
+``layer="auto"`` is the last block's first LayerNorm, as for the other CAMs.
 """
 
 from __future__ import annotations
@@ -51,12 +51,8 @@ class AblationCAM(CAMBase):
         p = validate_params(_Params, "AblationCAM", batch_size=batch_size)
         super().__init__(model, layer, backend, **backend_options)
         self.batch_size = p.batch_size or self.backend.max_batch_size
-        if layer == "auto" and self.tokens and self.layer.op_type == "LayerNormalization":
-            # a transformer's auto layer is the last block's first normalisation, which the
-            # block's residual connection skips: ablate the block's input instead, the one
-            # tensor every path to the output goes through
-            self.layer = self.model.find_layer(self.model.producer_inputs(self.layer.name)[0])
-        self.tail = self.model.tail(self.layer.name)  # the layers after `layer`
+        # the layers after `layer`, and the tensors that skip connections carry past it
+        self.tail, self.carried = self.model.tail_with_skips(self.layer.name)
         self._tail_backend = self._backend_of(self.tail, backend_options)
         self._backend_options = backend_options
 
@@ -101,7 +97,8 @@ class AblationCAM(CAMBase):
             )
         n, k = a.shape[:2]
         head = self._linear_head(objective)
-        if head is not None and head.feature_map == self.layer.name and data.grid is None:
+        at_map = head is not None and head.feature_map == self.layer.name and data.grid is None
+        if at_map and not self.carried:
             # the layers after the map are the head itself, GAP → linear: zeroing channel k
             # takes W_ck · GAP(A^k) off the score, exactly, without running them
             w = head.weight[objective.index[:, 0]]  # (N, K)
@@ -110,21 +107,26 @@ class AblationCAM(CAMBase):
             if head.bias is not None:
                 y = y + head.bias[objective.index[:, 0], None]
             return drop / np.where(y != 0, y, 1)
-        raw = data.raw if data.raw is not None else a  # the tensor the tail takes
+        raw = data.raw if data.raw is not None else a  # the layer's tensor as the model computes it
+        # what the tail takes per example: the layer's tensor, then the tensors skip
+        # connections carry past it, flattened side by side (Model.tail_with_skips)
+        full = raw if not self.carried else np.concatenate(
+            [raw.reshape(n, -1), *(data.carried[c].reshape(n, -1) for c in self.carried)], axis=1)
         # channel k of example i is chan(...)[i, k]: the map's channel, or for a token layer
         # that channel of the patch tokens (the class tokens are left as they are)
         chan = data.grid.channels if data.grid is not None else (lambda t: t)
         jobs = np.arange(n * k)  # (example, channel) pairs as n * K + k
         ablated = np.zeros(n * k)
         chunks = [jobs[i:i + self.batch_size] for i in range(0, len(jobs), self.batch_size)]
-        # One buffer of feature maps, reused: between batches only the channel each slot
-        # zeroed is restored (and a slot's whole map copied when its example changes).
+        # One buffer of the tail's inputs, reused: between batches only the channel each slot
+        # zeroed is restored (and a slot's whole input copied when its example changes).
         slots = min(self.batch_size, n * k)
-        buf = np.empty((slots, *raw.shape[1:]), dtype=raw.dtype)
-        buf_k, raw_k = chan(buf), chan(raw)
+        buf = np.empty((slots, *full.shape[1:]), dtype=full.dtype)
+        layer_part = buf if not self.carried else buf[:, :raw[0].size].reshape(slots, *raw.shape[1:])
+        buf_k, raw_k = chan(layer_part), chan(raw)
         held = np.full(slots, -1)  # the example each slot holds
         zeroed = np.zeros(slots, dtype=np.int64)  # the channel each slot has zeroed
-        part = self._features_backend if head is not None else None
+        part = self._features_backend if head is not None and not self.carried else None
         if part is not None:
             classes = objective.index[:, 0]
 
@@ -143,11 +145,11 @@ class AblationCAM(CAMBase):
             slot = np.arange(m)
             same = held[:m] == rows
             buf_k[slot[same], zeroed[:m][same]] = raw_k[rows[same], zeroed[:m][same]]
-            buf[slot[~same]] = raw[rows[~same]]
+            buf[slot[~same]] = full[rows[~same]]
             held[:m], zeroed[:m] = rows, channel
             buf_k[slot, channel] = 0
             ablated[chunk] = score(buf[:m], rows)
         # the unablated score by the same path as the ablated ones, so that a channel whose
         # ablation changes nothing gets weight 0, not a rounding difference
-        y = (score(raw, np.arange(n)) if part is not None else data.scores)[:, None]
+        y = (score(full, np.arange(n)) if part is not None else data.scores)[:, None]
         return (y - ablated.reshape(n, k)) / np.where(y != 0, y, 1)

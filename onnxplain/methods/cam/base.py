@@ -21,7 +21,7 @@ size and per-example min-max normalisation. A variant that needs only forward pa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -47,7 +47,8 @@ class LayerData:
     ``show_progress``: for variants that loop (tqdm, see ``Attribution._progress``);
     ``raw``: the layer's tensor as the model computes it, ``grid``: for a transformer's
     token layer, how ``activations`` and ``gradients`` were read from its patch tokens
-    (None for a feature map, where ``raw`` is ``activations``).
+    (None for a feature map, where ``raw`` is ``activations``); ``carried``: the tensors
+    named in the variant's ``carried`` (forward-only variants), by name.
     """
 
     inputs: np.ndarray
@@ -58,6 +59,7 @@ class LayerData:
     show_progress: bool | None = None
     raw: np.ndarray | None = None
     grid: TokenGrid | None = None
+    carried: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class _CAMParams(Params):
@@ -92,6 +94,8 @@ class CAMBase(Attribution):
                 f"{name}: layer must be a tensor name from model.layers() or 'auto', got {layer!r}"
             )
         self.layer = self._find_layer(layer)
+        #: tensors besides the layer that a forward-only variant also reads per example
+        self.carried: list[str] = []
         #: a (N, tokens, C) layer of a vision transformer, read as its patch grid
         self.tokens = is_token_layer(self.layer.shape, self.model.batch_dim)
         if len(self.layer.shape) != 4 and not self.tokens:
@@ -175,7 +179,7 @@ class CAMBase(Attribution):
             return LayerData(x, objective, res.scores, a, g, show_progress, raw=res.activations[name],
                              grid=grid)
         output = self._output_tensor()
-        outs = self.backend.forward(x, outputs=list(dict.fromkeys([name, output])))
+        outs = self.backend.forward(x, outputs=list(dict.fromkeys([name, output, *self.carried])))
         objective = resolve_target(target, len(x), output, self.model.num_classes,
                                    predict=lambda: outs[output])
         self._note(objective)
@@ -184,7 +188,8 @@ class CAMBase(Attribution):
         scores = np.asarray(objective.scores(outs[objective.tensor]), dtype=np.float64)
         grid = self._grid(x, outs[name])
         a = outs[name] if grid is None else grid.to_grid(outs[name])
-        return LayerData(x, objective, scores, a, None, show_progress, raw=outs[name], grid=grid)
+        return LayerData(x, objective, scores, a, None, show_progress, raw=outs[name], grid=grid,
+                         carried={c: outs[c] for c in self.carried})
 
 
 def normalize_maps(maps: np.ndarray) -> np.ndarray:
