@@ -3,7 +3,8 @@
 Each pass fixes one habit of a real exporter (measured on torch's two exporters, Paddle,
 tf2onnx): local functions, weights behind ``Identity`` or ``Constant`` nodes, initializers
 listed as graph inputs, ``Reshape(allowzero=1)`` where no zero is in the shape, dead
-nodes, missing shapes, duplicate or empty names. Nothing that changes the computation:
+nodes, missing shapes, duplicate or empty names, gathers that copy a tensor in its own
+order (dynamo's ``as_strided``). Nothing that changes the computation:
 BatchNorm and activations stay separate nodes, so rules and layer boundaries survive.
 """
 
@@ -213,6 +214,16 @@ class SinkChannelsLastTransposePass(ir.passes.InPlacePass):
         return True
 
 
+class IdentityGatherPass(ir.passes.InPlacePass):
+    """Drop the identity ``as_strided`` gathers of dynamo exports
+    (:func:`onnxplain.core.strided.drop_identity_gathers`)."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        from onnxplain.core.strided import drop_identity_gathers
+
+        return ir.passes.PassResult(model, modified=drop_identity_gathers(model) > 0)
+
+
 def _safe(pass_: ir.passes.PassBase, model: ir.Model) -> ir.Model:
     try:
         return pass_(model).model
@@ -235,6 +246,8 @@ def canonicalize(model: ir.Model) -> ir.Model:
         passes.TopologicalSortPass(),
         passes.NameFixPass(),
         passes.ShapeInferencePass(strict_mode=False),
+        IdentityGatherPass(),
+        passes.RemoveUnusedNodesPass(),
     ]
     for step in steps:
         model = _safe(step, model)
