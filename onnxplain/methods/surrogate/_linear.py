@@ -203,11 +203,12 @@ def _on_support(a: np.ndarray, b: np.ndarray, beta: np.ndarray, bound: float) ->
         return None
     r = b - sub @ exact
     corr = a.T @ r
-    scale = max(float(np.abs(a).sum(axis=0).max() * np.abs(r).max()), alpha, 1e-300)
-    held = np.abs(corr[support] - alpha * sign) <= 1e-9 * scale
+    # float64 rounding of aᵀr, whose terms are up to |a|·|b| (responses of 10⁸ happen)
+    slack = 1e-9 * alpha + 1e-13 * float(np.abs(a).sum(axis=0).max() * np.abs(b).max())
+    held = np.abs(corr[support] - alpha * sign) <= slack
     free = np.ones(len(beta), dtype=bool)
     free[support] = False
-    if not held.all() or np.any(np.abs(corr[free]) > bound):
+    if not held.all() or np.any(np.abs(corr[free]) > bound + slack):
         return None
     out = np.zeros_like(beta)
     out[support] = exact
