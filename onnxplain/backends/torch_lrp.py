@@ -476,17 +476,17 @@ def _weighted_rule(rule: BackwardRule, backend: TorchBackend, node: str) -> Rule
     return fn
 
 
-def _norm_rule(eps: float) -> Rule:
+def _norm_rule(eps: float, signal: int | None = None) -> Rule:
     def fn(ctx: RuleContext) -> tuple[torch.Tensor | None, ...]:
-        diff = _diff(ctx)
+        diff = [i for i in _diff(ctx) if signal is None or i == signal]
         if not diff:
             return _result(ctx, {})
         # the node's own Jacobian: re-run it on detached inputs (autograd on the recorded
         # graph would also follow paths between its inputs, e.g. a skip connection whose
         # other branch starts from the same tensor); .forward skips the module's hooks
-        args = list(ctx.inputs)
+        args = [a.detach() if isinstance(a, torch.Tensor) else a for a in ctx.inputs]
         for i in diff:
-            args[i] = ctx.inputs[i].detach().requires_grad_(True)
+            args[i] = args[i].requires_grad_(True)
         with torch.enable_grad():
             out = ctx.module.forward(*args, **ctx.kwargs)
         out = out if isinstance(out, torch.Tensor) else out[0]
@@ -576,7 +576,8 @@ def resolve(rule: BackwardRule, backend: TorchBackend | None, node: str | None) 
     if rule.name == "lrp.pass":
         return _pass_rule()
     if rule.name == "lrp.norm":
-        return _norm_rule(float(params.get("stabilizer", 1e-6)))
+        signal = params.get("signal")
+        return _norm_rule(float(params.get("stabilizer", 1e-6)), None if signal is None else int(signal))
     if rule.name == "lrp.gate":
         if params.get("signal") is None:
             raise InputValidationError("lrp.gate needs the signal's input index")

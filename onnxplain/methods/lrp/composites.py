@@ -21,8 +21,11 @@ blocks: nothing to the gate), max pooling, Concat and shape operations route it 
 gradient does, a BatchNormalization that could not be folded into its Conv is an
 affine layer with the ε rule, and a LayerNormalization (ConvNeXt, transformers) gets the
 ε rule with its standard deviation held constant, which makes it linear (the LN-rule of
-Ali et al., "XAI for Transformers", ICML 2022). The named composites then add the rules for layers with
-weights, exactly as zennit's composites of the same name.
+Ali et al., "XAI for Transformers", ICML 2022). A MatMul of a Softmax's output and a
+computed tensor (attention weights A and values V) gets :class:`Norm` with ``signal`` V
+whatever the composite maps to MatMul, as A is no constant weight: the ε rule of a linear
+layer whose weights are A (the same paper's attention rule). The named composites then
+add the rules for layers with weights, exactly as zennit's composites of the same name.
 
 Unsupported nodes — anything on the relevance path from the input to the target that no
 entry maps (Resize, ConvTranspose, Softmax, a Mul of two same-shaped computed tensors,
@@ -238,6 +241,7 @@ class Composite:
         epsilon: float = 1e-6,
         stabilizer: float = 1e-6,
     ) -> None:
+        self.stabilizer = stabilizer
         self.entries: list[tuple[Select, Rule]] = (
             (base_entries(epsilon, stabilizer) if base else []) + self.own_entries() + _entries(rules)
         )
@@ -406,11 +410,25 @@ def _gate_signal(node: ir.Node, live: set[int]) -> int | None:
 
 def _receivers(node: ir.Node, rule: Rule, live: set[int]) -> list[ir.Value]:
     ins = [v for v in node.inputs if not _is_const(v, live)]
-    if isinstance(rule, Gate):
-        return (
-            [node.inputs[rule.signal]] if rule.signal is not None and rule.signal < len(node.inputs) else []
-        )
+    signal = rule.signal if isinstance(rule, (Gate, Norm)) else None
+    if isinstance(rule, Gate) or signal is not None:
+        return [node.inputs[signal]] if signal is not None and signal < len(node.inputs) else []
     return ins
+
+
+def _attention_values(node: ir.Node, live: set[int]) -> int | None:
+    """For a MatMul of attention weights and values, A·V (both computed, exactly one of
+    them a Softmax's output, possibly through Dropout or reshapes), the input index of V."""
+    if node.op_type != "MatMul" or any(_is_const(v, live) for v in node.inputs[:2]):
+        return None
+    from_softmax = []
+    for i, v in enumerate(node.inputs[:2]):
+        producer = v.producer()
+        while producer is not None and producer.op_type in ROUTING_OPS | {"Dropout", "Identity"}:
+            producer = producer.inputs[0].producer() if producer.inputs[0] is not None else None
+        if producer is not None and producer.op_type == "Softmax":
+            from_softmax.append(i)
+    return 1 - from_softmax[0] if len(from_softmax) == 1 else None
 
 
 def _weighted_ok(node: ir.Node, live: set[int]) -> bool:
@@ -466,6 +484,10 @@ def assign(composite: Composite, model: Any, tensor: str | None = None) -> Assig
             continue
         seen.add(id(node))
         rule = composite.rule_for(node, first, last)
+        values = _attention_values(node, live)
+        if values is not None and (rule is None or rule.weighted):
+            # attention weights are no constant weights: the attention rule (see Norm)
+            rule = Norm(composite.stabilizer, signal=values)
         why = None
         if rule is None:
             why = "no rule"

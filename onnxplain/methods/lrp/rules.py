@@ -243,16 +243,29 @@ class WSquare(Rule):
 class Norm(Rule):
     """Proportional split for nodes without weights (zennit's ``Norm``):
     R_j = x_j (∂z/∂x_j) R / stab(z). Sum/average pooling, means, Add/Sub of branches
-    (each branch gets its share of the sum), Resize."""
+    (each branch gets its share of the sum), Resize.
+
+    ``signal``: only that input receives relevance, the others held constant. A
+    transformer's product of attention weights and values, A·V, gets ``Norm(signal=<V>)``
+    by default: the ε rule of a linear layer whose weights are A (the attention rule of Ali
+    et al., "XAI for Transformers", ICML 2022), so no relevance enters the softmax."""
 
     stabilizer: float = 1e-6
+    signal: int | None = None
     name: ClassVar[str] = "lrp.norm"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stabilizer", _finite("Norm: stabilizer", self.stabilizer))
+        if self.signal is not None:
+            _check(
+                isinstance(self.signal, int) and self.signal >= 0,
+                f"Norm: signal must be an input index >= 0, got {self.signal!r}",
+            )
 
     def params(self) -> dict[str, Any]:
-        return {"stabilizer": self.stabilizer}
+        if self.signal is None:
+            return {"stabilizer": self.stabilizer}
+        return {"stabilizer": self.stabilizer, "signal": self.signal}
 
 
 @dataclass(frozen=True)

@@ -175,3 +175,69 @@ def test_layer_norm_gets_the_ln_rule_lrp0_equals_gradient_times_input_with_its_s
     np.testing.assert_allclose(relevance, reference, atol=1e-5 * np.abs(reference).max())
     # the default composite runs through them too, with a finite map
     assert np.isfinite(lrp.LRP(model).attribute(images, target=2)).all()
+
+
+class _TinyViT(torch.nn.Module):
+    """Patch embedding, class token, position embedding, one pre-norm block with two-head
+    self-attention (written out: softmax(QKᵀ/√d)·V) and a ReLU MLP, final LayerNorm, head
+    on the class token. ``detach``: each LayerNorm's std and the attention weights held
+    constant (the LN and attention rules of Ali et al. 2022)."""
+
+    def __init__(self, detach: bool = False) -> None:
+        super().__init__()
+        nn, d = torch.nn, 16
+        self.embed = nn.Conv2d(3, d, 16, stride=16)
+        self.cls = nn.Parameter(torch.randn(1, 1, d) * 0.5)
+        self.pos = nn.Parameter(torch.randn(1, 17, d) * 0.5)
+        self.ln1, self.ln2, self.ln3 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.up, self.down, self.head = nn.Linear(d, 32), nn.Linear(32, d), nn.Linear(d, 5)
+        self.detach = detach
+
+    def _ln(self, ln: torch.nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+        if not self.detach:
+            return ln(x)
+        centred = x - x.mean(-1, keepdim=True)
+        std = (centred.square().mean(-1, keepdim=True) + ln.eps).sqrt()
+        return centred / std.detach() * ln.weight + ln.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.embed(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls.expand(t.shape[0], -1, -1), t], dim=1) + self.pos
+        n, s, d = t.shape
+        q, k, v = self.qkv(self._ln(self.ln1, t)).reshape(n, s, 3, 2, d // 2).permute(2, 0, 3, 1, 4)
+        attn = torch.softmax(q @ k.transpose(-2, -1) / (d // 2) ** 0.5, dim=-1)
+        if self.detach:
+            attn = attn.detach()
+        t = t + self.proj((attn @ v).transpose(1, 2).reshape(n, s, d))
+        t = t + self.down(torch.relu(self.up(self._ln(self.ln2, t))))
+        return self.head(self._ln(self.ln3, t)[:, 0])
+
+
+def test_attention_gets_the_attention_rule_lrp0_equals_gradient_times_input_with_it_held(images):
+    """A vision transformer: the product of attention weights and values is a linear layer
+    whose weights are the attention (no relevance enters the softmax), LayerNorms get the
+    LN-rule. LRP-0 (no stabiliser) then equals x ⊙ ∇S_c of the same module with the
+    attention weights and each std detached (torch autograd); 1e-5 of max |x ⊙ ∇S_c|."""
+    torch.manual_seed(5)
+    net = _TinyViT().eval()
+    with torch.no_grad():
+        for ln in (net.ln1, net.ln2, net.ln3):
+            ln.weight.uniform_(0.5, 1.5)
+            ln.bias.normal_(0, 0.1)
+    from onnxplain.adapters.torch import export as _export
+
+    model = _export(net, torch.from_numpy(images))
+    ops = [node.op_type for node in model.ir.graph]
+    assert "Softmax" in ops and ops.count("MatMul") >= 2
+    held = _TinyViT(detach=True)
+    held.load_state_dict(net.state_dict())
+    xt = torch.from_numpy(images).requires_grad_(True)
+    (grad,) = torch.autograd.grad(held.eval()(xt)[:, 3].sum(), xt)
+    reference = (xt * grad).detach().numpy()
+
+    composite = lrp.Composite([(("Conv", "Gemm", "MatMul"), lrp.LRP0())], epsilon=0.0, stabilizer=0.0)
+    relevance = lrp.LRP(model, composite).attribute(images, target=3)
+    np.testing.assert_allclose(relevance, reference, atol=1e-5 * np.abs(reference).max())
+    for composite in (lrp.EpsilonPlusFlat(), lrp.EpsilonGammaBox(low=0.0, high=1.0)):
+        assert np.isfinite(lrp.LRP(model, composite).attribute(images, target=3)).all()
