@@ -152,29 +152,33 @@ class _ConvNeXtStyle(torch.nn.Module):
 def test_layer_norm_gets_the_ln_rule_lrp0_equals_gradient_times_input_with_its_std_held(images):
     """The LN-rule (Ali et al. 2022) holds a LayerNormalization's standard deviation
     constant, which makes the network piecewise linear: LRP-0 (no stabiliser) then equals
-    x ⊙ ∇S_c of the same module with each std detached, computed by torch autograd.
-    Tolerance 1e-5 of max |x ⊙ ∇S_c| (float32 through two normalisations)."""
+    x ⊙ ∇S_c of the same module with each std detached, computed by torch autograd."""
     torch.manual_seed(4)
-    net = _ConvNeXtStyle().eval()
-    with torch.no_grad():
-        for ln in (net.norm, net.head_norm):  # non-trivial affine parameters
-            ln.weight.uniform_(0.5, 1.5)
-            ln.bias.normal_(0, 0.1)
-    from onnxplain.adapters.torch import export as _export
-
-    model = _export(net, torch.from_numpy(images))
+    model = _lrp0_is_gradient_times_input_of(_ConvNeXtStyle(), _ConvNeXtStyle(detach_std=True), images, 2)
     assert "LayerNormalization" in {node.op_type for node in model.ir.graph}
-    held = _ConvNeXtStyle(detach_std=True)
-    held.load_state_dict(net.state_dict())
-    xt = torch.from_numpy(images).requires_grad_(True)
-    (grad,) = torch.autograd.grad(held.eval()(xt)[:, 2].sum(), xt)
-    reference = (xt * grad).detach().numpy()
-
-    composite = lrp.Composite([(("Conv", "Gemm", "MatMul"), lrp.LRP0())], epsilon=0.0, stabilizer=0.0)
-    relevance = lrp.LRP(model, composite).attribute(images, target=2)
-    np.testing.assert_allclose(relevance, reference, atol=1e-5 * np.abs(reference).max())
     # the default composite runs through them too, with a finite map
     assert np.isfinite(lrp.LRP(model).attribute(images, target=2)).all()
+
+
+def _lrp0_is_gradient_times_input_of(net, held, images, target: int) -> ox.Model:
+    """Export ``net`` (its LayerNorms given non-trivial affine parameters) and assert that
+    LRP-0 without stabilisers on the export equals x ⊙ ∇S_c of ``held``, the same module
+    with the quantities the rules hold constant detached; 1e-5 of max |x ⊙ ∇S_c|."""
+    from onnxplain.adapters.torch import export as _export
+
+    with torch.no_grad():
+        for ln in (m for m in net.modules() if isinstance(m, torch.nn.LayerNorm)):
+            ln.weight.uniform_(0.5, 1.5)
+            ln.bias.normal_(0, 0.1)
+    model = _export(net.eval(), torch.from_numpy(images))
+    held.load_state_dict(net.state_dict())
+    xt = torch.from_numpy(images).requires_grad_(True)
+    (grad,) = torch.autograd.grad(held.eval()(xt)[:, target].sum(), xt)
+    reference = (xt * grad).detach().numpy()
+    composite = lrp.Composite([(("Conv", "Gemm", "MatMul"), lrp.LRP0())], epsilon=0.0, stabilizer=0.0)
+    relevance = lrp.LRP(model, composite).attribute(images, target=target)
+    np.testing.assert_allclose(relevance, reference, atol=1e-5 * np.abs(reference).max())
+    return model
 
 
 class _TinyViT(torch.nn.Module):
@@ -218,26 +222,10 @@ def test_attention_gets_the_attention_rule_lrp0_equals_gradient_times_input_with
     """A vision transformer: the product of attention weights and values is a linear layer
     whose weights are the attention (no relevance enters the softmax), LayerNorms get the
     LN-rule. LRP-0 (no stabiliser) then equals x ⊙ ∇S_c of the same module with the
-    attention weights and each std detached (torch autograd); 1e-5 of max |x ⊙ ∇S_c|."""
+    attention weights and each std detached (torch autograd)."""
     torch.manual_seed(5)
-    net = _TinyViT().eval()
-    with torch.no_grad():
-        for ln in (net.ln1, net.ln2, net.ln3):
-            ln.weight.uniform_(0.5, 1.5)
-            ln.bias.normal_(0, 0.1)
-    from onnxplain.adapters.torch import export as _export
-
-    model = _export(net, torch.from_numpy(images))
+    model = _lrp0_is_gradient_times_input_of(_TinyViT(), _TinyViT(detach=True), images, 3)
     ops = [node.op_type for node in model.ir.graph]
     assert "Softmax" in ops and ops.count("MatMul") >= 2
-    held = _TinyViT(detach=True)
-    held.load_state_dict(net.state_dict())
-    xt = torch.from_numpy(images).requires_grad_(True)
-    (grad,) = torch.autograd.grad(held.eval()(xt)[:, 3].sum(), xt)
-    reference = (xt * grad).detach().numpy()
-
-    composite = lrp.Composite([(("Conv", "Gemm", "MatMul"), lrp.LRP0())], epsilon=0.0, stabilizer=0.0)
-    relevance = lrp.LRP(model, composite).attribute(images, target=3)
-    np.testing.assert_allclose(relevance, reference, atol=1e-5 * np.abs(reference).max())
     for composite in (lrp.EpsilonPlusFlat(), lrp.EpsilonGammaBox(low=0.0, high=1.0)):
         assert np.isfinite(lrp.LRP(model, composite).attribute(images, target=3)).all()
