@@ -124,7 +124,7 @@ ROUTING_OPS = frozenset(
         "Cast",
     }
 )
-_GATE_PRODUCERS = frozenset({"Sigmoid", "HardSigmoid", "Tanh", "Softmax"})
+_GATE_PRODUCERS = frozenset({"Sigmoid", "HardSigmoid", "Tanh", "Softmax", "Erf"})
 
 Position = Literal["first", "last"]
 
@@ -391,21 +391,41 @@ def _dims(v: ir.Value) -> tuple[Any, ...] | None:
 
 
 def _gate_signal(node: ir.Node, live: set[int]) -> int | None:
-    """Which input of Mul/Div is the signal (None: ambiguous)."""
+    """Which input of Mul/Div is the signal (None: ambiguous).
+
+    A Div by a computed, broadcast divisor (a decomposed LayerNorm's (x − μ) / σ, an L2
+    normalisation) passes all relevance to the numerator: with the divisor held constant it
+    scales the numerator, the LN-rule. A Mul's gate is the broadcast input (SE blocks), else
+    the one computed by a squashing function, possibly scaled and shifted by constants (a
+    decomposed GELU's 0.5 · (1 + erf(x / √2)))."""
     ins = list(node.inputs)
     computed = [i for i, v in enumerate(ins[:2]) if not _is_const(v, live)]
     if len(computed) == 1:
         return computed[0] if node.op_type == "Mul" or computed[0] == 0 else None
-    if len(computed) != 2 or node.op_type == "Div":
+    if len(computed) != 2:
         return None
     out, shapes = _dims(node.outputs[0]), [_dims(v) for v in ins[:2]]
     if out is not None and None not in shapes and shapes[0] != shapes[1]:
         full = [i for i in range(2) if shapes[i] == out]  # the gate is the broadcast one
+        if node.op_type == "Div":
+            return 0 if full == [0] else None
         return full[0] if len(full) == 1 else None
-    gates = [
-        i for i in range(2) if ins[i].producer() is not None and ins[i].producer().op_type in _GATE_PRODUCERS
-    ]
+    if node.op_type == "Div":
+        return None
+    gates = [i for i in range(2) if _squashed(ins[i], live)]
     return 1 - gates[0] if len(gates) == 1 else None
+
+
+def _squashed(value: ir.Value, live: set[int]) -> bool:
+    """``value`` is a squashing function's output (Sigmoid, Tanh, Softmax, Erf, ...), or that
+    output scaled or shifted by constants."""
+    producer = value.producer()
+    while producer is not None and producer.op_type in ("Add", "Sub", "Mul", "Div"):
+        computed = [v for v in producer.inputs[:2] if not _is_const(v, live)]
+        if len(computed) != 1:
+            return False
+        producer = computed[0].producer()
+    return producer is not None and producer.op_type in _GATE_PRODUCERS
 
 
 def _receivers(node: ir.Node, rule: Rule, live: set[int]) -> list[ir.Value]:

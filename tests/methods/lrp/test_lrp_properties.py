@@ -160,7 +160,7 @@ def test_layer_norm_gets_the_ln_rule_lrp0_equals_gradient_times_input_with_its_s
     assert np.isfinite(lrp.LRP(model).attribute(images, target=2)).all()
 
 
-def _lrp0_is_gradient_times_input_of(net, held, images, target: int) -> ox.Model:
+def _lrp0_is_gradient_times_input_of(net, held, images, target: int, **export) -> ox.Model:
     """Export ``net`` (its LayerNorms given non-trivial affine parameters) and assert that
     LRP-0 without stabilisers on the export equals x ⊙ ∇S_c of ``held``, the same module
     with the quantities the rules hold constant detached; 1e-5 of max |x ⊙ ∇S_c|."""
@@ -170,7 +170,7 @@ def _lrp0_is_gradient_times_input_of(net, held, images, target: int) -> ox.Model
         for ln in (m for m in net.modules() if isinstance(m, torch.nn.LayerNorm)):
             ln.weight.uniform_(0.5, 1.5)
             ln.bias.normal_(0, 0.1)
-    model = _export(net.eval(), torch.from_numpy(images))
+    model = _export(net.eval(), torch.from_numpy(images), **export)
     held.load_state_dict(net.state_dict())
     xt = torch.from_numpy(images).requires_grad_(True)
     (grad,) = torch.autograd.grad(held.eval()(xt)[:, target].sum(), xt)
@@ -218,14 +218,18 @@ class _TinyViT(torch.nn.Module):
         return self.head(self._ln(self.ln3, t)[:, 0])
 
 
-def test_attention_gets_the_attention_rule_lrp0_equals_gradient_times_input_with_it_held(images):
+@pytest.mark.parametrize("export", [{}, {"exporter": "legacy", "opset": 14}], ids=["fused", "opset14"])
+def test_attention_gets_the_attention_rule_lrp0_equals_gradient_times_input_with_it_held(images, export):
     """A vision transformer: the product of attention weights and values is a linear layer
     whose weights are the attention (no relevance enters the softmax), LayerNorms get the
     LN-rule. LRP-0 (no stabiliser) then equals x ⊙ ∇S_c of the same module with the
-    attention weights and each std detached (torch autograd)."""
+    attention weights and each std detached (torch autograd). At opset 14 the exporter
+    writes each LayerNorm out (ReduceMean, Sub, Pow, Sqrt, Div): the Div by σ passes all
+    relevance to x − μ, and the proportional Sub and ReduceMean give the LN-rule exactly."""
     torch.manual_seed(5)
-    model = _lrp0_is_gradient_times_input_of(_TinyViT(), _TinyViT(detach=True), images, 3)
+    model = _lrp0_is_gradient_times_input_of(_TinyViT(), _TinyViT(detach=True), images, 3, **export)
     ops = [node.op_type for node in model.ir.graph]
     assert "Softmax" in ops and ops.count("MatMul") >= 2
+    assert ("LayerNormalization" in ops) == (not export)
     for composite in (lrp.EpsilonPlusFlat(), lrp.EpsilonGammaBox(low=0.0, high=1.0)):
         assert np.isfinite(lrp.LRP(model, composite).attribute(images, target=3)).all()
