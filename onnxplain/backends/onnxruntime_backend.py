@@ -179,7 +179,8 @@ class OnnxRuntimeBackend(Backend):
             for n, r in zip(names, res):
                 parts[n].append(r[:real])
             start += real
-        return {n: np.concatenate(p) if p else np.zeros((0,)) for n, p in parts.items()}
+        return {n: (p[0] if len(p) == 1 else np.concatenate(p)) if p else np.zeros((0,))
+                for n, p in parts.items()}
 
     def _run(self, sess, names: list[str], chunk: np.ndarray) -> list[np.ndarray]:
         if not self.io_binding:

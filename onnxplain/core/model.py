@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 import warnings
@@ -280,7 +281,7 @@ class Model:
         shape = self.output_spec.shape
         if not shape or len(shape) < 2 or not all(isinstance(d, int) for d in shape[1:]):
             return None
-        return int(np.prod(shape[1:]))
+        return math.prod(shape[1:])
 
     @property
     def metadata(self) -> dict[str, str]:

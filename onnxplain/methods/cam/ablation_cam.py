@@ -102,7 +102,7 @@ class AblationCAM(CAMBase):
             # the layers after the map are the head itself, GAP → linear: zeroing channel k
             # takes W_ck · GAP(A^k) off the score, exactly, without running them
             w = head.weight[objective.index[:, 0]]  # (N, K)
-            drop = w * a.astype(np.float64).mean(axis=(2, 3))
+            drop = w * a.mean(axis=(2, 3), dtype=np.float64)
             y = drop.sum(axis=1, keepdims=True)
             if head.bias is not None:
                 y = y + head.bias[objective.index[:, 0], None]
