@@ -140,3 +140,23 @@ def test_integer_shape_arithmetic_from_the_input_carries_no_relevance(images):
     ours = lrp.LRP(model, lrp.EpsilonPlusFlat()).attribute(images, target=TARGET)
     scale = np.abs(theirs).max()
     assert scale > 0 and np.abs(ours - theirs).max() <= RTOL * scale
+
+
+def test_adaptive_pooling_written_as_gathers_matches_zennit(images):
+    """Adaptive average pooling to a size that does not divide the map (16 → 3: overlapping
+    bins) is exported by dynamo as GatherND over index arithmetic and a masked Where, then
+    a mean; the gathers route relevance back to the cells they copied, and the map equals
+    zennit's, which gives the pooling the proportional rule."""
+    from onnxplain.adapters.torch import export as _export
+
+    torch.manual_seed(0)
+    nn = torch.nn
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(4),
+                        nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(3), nn.Flatten(),
+                        nn.Linear(72, 10)).eval()
+    model = _export(net, torch.from_numpy(images), exporter="dynamo")
+    assert "GatherND" in {node.op_type for node in model.ir.graph}
+    theirs = _zennit(net, zc.EpsilonPlusFlat(), images)
+    ours = lrp.LRP(model, lrp.EpsilonPlusFlat()).attribute(images, target=TARGET)
+    scale = np.abs(theirs).max()
+    assert scale > 0 and np.abs(ours - theirs).max() <= RTOL * scale
