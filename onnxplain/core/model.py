@@ -684,21 +684,13 @@ class Model:
         values = ir.convenience.create_value_mapping(graph, include_subgraphs=False)
         anchor = values[tensor]
         needed = _computed_by(values[o] for o in outputs)
-        after, stack = set(), [anchor]  # the nodes computed from `tensor`
-        while stack:
-            for node, _ in stack.pop().uses():
-                if id(node) not in after:
-                    after.add(id(node))
-                    stack.extend(node.outputs)
-        from_input = _computed_from(graph.inputs)
-        carried: list[ir.Value] = []
+        after, from_input = _computed_from([anchor]), _computed_from(graph.inputs)
+        crossing: dict[int, ir.Value] = {}  # what the layers after `tensor` read from before it
         for node in graph:
-            if id(node) not in after or id(node) not in needed:
-                continue
-            for v in node.inputs:
-                if (v is not None and v is not anchor and id(v) in from_input and v not in carried
-                        and (v.producer() is None or id(v.producer()) not in after)):
-                    carried.append(v)
+            ins = [v for v in node.inputs if v is not None]
+            if id(node) in needed and any(id(v) in after for v in ins):
+                crossing.update((id(v), v) for v in ins if id(v) in from_input and id(v) not in after)
+        carried = list(crossing.values())
         batch, dims = self.batch_dim, [_dims(v) for v in (anchor, *carried)]
         bad = [v.name for v, d in zip((anchor, *carried), dims) if v.dtype != anchor.dtype or not d
                or d[0] != batch or not all(isinstance(i, int) for i in d[1:])]

@@ -22,21 +22,12 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
+from onnxplain.core.canonical import _const_array
+from onnxplain.core.model import _dims
+
 logger = logging.getLogger(__name__)
 
 _ONNX = ("", "ai.onnx")
-
-
-def _dims(value: ir.Value) -> tuple | None:
-    if value.shape is None:
-        return None
-    return tuple(d if isinstance(d, int) else getattr(d, "value", None) for d in value.shape)
-
-
-def _const(value: ir.Value | None) -> np.ndarray | None:
-    if value is None or value.const_value is None:
-        return None
-    return np.asarray(value.const_value.numpy())
 
 
 def _shape_only(value: ir.Value) -> list[ir.Node] | None:
@@ -142,7 +133,7 @@ def drop_identity_gathers(model: ir.Model) -> int:
         flat = data.producer() if data is not None else None
         if flat is None or flat.op_type != "Reshape" or flat.domain not in _ONNX:
             continue
-        target = _const(flat.inputs[1] if len(flat.inputs) > 1 else None)
+        target = _const_array(flat.inputs[1] if len(flat.inputs) > 1 else None)
         source = flat.inputs[0]
         dims = _dims(source) if source is not None else None
         if target is None or target.tolist() != [-1] or not dims or None in dims[1:] or indices is None:
