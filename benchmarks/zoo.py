@@ -1,0 +1,123 @@
+"""Every method on many architectures: a by-hand check that onnxplain takes models as they come.
+
+    .venv/bin/python benchmarks/zoo.py [--archs resnet18,vit,...] [--exporter auto|dynamo|legacy]
+                                       [--opset N] [--out benchmarks/ZOO.md]
+
+Each architecture (torchvision, seeded random weights, 10 classes; ``vit`` and ``swin`` are
+small configurations of torchvision's VisionTransformer and SwinTransformer) is exported
+with ``onnxplain.adapters.torch.export`` and explained with every method the command line
+knows (``onnxplain.cli.methods.available``, the slow optimisations left out), at small
+settings (``SMALL``), on two 64×64 images (96 for Inception), target class 1. A cell is the
+time in seconds, or the error type and the start of its message: a refusal of our own
+(``InputValidationError``, ``UnsupportedOperatorError``) names what the method needs;
+any other exception is a bug. Writes a markdown table (default ``benchmarks/ZOO.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+
+import onnxplain as ox
+from onnxplain.cli.methods import available
+
+ARCHS = ("resnet18,resnext50_32x4d,mobilenet_v3_large,efficientnet_b0,densenet121,squeezenet1_1,"
+         "shufflenet_v2_x0_5,regnet_y_400mf,mnasnet0_5,googlenet,inception_v3,vgg11_bn,alexnet,"
+         "convnext_tiny,vit,swin")
+#: Keyword arguments shrunk so that every method takes seconds, where a method takes them.
+SMALL = {"n_steps": 4, "nt_samples": 2, "n_masks": 64, "n_samples": 40}
+#: Methods that explain gates, not a target.
+NO_TARGET = {"attention-maps"}
+
+
+def network(arch: str) -> tuple[torch.nn.Module, int]:
+    """The torch module (eval mode, seeded) and its input size."""
+    torch.manual_seed(0)
+    if arch == "vit":
+        from torchvision.models.vision_transformer import VisionTransformer
+
+        return VisionTransformer(image_size=64, patch_size=8, num_layers=2, num_heads=4, hidden_dim=64,
+                                 mlp_dim=128, num_classes=10).eval(), 64
+    if arch == "swin":
+        from torchvision.models.swin_transformer import SwinTransformer
+
+        return SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 2],
+                               window_size=[4, 4], num_classes=10).eval(), 64
+    kwargs: dict = {"num_classes": 10}
+    if arch in ("inception_v3", "googlenet"):
+        kwargs.update(aux_logits=False, init_weights=True)
+    return getattr(torchvision.models, arch)(**kwargs).eval(), 96 if arch == "inception_v3" else 64
+
+
+def explain(model: ox.Model, x: np.ndarray) -> dict[str, str]:
+    """Every method's cell for one model."""
+    cells = {}
+    for name, method in available().items():
+        if method.entry.slow:
+            continue
+        start = time.perf_counter()
+        try:
+            obj = method.cls(model, **method.init_kwargs(x.shape, "NCHW"))
+            kwargs = method.attribute_kwargs(x.shape, "NCHW")
+            kwargs.update({k: v for k, v in SMALL.items() if k in kwargs})
+            if name not in NO_TARGET:
+                kwargs["target"] = 1
+            out = obj.attribute(x, **kwargs)
+            out = out[0] if isinstance(out, tuple) else out
+            parts = out.values() if isinstance(out, dict) else [out]  # AttentionMaps: gate → values
+            ok = all(np.isfinite(np.asarray(p)).all() for p in parts)
+            cells[name] = f"{time.perf_counter() - start:.1f}" if ok else "non-finite"
+        except Exception as exc:  # a row of the table, not a crash of the sweep
+            message = str(exc).split(";")[0].replace("|", "/")[:90]
+            cells[name] = f"**{type(exc).__name__}**: {message}"
+    return cells
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--archs", default=ARCHS)
+    parser.add_argument("--exporter", default="auto", choices=["auto", "dynamo", "legacy"])
+    parser.add_argument("--opset", type=int, default=None)
+    parser.add_argument("--out", default=str(Path(__file__).with_name("ZOO.md")))
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    began = time.time()
+    rows = {}
+    for arch in args.archs.split(","):
+        net, size = network(arch)
+        x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+        try:
+            model = ox.adapters.torch.export(net, x, exporter=args.exporter, opset=args.opset)
+        except Exception as exc:
+            rows[arch] = {"export": f"**{type(exc).__name__}**: {str(exc)[:90]}"}
+            continue
+        rows[arch] = explain(model, x.numpy())
+        print(arch, " ".join(f"{k}={v}" for k, v in rows[arch].items()), flush=True)
+    methods = list(dict.fromkeys(m for cells in rows.values() for m in cells))
+    lines = [
+        "# Every method on many architectures",
+        "",
+        f"Generated by `benchmarks/zoo.py` (exporter {args.exporter}, opset {args.opset or 'default'}) "
+        f"on {platform.machine()}, {datetime.date.today()}, in {(time.time() - began) / 60:.1f} min. "
+        f"Seeded random weights, two 64×64 images (Inception 96×96), target class 1, settings {SMALL}. "
+        "A cell is the method's time in seconds, or the error it raised.",
+        "",
+    ]
+    for arch, cells in rows.items():
+        lines += [f"## {arch}", "", "| method | result |", "|---|---|"]
+        lines += [f"| {m} | {cells[m]} |" for m in methods if m in cells]
+        lines.append("")
+    Path(args.out).write_text("\n".join(lines))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
