@@ -176,10 +176,10 @@ def _lasso_path(a: np.ndarray, b: np.ndarray, alpha: float) -> np.ndarray | None
             sign.append(float(np.sign(corr[j])))
     else:
         return None
-    return _on_support(a, b, beta, alpha * (1.0 + 1e-12))
+    return _on_support(a, b, beta, alpha)
 
 
-def _on_support(a: np.ndarray, b: np.ndarray, beta: np.ndarray, bound: float) -> np.ndarray | None:
+def _on_support(a: np.ndarray, b: np.ndarray, beta: np.ndarray, alpha: float) -> np.ndarray | None:
     """The exact optimum, if ``beta``'s support S and signs s are the optimum's.
 
     On S the optimality conditions are linear, a_Sᵀ(b − a_S β_S) = α s, so β_S follows from
@@ -192,7 +192,6 @@ def _on_support(a: np.ndarray, b: np.ndarray, beta: np.ndarray, bound: float) ->
     if not len(support) or len(support) > len(a):
         return None
     sign = np.sign(beta[support])
-    alpha = bound / (1.0 + 1e-12)
     sub = a[:, support]
     gram = sub.T @ sub
     try:
@@ -208,7 +207,7 @@ def _on_support(a: np.ndarray, b: np.ndarray, beta: np.ndarray, bound: float) ->
     held = np.abs(corr[support] - alpha * sign) <= slack
     free = np.ones(len(beta), dtype=bool)
     free[support] = False
-    if not held.all() or np.any(np.abs(corr[free]) > bound + slack):
+    if not held.all() or np.any(np.abs(corr[free]) > alpha * (1.0 + 1e-12) + slack):
         return None
     out = np.zeros_like(beta)
     out[support] = exact
