@@ -247,6 +247,114 @@ def _split18(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
     )
 
 
+#: The integer range of each quantized element type.
+_INTEGER_RANGES = {
+    onnx.TensorProto.UINT8: (0, 255), onnx.TensorProto.INT8: (-128, 127),
+    onnx.TensorProto.UINT16: (0, 65535), onnx.TensorProto.INT16: (-32768, 32767),
+    onnx.TensorProto.UINT4: (0, 15), onnx.TensorProto.INT4: (-8, 7),
+}
+
+
+def _element_type(name: str, graph: OnnxGraph) -> int | None:
+    if name in graph.initializers:
+        return graph.initializers[name].proto.data_type
+    for info in (*graph.proto.value_info, *graph.proto.input, *graph.proto.output):
+        if info.name == name:
+            return info.type.tensor_type.elem_type
+    return None
+
+
+def _per_axis(v: torch.Tensor, x: torch.Tensor, axis: int) -> torch.Tensor:
+    """A 1-D scale or zero point shaped to broadcast along ``axis`` of ``x``."""
+    if v.dim() != 1 or x.dim() == 0:
+        return v
+    shape = [1] * x.dim()
+    shape[axis % x.dim()] = -1
+    return v.reshape(shape)
+
+
+class QuantizeLinear(nn.Module):
+    """ONNX QuantizeLinear computed in float, with the straight-through gradient of
+    PyTorch's ``fake_quantize``: round(x / scale) + zero point, clamped to the integer
+    range; the gradient is 1 where the rounded value is inside the range, 0 outside. The
+    result holds the integer values in ``scale``'s float type (its consumers are
+    DequantizeLinear nodes)."""
+
+    def __init__(self, low: int, high: int, axis: int) -> None:
+        super().__init__()
+        self.low, self.high, self.axis = low, high, axis
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        y = x / _per_axis(scale, x, self.axis)
+        y = y + (torch.round(y) - y).detach()  # round half to even, as ONNX; gradient 1
+        if zero_point is not None:
+            y = y + _per_axis(zero_point.to(y.dtype), x, self.axis)
+        # saturate; the gradient is 1 on the range's ends too (torch.clamp's is 0 there, and
+        # a ReLU's zeros sit on the lower end)
+        inside = (y >= self.low) & (y <= self.high)
+        return torch.where(inside, y, y.detach().clamp(self.low, self.high))
+
+
+class DequantizeLinear(nn.Module):
+    """ONNX DequantizeLinear: (q − zero point) · scale, per tensor or per axis."""
+
+    def __init__(self, axis: int) -> None:
+        super().__init__()
+        self.axis = axis
+
+    def forward(self, q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        q = q.to(scale.dtype)
+        if zero_point is not None:
+            q = q - _per_axis(zero_point.to(scale.dtype), q, self.axis)
+        return q * _per_axis(scale, q, self.axis)
+
+
+class DynamicQuantizeLinear(nn.Module):
+    """ONNX DynamicQuantizeLinear (uint8 over the range of ``x`` and 0), with the
+    straight-through gradient to ``x``; the scale and zero point are held constant, as a
+    calibration observer's are."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        low = torch.clamp(x.detach().min(), max=0)
+        high = torch.clamp(x.detach().max(), min=0)
+        scale = (high - low) / 255
+        safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+        zero_point = torch.clamp(torch.round(-low / safe), 0, 255)
+        y = x / safe
+        y = y + (torch.round(y) - y).detach() + zero_point
+        inside = (y >= 0) & (y <= 255)
+        return torch.where(inside, y, y.detach().clamp(0, 255)), scale, zero_point
+
+
+def _quantize_linear(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    if node.attributes.get("block_size", 0):
+        raise NotImplementedError("QuantizeLinear: block quantization is not supported")
+    values = node.input_values
+    if len(values) > 2 and values[2]:
+        elem = _element_type(values[2], graph)
+    else:
+        elem = node.attributes.get("output_dtype", 0) or onnx.TensorProto.UINT8
+    if elem not in _INTEGER_RANGES:
+        what = onnx.TensorProto.DataType.Name(elem) if elem else "an unknown type"
+        raise NotImplementedError(f"QuantizeLinear: quantizing to {what} is not supported")
+    low, high = _INTEGER_RANGES[elem]
+    return OperationConverterResult(
+        torch_module=QuantizeLinear(low, high, node.attributes.get("axis", 1)),
+        onnx_mapping=onnx_mapping_from_node(node),
+    )
+
+
+def _dequantize_linear(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    if node.attributes.get("block_size", 0):
+        raise NotImplementedError("DequantizeLinear: block quantization is not supported")
+    return OperationConverterResult(
+        torch_module=DequantizeLinear(node.attributes.get("axis", 1)),
+        onnx_mapping=onnx_mapping_from_node(node),
+    )
+
+
 def install() -> None:
     """Register every missing converter once per process (the registry is global)."""
     global _INSTALLED
@@ -274,4 +382,11 @@ def install() -> None:
             _register("GlobalMaxPool", version, _module_converter(lambda node: GlobalMaxPool()))
         for version in _versions("Mish"):
             _register("Mish", version, _module_converter(lambda node: Mish()))
+        for version in _versions("QuantizeLinear"):
+            _register("QuantizeLinear", version, _quantize_linear)
+        for version in _versions("DequantizeLinear"):
+            _register("DequantizeLinear", version, _dequantize_linear)
+        for version in _versions("DynamicQuantizeLinear"):
+            _register("DynamicQuantizeLinear", version,
+                      _module_converter(lambda node: DynamicQuantizeLinear()))
         _INSTALLED = True

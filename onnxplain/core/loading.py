@@ -17,6 +17,7 @@ from onnxplain.core.canonical import canonicalize, upcast_float16
 from onnxplain.core.errors import InputValidationError, ModelLoadError
 from onnxplain.core.layout import check_layout, detect_layout, make_input_channels_first
 from onnxplain.core.model import GRAPH_LAYOUT_KEY, LAYOUT_KEY, Model
+from onnxplain.core.quantized import is_quantized, simulate
 
 logger = logging.getLogger(__name__)
 
@@ -374,7 +375,11 @@ def load(
         if reason is not None:
             note = onnx_batch_note(fixed, reason)
             warnings.warn(note, UserWarning, stacklevel=2)
-    model = Model(ir_model, source=where, custom_op_libraries=libraries, layout=user_layout)
+    runtime = None
+    if is_quantized(ir_model):  # ONNX Runtime runs it as written; the rest sees its simulation
+        runtime, ir_model = ir_model, simulate(ir_model)
+    model = Model(ir_model, source=where, custom_op_libraries=libraries, layout=user_layout,
+                  runtime=runtime)
     model.batch_note = note
     if upcast and was_float16:
         model.converted_from = "float16"

@@ -32,6 +32,8 @@ _GLOBAL_POOLS = {"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"}
 _SPATIAL_REDUCES = {"ReduceMean", "ReduceMax", "ReduceSum", "ReduceL2", "ReduceL1"}
 # Nodes that only reshape a pooled (N, K, 1, 1) vector between pooling and the classifier.
 _SHAPE_ONLY = {"Flatten", "Reshape", "Squeeze", "Identity", "Dropout"}
+# A quantized model's rounding of an activation (a pair in its float simulation).
+_QDQ = {"QuantizeLinear", "DequantizeLinear"}
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,8 @@ class ClassifierHead:
     of the pooling and of the Gemm/MatMul; ``logits``: the tensor the head computes
     (N, classes); ``weight``: (classes, K) with Gemm's ``alpha`` and ``transB`` applied;
     ``bias``: (classes,) or None; ``features``: the linear layer's input, the pooled
-    features (N, K).
+    features (N, K); ``rounded``: a quantized model rounds the pooled features before the
+    linear layer (so the formula holds up to that rounding).
     """
 
     feature_map: str
@@ -71,6 +74,7 @@ class ClassifierHead:
     weight: np.ndarray
     bias: np.ndarray | None
     features: str = ""
+    rounded: bool = False
 
 
 def _dims(value: ir.Value) -> tuple[Dim, ...] | None:
@@ -166,6 +170,12 @@ def _np_dtype(value: ir.Value) -> np.dtype | None:
         return None
 
 
+def _is_integer(value: ir.Value) -> bool:
+    """Whether ``value`` holds integers (a quantized model's rounded activations, indices)."""
+    dtype = value.dtype
+    return dtype is not None and not dtype.is_floating_point()
+
+
 def _channels_first_source(value: ir.Value) -> ir.Value:
     """For a channels-last feature map made by ``Transpose(perm=[0, 2, 3, 1])`` (as tf2onnx
     leaves before a Keras global pooling), the channels-first tensor it transposes; else
@@ -188,9 +198,15 @@ class Model:
 
     def __init__(
         self, ir_model: ir.Model, source: str = "<memory>", custom_op_libraries: Sequence[str] = (),
-        layout: str = "NCHW",
+        layout: str = "NCHW", runtime: ir.Model | None = None,
     ) -> None:
         self.ir = ir_model
+        #: For a quantized model, the graph as it was written, which ONNX Runtime runs;
+        #: ``ir`` is then its float simulation (see :mod:`onnxplain.core.quantized`).
+        self.runtime_ir = runtime
+        self._runtime_values = set() if runtime is None else {
+            v.name for node in runtime.graph for v in node.outputs if v.name} | {
+            v.name for v in runtime.graph.inputs}
         self.source = source
         #: The layout of the user's arrays: ``"NCHW"`` or ``"NHWC"`` (the graph's input is
         #: channels first either way; see :mod:`onnxplain.core.layout`).
@@ -235,7 +251,7 @@ class Model:
             self.outputs[0],
         )
         self.input_spec = floats[0]
-        self._serialized: dict[tuple[str, ...], bytes] = {}
+        self._serialized: dict[tuple, bytes] = {}
         self._backends: dict[tuple, Backend] = {}
         #: incremental inference's analyses, plans and sub-models (onnxplain.core.incremental)
         self._incremental: dict[tuple, Any] = {}
@@ -399,12 +415,12 @@ class Model:
         return [] if producer is None else [v.name for v in producer.inputs if v is not None]
 
     def layers(self) -> list[LayerSpec]:
-        """Every 4-D tensor computed by the graph, in topological order."""
+        """Every 4-D float tensor computed by the graph, in topological order."""
         out = []
         for node in self.ir.graph:
             for v in node.outputs:
                 dims = _dims(v)
-                if v.name and dims is not None and len(dims) == 4:
+                if v.name and dims is not None and len(dims) == 4 and not _is_integer(v):
                     out.append(LayerSpec(v.name, node.op_type, node.name or "", dims))
         return out
 
@@ -580,12 +596,14 @@ class Model:
 
     def _linear_after(self, pool: ir.Node) -> ClassifierHead | None:
         value = pool.outputs[0]
+        rounded = False
         while True:
             consumers = list(value.consumers())
             if len(consumers) != 1:
                 return None
             node = consumers[0]
-            if node.op_type in _SHAPE_ONLY and node.inputs[0] is value:
+            if node.op_type in _SHAPE_ONLY | _QDQ and node.inputs[0] is value:
+                rounded |= node.op_type in _QDQ
                 value = node.outputs[0]
                 continue
             break
@@ -627,7 +645,7 @@ class Model:
             return None
         return ClassifierHead(
             feature_map=feature_map.name, pool=pool.name or "", linear=node.name or "",
-            logits=logits.name, weight=w, bias=bias, features=value.name,
+            logits=logits.name, weight=w, bias=bias, features=value.name, rounded=rounded,
         )
 
     def tail(self, tensor: str, outputs: Sequence[str] | None = None) -> Model:
@@ -771,7 +789,7 @@ class Model:
         same model. Weights go to ``<path>.data`` beside it when the model exceeds 1.5 GiB.
         """
         path = Path(path)
-        proto = ir.to_proto(self.ir)
+        proto = ir.to_proto(self.ir if self.runtime_ir is None else self.runtime_ir)
         props = {p.key: p.value for p in proto.metadata_props}
         props.update(save_metadata(self))
         del proto.metadata_props[:]
@@ -785,18 +803,29 @@ class Model:
         return path
 
     def proto(self) -> onnx.ModelProto:
-        """The canonical model as an ``onnx.ModelProto`` (a fresh copy)."""
-        return onnx.load_from_string(self.serialized())
+        """The canonical model as an ``onnx.ModelProto`` (a fresh copy; for a quantized model,
+        its float simulation)."""
+        return onnx.load_from_string(self.serialized(simulated=True))
 
-    def serialized(self, extra_outputs: Sequence[str] = ()) -> bytes:
-        """The canonical model as bytes, with intermediate tensors added as outputs."""
-        key = tuple(extra_outputs)
+    @property
+    def quantized(self) -> bool:
+        """Whether the model is quantized (then ``ir`` is its float simulation)."""
+        return self.runtime_ir is not None
+
+    def serialized(self, extra_outputs: Sequence[str] = (), simulated: bool = False) -> bytes:
+        """The canonical model as bytes, with intermediate tensors added as outputs.
+
+        A quantized model is the graph as written, unless ``simulated`` or an extra output
+        exists only in the simulation."""
+        runtime = self.runtime_ir is not None and not simulated and all(
+            name in self._runtime_values for name in extra_outputs)
+        key = (runtime, *extra_outputs)
         with self._lock:
             data = self._serialized.get(key)
             if data is not None:
                 return data
-            proto = ir.to_proto(self.ir)
-            for name in key:
+            proto = ir.to_proto(self.runtime_ir if runtime else self.ir)
+            for name in extra_outputs:
                 v = self._values[name]
                 elem = v.dtype.value if v.dtype is not None else onnx.TensorProto.FLOAT
                 proto.graph.output.append(onnx.helper.make_tensor_value_info(name, elem, None))

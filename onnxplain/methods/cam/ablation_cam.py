@@ -97,7 +97,8 @@ class AblationCAM(CAMBase):
             )
         n, k = a.shape[:2]
         head = self._linear_head(objective)
-        at_map = head is not None and head.feature_map == self.layer.name and data.grid is None
+        at_map = (head is not None and head.feature_map == self.layer.name and data.grid is None
+                  and not head.rounded)
         if at_map and not self.carried:
             # the layers after the map are the head itself, GAP → linear: zeroing channel k
             # takes W_ck · GAP(A^k) off the score, exactly, without running them

@@ -86,6 +86,10 @@ ACTIVATION_OPS = frozenset(
         "Identity",
         "Erf",
         "Shrink",
+        # a quantized model's rounding (a staircase Clip): relevance passes through
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "DynamicQuantizeLinear",
     }
 )
 #: Nodes whose relevance is split in proportion to each input's contribution.
@@ -374,10 +378,14 @@ def _carries_relevance(v: ir.Value) -> bool:
 
 
 def _live_values(graph: ir.Graph, source: ir.Value) -> set[int]:
-    """The real-valued tensors computed from ``source``: those relevance flows through."""
+    """The real-valued tensors computed from ``source``: those relevance flows through
+    (with a quantized model's rounded activations, integers that stand for reals)."""
     live = {id(source)}
     for node in graph:
         if any(v is not None and id(v) in live for v in node.inputs):
+            if node.op_type in ("QuantizeLinear", "DynamicQuantizeLinear"):
+                live.add(id(node.outputs[0]))  # not a dynamic one's scale and zero point
+                continue
             live.update(id(o) for o in node.outputs if _carries_relevance(o))
     return live
 
