@@ -48,12 +48,19 @@ def _card(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def load_model(path: str, preprocess: str | None = None) -> LoadedModel:
+ALLOW_DOMAIN_HELP = ("an operator domain to allow besides the standard ones, repeatable: "
+                     "com.microsoft for ONNX Runtime's contrib operators (its QOperator quantized "
+                     "models use them); other domains also need a custom-op library")
+
+
+def load_model(path: str, preprocess: str | None = None, allowed_domains: Sequence[str] | None = None
+               ) -> LoadedModel:
     """Load ``path`` with :func:`onnxplain.load`, and find how to feed it: ``preprocess``
-    (a JSON file), else a spec stored next to the model, else a guess from its input."""
+    (a JSON file), else a spec stored next to the model, else a guess from its input.
+    ``allowed_domains``: see :func:`onnxplain.load`."""
     import onnxplain as ox
 
-    model = ox.load(path)
+    model = ox.load(path, allowed_domains=tuple(allowed_domains or ()))
     card = _card(Path(path))
     if preprocess is not None:
         spec, source = Preprocess.from_json(preprocess), preprocess

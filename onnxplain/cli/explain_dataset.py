@@ -6,6 +6,7 @@ import argparse
 import itertools
 from collections import Counter
 
+from onnxplain.cli.common import ALLOW_DOMAIN_HELP
 from onnxplain.core.errors import InputValidationError
 
 
@@ -27,6 +28,7 @@ def add_parser(sub, common, positive) -> None:
         "--target", default="pred", help="pred (the predicted class) or a class index (default: pred)"
     )
     p.add_argument("--layer", help="feature map for CAM methods (default: auto)")
+    p.add_argument("--allow-domain", action="append", default=[], metavar="DOMAIN", help=ALLOW_DOMAIN_HELP)
     p.add_argument(
         "--preprocess",
         metavar="JSON",
@@ -55,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from onnxplain.dataset import explain_dataset
     from onnxplain.dataset.sources import as_source
 
-    loaded = load_model(args.model, args.preprocess)
+    loaded = load_model(args.model, args.preprocess, args.allow_domain)
     source = as_source(args.folder)
     images = source.paths[: args.limit] if args.limit else source.paths
     if args.target in (None, "pred"):

@@ -48,7 +48,7 @@ def attention_gates(model: Any) -> list[dict[str, Any]]:
 def describe(args: argparse.Namespace) -> dict[str, Any]:
     from onnxplain.backends import registry
 
-    loaded = load_model(args.model, args.preprocess)
+    loaded = load_model(args.model, args.preprocess, args.allow_domain)
     model = loaded.model
     try:
         auto = model.find_layer("auto").name
@@ -74,6 +74,7 @@ def describe(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "model": loaded.path,
         "opset": model.opset,
+        "quantized": model.quantized,
         "producer": getattr(model.ir, "producer_name", None),
         "inputs": [{"name": s.name, "dtype": str(s.dtype), "shape": s.shape} for s in model.inputs],
         "outputs": [{"name": s.name, "dtype": str(s.dtype), "shape": s.shape} for s in model.outputs],
@@ -96,7 +97,8 @@ def describe(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _print(info: dict[str, Any]) -> None:
-    print(f"model    {info['model']}  (opset {info['opset']}, producer {info['producer'] or '?'})")
+    quantized = ", quantized: gradients and LRP read its float simulation" if info["quantized"] else ""
+    print(f"model    {info['model']}  (opset {info['opset']}, producer {info['producer'] or '?'}{quantized})")
     for key in ("inputs", "outputs"):
         for s in info[key]:
             print(f"{key[:-1]:8s} {s['name']}  {s['dtype']}  {_dims(s['shape'])}")

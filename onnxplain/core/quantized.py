@@ -170,18 +170,24 @@ class _Rewriter:
     """Writes one QOperator node as DequantizeLinear of its inputs, the float operator,
     and QuantizeLinear of its output (which keeps the node's output name)."""
 
-    def __init__(self, graph: ir.Graph, node: ir.Node) -> None:
-        self.graph, self.node, self.new = graph, node, []
+    def __init__(self, graph: ir.Graph, node: ir.Node, done: dict) -> None:
+        self.graph, self.node, self.new, self.done = graph, node, [], done
         self.base = node.name or node.outputs[0].name
 
     def dq(self, x: ir.Value, scale: ir.Value, zero_point: ir.Value | None, axis: int | None = None
            ) -> ir.Value:
+        """``x`` dequantized: one tensor, ``<x>_dequantized``, for all the nodes that read it."""
+        key = (id(x), id(scale), id(zero_point), axis)
+        if key in self.done:
+            return self.done[key]
         attrs = {} if axis is None else {"axis": axis}
         node = ir.node("DequantizeLinear", [x, scale, zero_point] if zero_point is not None else [x, scale],
                        attrs, name=f"{self.base}/dequantize_{len(self.new)}")
-        node.outputs[0].name = f"{x.name}_dequantized_{self.base}"
+        taken = any(k[0] == id(x) for k in self.done)
+        node.outputs[0].name = f"{x.name}_dequantized" + (f"_{len(self.done)}" if taken else "")
         node.outputs[0].dtype = scale.dtype
         self.new.append(node)
+        self.done[key] = node.outputs[0]
         return node.outputs[0]
 
     def finish(self, op: str, inputs: list[ir.Value | None], attrs: dict,
@@ -225,15 +231,16 @@ def _bias(graph: ir.Graph, bias: ir.Value | None, *scales: ir.Value | None) -> i
     return _constant(graph, f"{bias.name}_dequantized", array)
 
 
-def _rewrite(graph: ir.Graph, node: ir.Node) -> bool:
+def _rewrite(graph: ir.Graph, node: ir.Node, done: dict) -> bool:
     """Rewrite a QOperator or integer node into float operators with QuantizeLinear /
     DequantizeLinear around them; False for a node that is not one (or has a form we
-    leave to the torch backend to refuse)."""
+    leave to the torch backend to refuse). ``done``: the DequantizeLinear outputs made
+    so far, by (tensor, scale, zero point, axis), shared by the nodes that read a tensor."""
     op, ins = node.op_type, list(node.inputs) + [None] * 10
     ms = node.domain == _MS
     if node.domain not in (*_ONNX, _MS):
         return False
-    r = _Rewriter(graph, node)
+    r = _Rewriter(graph, node, done)
     if op == "QLinearConv" and not ms:
         bias = _bias(graph, ins[8], ins[1], ins[4]) if ins[8] is not None else None
         if ins[8] is not None and bias is None:
@@ -317,7 +324,8 @@ def simulate(model: ir.Model) -> ir.Model:
     Q → DQ pair folds whole); and the ReLUs quantizers fuse into a rounding put back."""
     copy = ir.from_proto(ir.to_proto(model))
     graph = copy.graph
-    rewritten = any([_rewrite(graph, node) for node in list(graph)])
+    done: dict = {}  # the tensors dequantized so far
+    rewritten = any([_rewrite(graph, node, done) for node in list(graph)])
     if any([_fold(graph, node) for node in list(graph)]):
         passes.RemoveUnusedNodesPass()(copy)  # and the integer weights behind the folds
     rewritten |= any([_unfuse_relu(graph, node) for node in list(graph)])

@@ -331,3 +331,27 @@ def test_dynamic_quantization_is_onnx_runtimes_with_a_straight_through_gradient(
     assert scale.item() == pytest.approx(float(ref[1]), rel=1e-7) and zero_point.item() == ref[2]
     (grad,) = torch.autograd.grad(y.sum(), xt)
     np.testing.assert_allclose(grad.numpy(), 1 / scale.item(), rtol=1e-6)  # the range covers x
+
+
+def test_incremental_occlusion_of_a_quantized_model_makes_full_passes(ort_quantized, images):
+    """Its sub-models would run the float simulation, and the drops mix two computations."""
+    model = _load(ort_quantized, "qdq")
+    kwargs = {"target": 1, "sliding_window_shapes": (3, 4, 4), "strides": (3, 4, 4)}
+    full = ox.Occlusion(model).attribute(images, **kwargs)
+    np.testing.assert_array_equal(ox.Occlusion(model).attribute(images, incremental=True, **kwargs), full)
+
+
+def test_the_command_line_loads_a_qoperator_model_with_its_domain_allowed(ort_quantized, capsys):
+    import json
+
+    from onnxplain.cli import main
+
+    path = str(ort_quantized["qoperator"])
+    assert main(["inspect", path, "--json"]) != 0  # ONNX Runtime's domain is refused by default
+    capsys.readouterr()
+    assert main(["inspect", path, "--json", "--allow-domain", "com.microsoft"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["quantized"] and info["head"]["channels"] == 16
+    assert "saliency" in info["backends"]["torch"]["methods"] and info["backends"]["torch"]["status"] == "ok"
+    # one float tensor per dequantized activation, named after it
+    assert info["auto_layer"].endswith("_dequantized")

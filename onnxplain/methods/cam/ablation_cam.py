@@ -151,6 +151,7 @@ class AblationCAM(CAMBase):
             buf_k[slot, channel] = 0
             ablated[chunk] = score(buf[:m], rows)
         # the unablated score by the same path as the ablated ones, so that a channel whose
-        # ablation changes nothing gets weight 0, not a rounding difference
-        y = (score(full, np.arange(n)) if part is not None else data.scores)[:, None]
+        # ablation changes nothing gets weight 0, not a rounding difference (for a quantized
+        # model, the tail is the float simulation and the model's scores the integer graph's)
+        y = score(full, np.arange(n))[:, None]
         return (y - ablated.reshape(n, k)) / np.where(y != 0, y, 1)

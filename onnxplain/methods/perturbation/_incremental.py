@@ -121,10 +121,13 @@ def incremental_ablate(
 ) -> Iterator[tuple[list[T], np.ndarray]] | None:
     """What ``_ablate`` yields, computed incrementally; None when no plan pays (or the
     inputs are not images, the backend is not a registered one, the objective reads a
-    tensor before the cut), so the caller makes full passes. ``boxes`` (P, 4): each
+    tensor before the cut, the model is quantized), so the caller makes full passes. ``boxes`` (P, 4): each
     perturbation's bounding box (h0, h1, w0, w1) if known; else from ``removed``."""
     model = method.model
     if model is None or x.ndim != 4 or not len(perturbations):
+        return None
+    if model.quantized:  # its sub-models would run the float simulation, not the integer graph
+        logger.debug("incremental: a quantized model; full passes")
         return None
     try:
         registry.entry(method.backend.name)
