@@ -44,8 +44,10 @@ if TYPE_CHECKING:
 #: Gate kinds, in the order they are documented.
 GATE_KINDS = ("se", "cbam_channel", "cbam_spatial")
 
-# Nodes that only move values around; looked through when following a gate backwards.
-_PASS_THROUGH = {"Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Expand", "Cast"}
+# Nodes that only move values around (or, in a quantized model, round them); looked
+# through when following a gate backwards.
+_PASS_THROUGH = {"Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Expand", "Cast",
+                 "QuantizeLinear", "DequantizeLinear"}
 # Element-wise nonlinearities allowed between the two layers of a gate's MLP.
 _HIDDEN_ACTIVATIONS = {
     "Relu",

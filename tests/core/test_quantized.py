@@ -355,3 +355,36 @@ def test_the_command_line_loads_a_qoperator_model_with_its_domain_allowed(ort_qu
     assert "saliency" in info["backends"]["torch"]["methods"] and info["backends"]["torch"]["status"] == "ok"
     # one float tensor per dequantized activation, named after it
     assert info["auto_layer"].endswith("_dequantized")
+
+
+@pytest.fixture(scope="module")
+def quantized_shapes(tmp_path_factory):
+    """The bundled shapes CNN (a squeeze-and-excitation gate: Sigmoid → Mul) in QDQ."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    from onnxplain.examples import shapes_model_path
+
+    images = ox.examples.shapes_dataset(8, seed=3)[0]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.rows = iter([{"input": images[i:i + 1]} for i in range(len(images))])
+
+        def get_next(self):
+            return next(self.rows, None)
+
+    path = tmp_path_factory.mktemp("shapes") / "qdq.onnx"
+    quantize_static(str(shapes_model_path()), str(path), Reader(), quant_format=QuantFormat.QDQ)
+    return ox.load(path), images[:3]
+
+
+def test_gates_are_found_through_their_rounding(quantized_shapes):
+    model, images = quantized_shapes
+    float_model = ox.load(ox.examples.shapes_model_path())
+    kinds = [g.kind for g in model.attention_gates()]
+    assert kinds == [g.kind for g in float_model.attention_gates()] == ["se"]
+    maps = ox.AttentionMaps(model).attribute(images)
+    assert all(np.isfinite(m).all() for m in maps.values())
+    # LRP's gate rule finds the rounded Sigmoid and gives the feature map the relevance
+    relevance = lrp.LRP(model, lrp.EpsilonPlusFlat()).attribute(images, target=1)
+    assert np.isfinite(relevance).all() and np.abs(relevance).max() > 0

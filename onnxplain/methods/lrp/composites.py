@@ -132,6 +132,8 @@ ROUTING_OPS = frozenset(
     }
 )
 _GATE_PRODUCERS = frozenset({"Sigmoid", "HardSigmoid", "Tanh", "Softmax", "Erf"})
+#: A quantized model's rounding of an activation (onnxplain.core.quantized).
+_ROUNDING = ("QuantizeLinear", "DequantizeLinear")
 
 Position = Literal["first", "last"]
 
@@ -429,9 +431,9 @@ def _gate_signal(node: ir.Node, live: set[int]) -> int | None:
 
 def _squashed(value: ir.Value, live: set[int]) -> bool:
     """``value`` is a squashing function's output (Sigmoid, Tanh, Softmax, Erf, ...), or that
-    output scaled or shifted by constants."""
+    output scaled or shifted by constants, or rounded by a quantized model."""
     producer = value.producer()
-    while producer is not None and producer.op_type in ("Add", "Sub", "Mul", "Div"):
+    while producer is not None and producer.op_type in ("Add", "Sub", "Mul", "Div", *_ROUNDING):
         computed = [v for v in producer.inputs[:2] if not _is_const(v, live)]
         if len(computed) != 1:
             return False
@@ -455,7 +457,7 @@ def _attention_values(node: ir.Node, live: set[int]) -> int | None:
     from_softmax = []
     for i, v in enumerate(node.inputs[:2]):
         producer = v.producer()
-        while producer is not None and producer.op_type in ROUTING_OPS | {"Dropout", "Identity"}:
+        while producer is not None and producer.op_type in ROUTING_OPS | {"Dropout", "Identity", *_ROUNDING}:
             producer = producer.inputs[0].producer() if producer.inputs[0] is not None else None
         if producer is not None and producer.op_type == "Softmax":
             from_softmax.append(i)
