@@ -193,7 +193,9 @@ class Model:
 
     Holds the canonical graph IR (``model.ir``), answers graph queries (``inputs``,
     ``outputs``, ``layers()``, ``find_layer()``), and creates backends on demand
-    (``model.backend("onnxruntime")``), each built once and reused.
+    (``model.backend("onnxruntime")``), each built once and reused. For a quantized model
+    (``model.quantized``), ``ir`` is its float simulation and ``runtime_ir`` the graph as
+    written, which ONNX Runtime runs (:mod:`onnxplain.core.quantized`).
     """
 
     def __init__(
