@@ -377,7 +377,11 @@ def load(
             warnings.warn(note, UserWarning, stacklevel=2)
     runtime = None
     if is_quantized(ir_model):  # ONNX Runtime runs it as written; the rest sees its simulation
-        runtime, ir_model = ir_model, simulate(ir_model)
+        try:
+            runtime, ir_model = ir_model, simulate(ir_model)
+        except Exception as exc:  # noqa: BLE001 - forward-only methods must still run
+            logger.warning("no float simulation of this quantized model (%s: %s); gradient and rule "
+                           "methods are unavailable", type(exc).__name__, exc)
     model = Model(ir_model, source=where, custom_op_libraries=libraries, layout=user_layout,
                   runtime=runtime)
     model.batch_note = note

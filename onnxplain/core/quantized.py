@@ -263,6 +263,12 @@ def _rewrite(graph: ir.Graph, node: ir.Node, done: dict) -> bool:
             return False
         r.finish(op[len("QLinear"):], [r.dq(ins[0], ins[1], ins[2])], _copy_attrs(node, ("channels_last",)),
                  ins[3], ins[4])
+    elif ms and op == "QLinearSoftmax":
+        axis = _attr(node, "axis", -1)
+        rank = len(ins[0].shape) if ins[0].shape is not None else None
+        if _attr(node, "opset", 13) < 13 and not (axis == -1 or (rank is not None and axis == rank - 1)):
+            return False  # the old semantics: a softmax over the flattened trailing axes
+        r.finish("Softmax", [r.dq(ins[0], ins[1], ins[2])], {"axis": axis}, ins[3], ins[4])
     elif ms and op == "QLinearConcat":
         triples = node.inputs[2:]
         r.finish("Concat", [r.dq(*triples[i:i + 3]) for i in range(0, len(triples), 3)], _copy_attrs(node),
