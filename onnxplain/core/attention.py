@@ -47,7 +47,7 @@ GATE_KINDS = ("se", "cbam_channel", "cbam_spatial")
 # Nodes that only move values around (or, in a quantized model, round them); looked
 # through when following a gate backwards.
 _PASS_THROUGH = {"Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Expand", "Cast",
-                 "QuantizeLinear", "DequantizeLinear"}
+                 "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
 # Element-wise nonlinearities allowed between the two layers of a gate's MLP.
 _HIDDEN_ACTIVATIONS = {
     "Relu",
@@ -217,7 +217,8 @@ def _hidden_activation(value: ir.Value) -> ir.Value | None:
 
 
 def _linear(value: ir.Value) -> ir.Value | None:
-    """The input ``x`` when ``value`` = W·x (+ b): 1×1 Conv, Gemm, or MatMul (+ Add)."""
+    """The input ``x`` when ``value`` = W·x (+ b): 1×1 Conv, Gemm, or MatMul (+ Add; for a
+    Conv too, as ``quantize_dynamic`` adds the bias after its integer convolution)."""
     node = _producer(value)
     if node is None or not node.inputs:
         return None
@@ -234,7 +235,8 @@ def _linear(value: ir.Value) -> ir.Value | None:
     if node.op_type == "Add" and len(node.inputs) == 2:
         for a, b in (node.inputs, node.inputs[::-1]):
             mm = _producer(a)
-            if mm is not None and mm.op_type == "MatMul" and b is not None and b.const_value is not None:
+            layer = mm is not None and mm.op_type in ("MatMul", "Conv")
+            if layer and b is not None and b.const_value is not None:
                 return _linear(a)
     return None
 

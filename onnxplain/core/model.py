@@ -33,7 +33,7 @@ _SPATIAL_REDUCES = {"ReduceMean", "ReduceMax", "ReduceSum", "ReduceL2", "ReduceL
 # Nodes that only reshape a pooled (N, K, 1, 1) vector between pooling and the classifier.
 _SHAPE_ONLY = {"Flatten", "Reshape", "Squeeze", "Identity", "Dropout"}
 # A quantized model's rounding of an activation (a pair in its float simulation).
-_QDQ = {"QuantizeLinear", "DequantizeLinear"}
+_QDQ = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
 
 
 @dataclass(frozen=True)

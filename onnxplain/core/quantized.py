@@ -118,10 +118,16 @@ def quantize(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None, dt
 
 
 def _folded(node: ir.Node) -> np.ndarray | None:
-    """What a QuantizeLinear or DequantizeLinear of constants computes (None otherwise)."""
-    if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or node.domain not in _ONNX:
+    """What a QuantizeLinear, DequantizeLinear or Reshape (``quantize_dynamic``'s bias)
+    of constants computes (None otherwise)."""
+    if node.op_type not in ("QuantizeLinear", "DequantizeLinear", "Reshape") or node.domain not in _ONNX:
         return None
     inputs = [_const(v) if v is not None else None for v in node.inputs]
+    if node.op_type == "Reshape":
+        if len(inputs) != 2 or inputs[0] is None or inputs[1] is None or _attr(node, "allowzero", 0):
+            return None
+        shape = [int(d) if d != 0 else inputs[0].shape[i] for i, d in enumerate(inputs[1].tolist())]
+        return inputs[0].reshape(shape)
     if len(inputs) < 2 or inputs[0] is None or inputs[1] is None:
         return None
     if len(node.inputs) > 2 and node.inputs[2] is not None and inputs[2] is None:
@@ -137,8 +143,9 @@ def _folded(node: ir.Node) -> np.ndarray | None:
 
 
 def _fold(graph: ir.Graph, node: ir.Node) -> bool:
-    """Replace a QuantizeLinear or DequantizeLinear of constants by the initializer it
-    computes (a weight stored as integers, or fake-quantized by a PyTorch export)."""
+    """Replace a QuantizeLinear, DequantizeLinear or Reshape of constants by the
+    initializer it computes (a weight stored as integers, or fake-quantized by a PyTorch
+    export)."""
     array = _folded(node)
     if array is None:
         return False
@@ -191,8 +198,12 @@ class _Rewriter:
         return node.outputs[0]
 
     def finish(self, op: str, inputs: list[ir.Value | None], attrs: dict,
-               scale: ir.Value | None, zero_point: ir.Value | None) -> None:
-        out = self.node.outputs[0]
+               scale: ir.Value | None, zero_point: ir.Value | None, replaces: tuple[ir.Node, ...] = ()
+               ) -> None:
+        """Insert the float ``op`` (and the QuantizeLinear of its output, when ``scale``);
+        its result takes the place of the node's output, or of the last of ``replaces``
+        (nodes after it, removed with it: a dynamic product's Cast and rescaling Mul)."""
+        out = (replaces[-1] if replaces else self.node).outputs[0]
         body = ir.node(op, inputs, attrs, name=f"{self.base}/float")
         self.new.append(body)
         result = body.outputs[0]
@@ -205,11 +216,9 @@ class _Rewriter:
             result = q.outputs[0]
         self.graph.insert_before(self.node, self.new)
         name, dtype, shape = out.name, out.dtype, out.shape
-        out.replace_all_uses_with(result)
-        if out.is_graph_output():
-            outputs = self.graph.outputs
-            outputs[[o is out for o in outputs].index(True)] = result
-        self.graph.remove(self.node, safe=True)
+        out.replace_all_uses_with(result, replace_graph_outputs=True)
+        for node in (*reversed(replaces), self.node):
+            self.graph.remove(node, safe=True)
         out.name = f"{name}__qoperator"
         result.name, result.shape = name, shape
         if scale is not None:  # contrib operators' outputs have no inferred type
@@ -229,6 +238,37 @@ def _bias(graph: ir.Graph, bias: ir.Value | None, *scales: ir.Value | None) -> i
         scale = scale * a.astype(np.float32)  # float32 products, as the runtime's
     array = (arrays[0].astype(np.float64) * scale).astype(np.float32)
     return _constant(graph, f"{bias.name}_dequantized", array)
+
+
+def _only_consumer(value: ir.Value, op_type: str) -> ir.Node | None:
+    uses = list(value.consumers())
+    if len(uses) != 1 or uses[0].op_type != op_type or value.is_graph_output():
+        return None
+    return uses[0]
+
+
+def _rescaling(node: ir.Node) -> tuple[ir.Value, ir.Value, tuple[ir.Node, ...]] | None:
+    """For ``ConvInteger(a, b, ...)`` or ``MatMulInteger`` as ``quantize_dynamic`` writes
+    it — ``Mul(Cast(node), Mul(a_scale, b_scale))``, ``a_scale`` the scale that
+    DynamicQuantizeLinear gave ``a``, ``b_scale`` a constant (reshaped for a per-channel
+    convolution) — the two scales and the Cast and Mul; else None."""
+    cast = _only_consumer(node.outputs[0], "Cast")
+    mul = _only_consumer(cast.outputs[0], "Mul") if cast is not None else None
+    dynamic = node.inputs[0].producer() if node.inputs[0] is not None else None
+    if mul is None or dynamic is None or dynamic.op_type != "DynamicQuantizeLinear":
+        return None
+    scales = mul.inputs[1] if mul.inputs[0] is cast.outputs[0] else mul.inputs[0]
+    product = scales.producer() if scales is not None else None
+    if product is not None and product.op_type == "Reshape":
+        product = product.inputs[0].producer() if product.inputs[0] is not None else None
+    if product is None or product.op_type != "Mul":
+        return None
+    a_scale, b_scale = product.inputs[0], product.inputs[1]
+    if b_scale is dynamic.outputs[1]:
+        a_scale, b_scale = b_scale, a_scale
+    if a_scale is not dynamic.outputs[1] or _const(b_scale) is None:
+        return None
+    return a_scale, b_scale, (cast, mul)
 
 
 def _rewrite(graph: ir.Graph, node: ir.Node, done: dict) -> bool:
@@ -286,13 +326,19 @@ def _rewrite(graph: ir.Graph, node: ir.Node, done: dict) -> bool:
         r.finish("Gemm", [r.dq(ins[0], ins[1], ins[2]), r.dq(ins[3], ins[4], ins[5], b_axis), bias],
                  _copy_attrs(node), ins[7], ins[8])
     elif op in ("ConvInteger", "MatMulInteger") and not ms:
-        # Σ (a − a_zp)(b − b_zp) in float: DequantizeLinear with a unit scale
-        one = _constant(graph, f"{r.base}/unit_scale", np.array(1, np.float32))
+        # Σ (a − a_zp)(b − b_zp) in float; with the rescaling quantize_dynamic writes after
+        # it, (a − a_zp)·a_scale and (b − b_zp)·b_scale: the float layer with float weights
+        rescaled = _rescaling(node)
+        a_scale, b_scale, replaces = rescaled or (None, None, ())
+        if rescaled is None:
+            a_scale = b_scale = _constant(graph, f"{r.base}/unit_scale", np.array(1, np.float32))
+        per_channel = [v for v in (ins[3], b_scale if rescaled else None)
+                       if v is not None and v.shape is not None and len(v.shape) == 1 and v.shape[0] != 1]
         b_axis = None
-        if ins[3] is not None and ins[3].shape is not None and len(ins[3].shape) == 1:
+        if per_channel:
             b_axis = 0 if op == "ConvInteger" else (len(ins[1].shape) - 1 if ins[1].shape is not None else 1)
-        r.finish(op[:-len("Integer")], [r.dq(ins[0], one, ins[2]), r.dq(ins[1], one, ins[3], b_axis)],
-                 _copy_attrs(node), None, None)
+        r.finish(op[:-len("Integer")], [r.dq(ins[0], a_scale, ins[2]), r.dq(ins[1], b_scale, ins[3], b_axis)],
+                 _copy_attrs(node), None, None, replaces)
     else:
         return False
     return True
@@ -336,6 +382,7 @@ def simulate(model: ir.Model) -> ir.Model:
         passes.RemoveUnusedNodesPass()(copy)  # and the integer weights behind the folds
     rewritten |= any([_unfuse_relu(graph, node) for node in list(graph)])
     if rewritten:  # the new tensors' shapes (and those contrib operators left unknown)
+        passes.RemoveUnusedNodesPass()(copy)  # a dynamic product's scale Mul
         try:
             passes.ShapeInferencePass(strict_mode=False)(copy)
         except Exception as exc:  # pragma: no cover - shapes are a convenience here

@@ -256,7 +256,7 @@ def test_the_qoperator_simulation_computes_what_the_qdq_one_does(ort_quantized, 
     assert max_rel_err(ox.Saliency(qop).attribute(images, target=3, abs=False), ref) < 1e-5
 
 
-@pytest.mark.parametrize("form", ["qdq", "qoperator"])
+@pytest.mark.parametrize("form", FORMATS)
 def test_cam_reads_the_dequantized_head_and_equals_hw_times_gradcam(ort_quantized, images, form):
     model = _load(ort_quantized, form)
     head = model.classifier_head()
@@ -357,10 +357,11 @@ def test_the_command_line_loads_a_qoperator_model_with_its_domain_allowed(ort_qu
     assert info["auto_layer"].endswith("_dequantized")
 
 
-@pytest.fixture(scope="module")
-def quantized_shapes(tmp_path_factory):
-    """The bundled shapes CNN (a squeeze-and-excitation gate: Sigmoid → Mul) in QDQ."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+@pytest.fixture(scope="module", params=["qdq", "dynamic"])
+def quantized_shapes(tmp_path_factory, request):
+    """The bundled shapes CNN (a squeeze-and-excitation gate: Sigmoid → Mul) in QDQ, or
+    dynamically quantized (its gate's convolutions ConvInteger)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_dynamic, quantize_static
 
     from onnxplain.examples import shapes_model_path
 
@@ -373,8 +374,15 @@ def quantized_shapes(tmp_path_factory):
         def get_next(self):
             return next(self.rows, None)
 
-    path = tmp_path_factory.mktemp("shapes") / "qdq.onnx"
-    quantize_static(str(shapes_model_path()), str(path), Reader(), quant_format=QuantFormat.QDQ)
+    path = tmp_path_factory.mktemp("shapes") / "quantized.onnx"
+    if request.param == "qdq":
+        quantize_static(str(shapes_model_path()), str(path), Reader(), quant_format=QuantFormat.QDQ)
+    else:
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        quant_pre_process(str(shapes_model_path()), str(path.with_name("pre.onnx")))
+        quantize_dynamic(str(path.with_name("pre.onnx")), str(path))
+        assert "ConvInteger" in {n.op_type for n in onnx.load(str(path)).graph.node}
     return ox.load(path), images[:3]
 
 

@@ -133,7 +133,7 @@ ROUTING_OPS = frozenset(
 )
 _GATE_PRODUCERS = frozenset({"Sigmoid", "HardSigmoid", "Tanh", "Softmax", "Erf"})
 #: A quantized model's rounding of an activation (onnxplain.core.quantized).
-_ROUNDING = ("QuantizeLinear", "DequantizeLinear")
+_ROUNDING = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
 
 Position = Literal["first", "last"]
 
