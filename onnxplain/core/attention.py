@@ -107,6 +107,12 @@ def _through(value: ir.Value | None) -> ir.Value | None:
     return value
 
 
+def _same(a: ir.Value, b: ir.Value) -> bool:
+    """One tensor, up to shape-only nodes and a quantized model's rounding (its gate may
+    pool the float map and multiply its rounded copy)."""
+    return a is b or _through(a) is _through(b)
+
+
 def _const(value: ir.Value | None) -> np.ndarray | None:
     if value is None or value.const_value is None:
         return None
@@ -291,7 +297,7 @@ def _channel_gate_kind(model: Model, pre: ir.Value, gated: ir.Value) -> str | No
         for branch in node.inputs:
             x = _mlp(branch) if branch is not None else None
             pooled = _global_pool(model, x) if x is not None else None
-            if pooled is None or pooled[1] is not gated:
+            if pooled is None or not _same(pooled[1], gated):
                 break
             pools.append(pooled[0])
         else:
@@ -299,7 +305,7 @@ def _channel_gate_kind(model: Model, pre: ir.Value, gated: ir.Value) -> str | No
                 return "cbam_channel"
     x = _mlp(pre)
     pooled = _global_pool(model, x) if x is not None else None
-    if pooled is not None and pooled[0] == "mean" and pooled[1] is gated:
+    if pooled is not None and pooled[0] == "mean" and _same(pooled[1], gated):
         return "se"
     return None
 
@@ -320,7 +326,7 @@ def _is_spatial_gate(pre: ir.Value, gated: ir.Value) -> bool:
     if cat is not None and cat.op_type == "Concat" and _int(cat, "axis", 0) % 4 == 1:
         parts = list(cat.inputs)
     reductions = [_channel_reduction(p) if p is not None else None for p in parts]
-    return all(r is not None and r[1] is gated for r in reductions)
+    return all(r is not None and _same(r[1], gated) for r in reductions)
 
 
 def _scope(node: ir.Node) -> str | None:

@@ -183,10 +183,18 @@ class _Rewriter:
 
     def dq(self, x: ir.Value, scale: ir.Value, zero_point: ir.Value | None, axis: int | None = None
            ) -> ir.Value:
-        """``x`` dequantized: one tensor, ``<x>_dequantized``, for all the nodes that read it."""
+        """``x`` dequantized: one tensor for all the nodes that read it, the graph's own
+        DequantizeLinear of it if it has one (so that a gate's pooling and product read one
+        feature map), else a new ``<x>_dequantized``."""
         key = (id(x), id(scale), id(zero_point), axis)
         if key in self.done:
             return self.done[key]
+        for use in x.consumers():
+            ins = [*use.inputs, None, None][:3]
+            if (use.op_type == "DequantizeLinear" and use.domain in _ONNX and ins[0] is x and ins[1] is scale
+                    and ins[2] is zero_point and _attr(use, "axis", 1) == (1 if axis is None else axis)):
+                self.done[key] = use.outputs[0]
+                return use.outputs[0]
         attrs = {} if axis is None else {"axis": axis}
         node = ir.node("DequantizeLinear", [x, scale, zero_point] if zero_point is not None else [x, scale],
                        attrs, name=f"{self.base}/dequantize_{len(self.new)}")
@@ -378,6 +386,8 @@ def simulate(model: ir.Model) -> ir.Model:
     graph = copy.graph
     done: dict = {}  # the tensors dequantized so far
     rewritten = any([_rewrite(graph, node, done) for node in list(graph)])
+    if rewritten:
+        graph.sort()  # a node may now read the graph's own DequantizeLinear placed after it
     if any([_fold(graph, node) for node in list(graph)]):
         passes.RemoveUnusedNodesPass()(copy)  # and the integer weights behind the folds
     rewritten |= any([_unfuse_relu(graph, node) for node in list(graph)])

@@ -357,10 +357,11 @@ def test_the_command_line_loads_a_qoperator_model_with_its_domain_allowed(ort_qu
     assert info["auto_layer"].endswith("_dequantized")
 
 
-@pytest.fixture(scope="module", params=["qdq", "dynamic"])
+@pytest.fixture(scope="module", params=FORMATS)
 def quantized_shapes(tmp_path_factory, request):
-    """The bundled shapes CNN (a squeeze-and-excitation gate: Sigmoid → Mul) in QDQ, or
-    dynamically quantized (its gate's convolutions ConvInteger)."""
+    """The bundled shapes CNN (a squeeze-and-excitation gate: Sigmoid → Mul) in each format
+    (QOperator: its pooling and product QLinearGlobalAveragePool and QLinearMul; dynamic:
+    its convolutions ConvInteger)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_dynamic, quantize_static
 
     from onnxplain.examples import shapes_model_path
@@ -375,15 +376,16 @@ def quantized_shapes(tmp_path_factory, request):
             return next(self.rows, None)
 
     path = tmp_path_factory.mktemp("shapes") / "quantized.onnx"
-    if request.param == "qdq":
-        quantize_static(str(shapes_model_path()), str(path), Reader(), quant_format=QuantFormat.QDQ)
+    if request.param in ("qdq", "qoperator"):
+        form = QuantFormat.QDQ if request.param == "qdq" else QuantFormat.QOperator
+        quantize_static(str(shapes_model_path()), str(path), Reader(), quant_format=form)
     else:
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
         quant_pre_process(str(shapes_model_path()), str(path.with_name("pre.onnx")))
         quantize_dynamic(str(path.with_name("pre.onnx")), str(path))
         assert "ConvInteger" in {n.op_type for n in onnx.load(str(path)).graph.node}
-    return ox.load(path), images[:3]
+    return _load({request.param: path}, request.param), images[:3]
 
 
 def test_gates_are_found_through_their_rounding(quantized_shapes):
