@@ -376,6 +376,18 @@ def _unfuse_relu(graph: ir.Graph, node: ir.Node) -> bool:
     return True
 
 
+def _forget_unknown_dims(graph: ir.Graph) -> None:
+    """Drop the shapes that hold dims a previous inference could not name (``unk__N``,
+    as ONNX Runtime's quantizer leaves on its QOperator tensors), to be inferred again
+    from the input's: a tensor's batch dim is then the input's symbol."""
+    for node in graph:
+        for v in node.outputs:
+            if v.shape is not None and not v.is_graph_output() and any(
+                    not isinstance(d, int) and str(getattr(d, "value", d) or "").startswith("unk__")
+                    for d in v.shape):
+                v.shape = None
+
+
 def simulate(model: ir.Model) -> ir.Model:
     """The float simulation of quantized ``model`` (a new IR model; see the module
     docstring): QOperator and integer nodes rewritten as float operators between
@@ -394,6 +406,7 @@ def simulate(model: ir.Model) -> ir.Model:
     if rewritten:  # the new tensors' shapes (and those contrib operators left unknown)
         passes.RemoveUnusedNodesPass()(copy)  # a dynamic product's scale Mul
         try:
+            _forget_unknown_dims(graph)
             passes.ShapeInferencePass(strict_mode=False)(copy)
         except Exception as exc:  # pragma: no cover - shapes are a convenience here
             logger.warning("shape inference of the quantized model's simulation failed: %s", exc)
