@@ -153,11 +153,8 @@ def _fold(graph: ir.Graph, node: ir.Node) -> bool:
     if out.is_graph_output():
         return False
     name = out.name
-    value = ir.Value(name=name, const_value=ir.tensor(array, name=name), shape=ir.Shape(array.shape),
-                     type=ir.TensorType(ir.DataType.from_numpy(array.dtype)))
     out.name = f"{name}__quantized"
-    out.replace_all_uses_with(value)
-    graph.register_initializer(value)
+    out.replace_all_uses_with(_constant(graph, name, array))
     graph.remove(node, safe=True)
     return True
 
