@@ -273,6 +273,18 @@ def _per_axis(v: torch.Tensor, x: torch.Tensor, axis: int) -> torch.Tensor:
     return v.reshape(shape)
 
 
+def _round_saturate(y: torch.Tensor, shift: torch.Tensor | None, low: int, high: int) -> torch.Tensor:
+    """round(y) + shift, saturated to [low, high], with the straight-through gradient of
+    PyTorch's ``fake_quantize``: 1 where the rounded value is inside the range, its ends
+    included (torch.clamp's gradient is 0 there, and a ReLU's zeros sit on the lower end),
+    0 outside. Rounds half to even, as ONNX."""
+    y = y + (torch.round(y) - y).detach()
+    if shift is not None:
+        y = y + shift
+    inside = (y >= low) & (y <= high)
+    return torch.where(inside, y, y.detach().clamp(low, high))
+
+
 class QuantizeLinear(nn.Module):
     """ONNX QuantizeLinear computed in float, with the straight-through gradient of
     PyTorch's ``fake_quantize``: round(x / scale) + zero point, clamped to the integer
@@ -286,14 +298,8 @@ class QuantizeLinear(nn.Module):
 
     def forward(self, x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None = None
                 ) -> torch.Tensor:
-        y = x / _per_axis(scale, x, self.axis)
-        y = y + (torch.round(y) - y).detach()  # round half to even, as ONNX; gradient 1
-        if zero_point is not None:
-            y = y + _per_axis(zero_point.to(y.dtype), x, self.axis)
-        # saturate; the gradient is 1 on the range's ends too (torch.clamp's is 0 there, and
-        # a ReLU's zeros sit on the lower end)
-        inside = (y >= self.low) & (y <= self.high)
-        return torch.where(inside, y, y.detach().clamp(self.low, self.high))
+        shift = None if zero_point is None else _per_axis(zero_point.to(x.dtype), x, self.axis)
+        return _round_saturate(x / _per_axis(scale, x, self.axis), shift, self.low, self.high)
 
 
 class DequantizeLinear(nn.Module):
@@ -322,10 +328,7 @@ class DynamicQuantizeLinear(nn.Module):
         scale = (high - low) / 255
         safe = torch.where(scale > 0, scale, torch.ones_like(scale))
         zero_point = torch.clamp(torch.round(-low / safe), 0, 255)
-        y = x / safe
-        y = y + (torch.round(y) - y).detach() + zero_point
-        inside = (y >= 0) & (y <= 255)
-        return torch.where(inside, y, y.detach().clamp(0, 255)), scale, zero_point
+        return _round_saturate(x / safe, zero_point, 0, 255), scale, zero_point
 
 
 def _quantize_linear(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:

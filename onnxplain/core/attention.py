@@ -38,6 +38,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx_ir as ir
 
+from onnxplain.core.quantized import ROUNDING_OPS
+
 if TYPE_CHECKING:
     from onnxplain.core.model import Model
 
@@ -47,7 +49,7 @@ GATE_KINDS = ("se", "cbam_channel", "cbam_spatial")
 # Nodes that only move values around (or, in a quantized model, round them); looked
 # through when following a gate backwards.
 _PASS_THROUGH = {"Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Expand", "Cast",
-                 "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
+                 *ROUNDING_OPS}
 # Element-wise nonlinearities allowed between the two layers of a gate's MLP.
 _HIDDEN_ACTIVATIONS = {
     "Relu",

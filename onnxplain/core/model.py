@@ -21,6 +21,7 @@ from onnxplain.core.errors import (
     LayerNotFoundError,
     ModelLoadError,
 )
+from onnxplain.core.quantized import ROUNDING_OPS
 
 if TYPE_CHECKING:
     from onnxplain.backends.base import Backend, Capability
@@ -32,8 +33,6 @@ _GLOBAL_POOLS = {"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"}
 _SPATIAL_REDUCES = {"ReduceMean", "ReduceMax", "ReduceSum", "ReduceL2", "ReduceL1"}
 # Nodes that only reshape a pooled (N, K, 1, 1) vector between pooling and the classifier.
 _SHAPE_ONLY = {"Flatten", "Reshape", "Squeeze", "Identity", "Dropout"}
-# A quantized model's rounding of an activation (a pair in its float simulation).
-_QDQ = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
 
 
 @dataclass(frozen=True)
@@ -604,8 +603,8 @@ class Model:
             if len(consumers) != 1:
                 return None
             node = consumers[0]
-            if node.op_type in _SHAPE_ONLY | _QDQ and node.inputs[0] is value:
-                rounded |= node.op_type in _QDQ
+            if (node.op_type in _SHAPE_ONLY or node.op_type in ROUNDING_OPS) and node.inputs[0] is value:
+                rounded |= node.op_type in ROUNDING_OPS
                 value = node.outputs[0]
                 continue
             break

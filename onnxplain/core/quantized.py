@@ -45,6 +45,8 @@ QUANTIZED_OPS = frozenset(
         "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QAttention", "QLinearWhere",
     }
 )
+#: The nodes of the simulation that round an activation (a value up to one step).
+ROUNDING_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
 logger = logging.getLogger(__name__)
 
 _ONNX = ("", "ai.onnx")

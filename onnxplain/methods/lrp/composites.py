@@ -43,6 +43,7 @@ from typing import Any, Literal
 import onnx_ir as ir
 
 from onnxplain.core.errors import InputValidationError, UnsupportedOperatorError
+from onnxplain.core.quantized import ROUNDING_OPS
 from onnxplain.methods.lrp.rules import (
     AlphaBeta,
     Epsilon,
@@ -86,11 +87,9 @@ ACTIVATION_OPS = frozenset(
         "Identity",
         "Erf",
         "Shrink",
-        # a quantized model's rounding (a staircase Clip): relevance passes through
-        "QuantizeLinear",
-        "DequantizeLinear",
-        "DynamicQuantizeLinear",
     }
+    # a quantized model's rounding (a staircase Clip): relevance passes through
+    | ROUNDING_OPS
 )
 #: Nodes whose relevance is split in proportion to each input's contribution.
 PROPORTIONAL_OPS = frozenset(
@@ -132,8 +131,7 @@ ROUTING_OPS = frozenset(
     }
 )
 _GATE_PRODUCERS = frozenset({"Sigmoid", "HardSigmoid", "Tanh", "Softmax", "Erf"})
-#: A quantized model's rounding of an activation (onnxplain.core.quantized).
-_ROUNDING = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
+
 
 Position = Literal["first", "last"]
 
@@ -385,7 +383,7 @@ def _live_values(graph: ir.Graph, source: ir.Value) -> set[int]:
     live = {id(source)}
     for node in graph:
         if any(v is not None and id(v) in live for v in node.inputs):
-            if node.op_type in ("QuantizeLinear", "DynamicQuantizeLinear"):
+            if node.op_type in ("QuantizeLinear", "DynamicQuantizeLinear"):  # integers for reals
                 live.add(id(node.outputs[0]))  # not a dynamic one's scale and zero point
                 continue
             live.update(id(o) for o in node.outputs if _carries_relevance(o))
@@ -433,7 +431,7 @@ def _squashed(value: ir.Value, live: set[int]) -> bool:
     """``value`` is a squashing function's output (Sigmoid, Tanh, Softmax, Erf, ...), or that
     output scaled or shifted by constants, or rounded by a quantized model."""
     producer = value.producer()
-    while producer is not None and producer.op_type in ("Add", "Sub", "Mul", "Div", *_ROUNDING):
+    while producer is not None and producer.op_type in ("Add", "Sub", "Mul", "Div", *ROUNDING_OPS):
         computed = [v for v in producer.inputs[:2] if not _is_const(v, live)]
         if len(computed) != 1:
             return False
@@ -454,10 +452,10 @@ def _attention_values(node: ir.Node, live: set[int]) -> int | None:
     them a Softmax's output, possibly through Dropout or reshapes), the input index of V."""
     if node.op_type != "MatMul" or any(_is_const(v, live) for v in node.inputs[:2]):
         return None
-    from_softmax = []
+    from_softmax, passing = [], ROUTING_OPS | {"Dropout", "Identity"} | ROUNDING_OPS
     for i, v in enumerate(node.inputs[:2]):
         producer = v.producer()
-        while producer is not None and producer.op_type in ROUTING_OPS | {"Dropout", "Identity", *_ROUNDING}:
+        while producer is not None and producer.op_type in passing:
             producer = producer.inputs[0].producer() if producer.inputs[0] is not None else None
         if producer is not None and producer.op_type == "Softmax":
             from_softmax.append(i)
