@@ -4,7 +4,8 @@ Each pass fixes one habit of a real exporter (measured on torch's two exporters,
 tf2onnx): local functions, weights behind ``Identity`` or ``Constant`` nodes, initializers
 listed as graph inputs, ``Reshape(allowzero=1)`` where no zero is in the shape, dead
 nodes, missing shapes, duplicate or empty names, gathers that copy a tensor in its own
-order (dynamo's ``as_strided``). Nothing that changes the computation:
+order (dynamo's ``as_strided``), a channels-last global pooling before its transpose
+(ONNX Runtime's transpose optimiser). Nothing that changes the computation:
 BatchNorm and activations stay separate nodes, so rules and layer boundaries survive.
 """
 
@@ -214,6 +215,68 @@ class SinkChannelsLastTransposePass(ir.passes.InPlacePass):
         return True
 
 
+class ChannelsFirstPoolPass(ir.passes.InPlacePass):
+    """Pool channels first what a graph pools channels last and then moves channels first.
+
+    ONNX Runtime's transpose optimiser (its offline optimisation, and
+    ``onnxruntime.quantization``'s pre-processing) moves the ``Transpose(perm=[0, 3, 1, 2])``
+    of a channels-last map (Swin's head) below its global pooling: ``X (N, H, W, C) →
+    ReduceMean(axes=[1, 2]) → Transpose``. Then no channels-first map is a tensor of the
+    graph, and CAMs have none to read. This pass writes it back as ``X → Transpose →
+    ReduceMean(axes=[2, 3])``: the same values (summed in another order), the pooled map
+    named ``<X>__nchw``, the pooled vector keeping the transpose's output name.
+    """
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph = model.graph
+        modified = any([self._rewrite(graph, node) for node in list(graph)])
+        return ir.passes.PassResult(model, modified=modified)
+
+    @staticmethod
+    def _rewrite(graph: ir.Graph, node: ir.Node) -> bool:
+        if node.op_type not in ("ReduceMean", "ReduceMax") or node.domain not in ("", "ai.onnx"):
+            return False
+        x, out = (node.inputs[0] if node.inputs else None), node.outputs[0]
+        keep = node.attributes.get("keepdims")
+        if x is None or x.shape is None or len(x.shape) != 4 or (keep is not None and keep.as_int() == 0):
+            return False
+        by_input = len(node.inputs) > 1 and node.inputs[1] is not None
+        axes = _const_array(node.inputs[1]) if by_input else (
+            np.asarray(node.attributes["axes"].as_ints()) if "axes" in node.attributes else None)
+        uses = list(out.consumers())
+        if axes is None or {int(a) % 4 for a in axes.reshape(-1)} != {1, 2} or len(uses) != 1:
+            return False
+        back = uses[0]
+        if back.op_type != "Transpose" or _perm(back) != (0, 3, 1, 2) or out.is_graph_output():
+            return False
+        first = ir.Node("", "Transpose", [x], attributes=[ir.AttrInt64s("perm", [0, 3, 1, 2])],
+                        name=f"{node.name}__nchw_input")
+        first.outputs[0].name = f"{x.name}__nchw"
+        first.outputs[0].shape = ir.Shape([x.shape[0], x.shape[3], x.shape[1], x.shape[2]])
+        attrs = [a for k, a in node.attributes.items() if k != "axes"]
+        inputs = [first.outputs[0]]
+        if by_input:
+            name = f"{node.name}__nchw_axes"
+            axes_value = ir.Value(name=name, const_value=ir.tensor(np.array([2, 3], np.int64), name=name))
+            axes_value.shape, axes_value.dtype = ir.Shape([2]), ir.DataType.INT64
+            graph.register_initializer(axes_value)
+            inputs.append(axes_value)
+        else:
+            attrs.append(ir.AttrInt64s("axes", [2, 3]))
+        pool = ir.Node(node.domain, node.op_type, inputs, attributes=attrs, name=f"{node.name}__nchw")
+        if x.dtype is not None:  # an untyped value must stay untyped (no Tensor(None))
+            first.outputs[0].dtype = pool.outputs[0].dtype = x.dtype
+        pooled = back.outputs[0]
+        pool.outputs[0].shape = pooled.shape
+        graph.insert_before(node, [first, pool])
+        pooled.replace_all_uses_with(pool.outputs[0], replace_graph_outputs=True)
+        name = pooled.name
+        pooled.name = f"{name}__replaced"
+        pool.outputs[0].name = name
+        graph.remove([back, node], safe=True)
+        return True
+
+
 class IdentityGatherPass(ir.passes.InPlacePass):
     """Drop the identity ``as_strided`` gathers of dynamo exports
     (:func:`onnxplain.core.strided.drop_identity_gathers`)."""
@@ -246,6 +309,7 @@ def canonicalize(model: ir.Model) -> ir.Model:
         passes.TopologicalSortPass(),
         passes.NameFixPass(),
         passes.ShapeInferencePass(strict_mode=False),
+        ChannelsFirstPoolPass(),
         IdentityGatherPass(),
         passes.RemoveUnusedNodesPass(),
     ]
