@@ -218,8 +218,8 @@ def _hidden_activation(value: ir.Value) -> ir.Value | None:
         return node.inputs[0]
     if node.op_type == "Mul" and len(node.inputs) == 2:
         for x, g in (node.inputs, node.inputs[::-1]):
-            act = _gate_activation(g) if g is not None else None
-            if act is not None and act[0] is x:
+            act = _gate_activation(_through(g)) if g is not None else None
+            if act is not None and x is not None and _same(act[0], x):
                 return x
     return None
 

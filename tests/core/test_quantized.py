@@ -398,3 +398,38 @@ def test_gates_are_found_through_their_rounding(quantized_shapes):
     # LRP's gate rule finds the rounded Sigmoid and gives the feature map the relevance
     relevance = lrp.LRP(model, lrp.EpsilonPlusFlat()).attribute(images, target=1)
     assert np.isfinite(relevance).all() and np.abs(relevance).max() > 0
+
+
+class _SiLUGate(nn.Module):
+    """EfficientNet's gate: squeeze, 1×1 conv, SiLU (x·σ(x)), 1×1 conv, σ, product."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.reduce, self.expand = nn.Conv2d(8, 4, 1), nn.Conv2d(4, 8, 1)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = torch.relu(self.conv(x))
+        gate = torch.sigmoid(self.expand(nn.functional.silu(self.reduce(f.mean(dim=(2, 3), keepdim=True)))))
+        return self.fc((f * gate).mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("form", ["qdq", "qoperator"])
+def test_a_gate_with_a_rounded_silu_inside_is_found(tmp_path, images, form):
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    (tmp_path / "float.onnx").write_bytes(_export(_SiLUGate().eval(), torch.from_numpy(images)))
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.rows = iter([{"input": images[i:i + 1]} for i in range(len(images))])
+
+        def get_next(self):
+            return next(self.rows, None)
+
+    quantize_static(str(tmp_path / "float.onnx"), str(tmp_path / "q.onnx"), Reader(),
+                    quant_format=QuantFormat.QDQ if form == "qdq" else QuantFormat.QOperator)
+    model = _load({form: tmp_path / "q.onnx"}, form)
+    assert [g.kind for g in model.attention_gates()] == ["se"]
