@@ -77,14 +77,9 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
                         help="preprocessing spec (see onnxplain.preprocess.Preprocess); default: the "
                              "one stored next to the model, else a guess from its input shape")
     parser.add_argument("--layer", help="feature map for CAM methods (default: auto)")
-    _domain_arg(parser)
+    from onnxplain.cli.common import add_domain_arg
 
-
-def _domain_arg(parser: argparse.ArgumentParser) -> None:
-    from onnxplain.cli.common import ALLOW_DOMAIN_HELP
-
-    parser.add_argument("--allow-domain", action="append", default=[], metavar="DOMAIN",
-                        help=ALLOW_DOMAIN_HELP)
+    add_domain_arg(parser)
 
 
 def _int_at_least(minimum: int, words: str):
@@ -148,7 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--preprocess", metavar="JSON",
                    help="preprocessing spec to report instead of the stored one")
-    _domain_arg(p)
+    from onnxplain.cli.common import add_domain_arg
+
+    add_domain_arg(p)
     _common(p, run=False)
     p.set_defaults(func="inspect")
 

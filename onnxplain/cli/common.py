@@ -48,6 +48,12 @@ def _card(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+def add_domain_arg(parser) -> None:
+    """``--allow-domain`` (repeatable) for a command that loads a model."""
+    parser.add_argument("--allow-domain", action="append", default=[], metavar="DOMAIN",
+                        help=ALLOW_DOMAIN_HELP)
+
+
 ALLOW_DOMAIN_HELP = ("an operator domain to allow besides the standard ones, repeatable: "
                      "com.microsoft for ONNX Runtime's contrib operators (its QOperator quantized "
                      "models use them); other domains also need a custom-op library")

@@ -6,7 +6,7 @@ import argparse
 import itertools
 from collections import Counter
 
-from onnxplain.cli.common import ALLOW_DOMAIN_HELP
+from onnxplain.cli.common import add_domain_arg
 from onnxplain.core.errors import InputValidationError
 
 
@@ -28,7 +28,7 @@ def add_parser(sub, common, positive) -> None:
         "--target", default="pred", help="pred (the predicted class) or a class index (default: pred)"
     )
     p.add_argument("--layer", help="feature map for CAM methods (default: auto)")
-    p.add_argument("--allow-domain", action="append", default=[], metavar="DOMAIN", help=ALLOW_DOMAIN_HELP)
+    add_domain_arg(p)
     p.add_argument(
         "--preprocess",
         metavar="JSON",

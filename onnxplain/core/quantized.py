@@ -35,6 +35,8 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes import common as passes
 
+from onnxplain.core.canonical import _const_array
+
 #: Operators that only occur in quantized graphs.
 QUANTIZED_OPS = frozenset(
     {
@@ -58,15 +60,6 @@ def is_quantized(model: ir.Model) -> bool:
     return any(node.op_type in QUANTIZED_OPS and node.domain in (*_ONNX, _MS) for node in model.graph)
 
 
-def _const(value: ir.Value | None) -> np.ndarray | None:
-    if value is None or value.const_value is None:
-        return None
-    try:
-        return np.asarray(value.const_value.numpy())
-    except Exception:  # pragma: no cover - float8 and other exotic element types
-        return None
-
-
 def _attr(node: ir.Node, name: str, default: int) -> int:
     attr = node.attributes.get(name)
     return default if attr is None else attr.as_int()
@@ -80,12 +73,10 @@ def dequantize(q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None, 
     zp = np.zeros((), np.int64) if zero_point is None else np.asarray(zero_point)
     if scale.ndim and q.ndim:
         axis %= q.ndim
-        if block_size:
-            scale = np.repeat(scale, block_size, axis=axis)[tuple(
-                slice(0, q.shape[axis]) if a == axis else slice(None) for a in range(q.ndim))]
-            if zp.ndim:
-                zp = np.repeat(zp, block_size, axis=axis)[tuple(
-                    slice(0, q.shape[axis]) if a == axis else slice(None) for a in range(q.ndim))]
+        if block_size:  # each block's value repeated over its block, the last one cut short
+            cut = tuple(slice(0, q.shape[axis]) if a == axis else slice(None) for a in range(q.ndim))
+            scale = np.repeat(scale, block_size, axis=axis)[cut]
+            zp = np.repeat(zp, block_size, axis=axis)[cut] if zp.ndim else zp
         elif scale.ndim == 1:
             shape = [1] * q.ndim
             shape[axis] = -1
@@ -124,7 +115,7 @@ def _folded(node: ir.Node) -> np.ndarray | None:
     of constants computes (None otherwise)."""
     if node.op_type not in ("QuantizeLinear", "DequantizeLinear", "Reshape") or node.domain not in _ONNX:
         return None
-    inputs = [_const(v) if v is not None else None for v in node.inputs]
+    inputs = [_const_array(v) if v is not None else None for v in node.inputs]
     if node.op_type == "Reshape":
         if len(inputs) != 2 or inputs[0] is None or inputs[1] is None or _attr(node, "allowzero", 0):
             return None
@@ -237,7 +228,7 @@ def _bias(graph: ir.Graph, bias: ir.Value | None, *scales: ir.Value | None) -> i
     """An int32 bias of scale Π scales as a float constant (None when not constant)."""
     if bias is None:
         return None
-    arrays = [_const(bias), *(_const(s) for s in scales)]
+    arrays = [_const_array(bias), *(_const_array(s) for s in scales)]
     if any(a is None for a in arrays):
         return None
     scale = np.float32(1)
@@ -273,7 +264,7 @@ def _rescaling(node: ir.Node) -> tuple[ir.Value, ir.Value, tuple[ir.Node, ...]] 
     a_scale, b_scale = product.inputs[0], product.inputs[1]
     if b_scale is dynamic.outputs[1]:
         a_scale, b_scale = b_scale, a_scale
-    if a_scale is not dynamic.outputs[1] or _const(b_scale) is None:
+    if a_scale is not dynamic.outputs[1] or _const_array(b_scale) is None:
         return None
     return a_scale, b_scale, (cast, mul)
 
@@ -361,7 +352,7 @@ def _unfuse_relu(graph: ir.Graph, node: ir.Node) -> bool:
     same, and rectifier methods (guided backpropagation, deconvnet) and LRP find it."""
     if node.op_type != "QuantizeLinear" or node.domain not in _ONNX or len(node.inputs) < 3:
         return False
-    x, zero_point = node.inputs[0], _const(node.inputs[2])
+    x, zero_point = node.inputs[0], _const_array(node.inputs[2])
     producer = x.producer() if x is not None else None
     if producer is None or producer.op_type not in _FUSES_RELU or zero_point is None or zero_point.size != 1:
         return False
