@@ -1,7 +1,8 @@
 """Every method on many architectures: a by-hand check that onnxplain takes models as they come.
 
-    .venv/bin/python benchmarks/zoo.py [--archs resnet18,vit,...] [--exporter auto|dynamo|legacy]
-                                       [--opset N] [--quantize qdq|qoperator|dynamic]
+    .venv/bin/python benchmarks/zoo.py [--archs resnet18,vit,timm:resnest14d,...]
+                                       [--exporter auto|dynamo|legacy] [--opset N]
+                                       [--quantize qdq|qoperator|dynamic] [--methods saliency,...]
                                        [--out benchmarks/ZOO.md]
 
 Each architecture (torchvision, seeded random weights, 10 classes; ``vit`` and ``swin`` are
@@ -12,7 +13,9 @@ settings (``SMALL``), on two 64×64 images (96 for Inception), target class 1. A
 time in seconds, or the error type and the start of its message: a refusal of our own
 (``InputValidationError``, ``UnsupportedOperatorError``) names what the method needs;
 any other exception is a bug. Writes a markdown table (default ``benchmarks/ZOO.md``).
-``--quantize``: explain the export quantized by ``onnxruntime.quantization`` instead
+``timm:NAME`` (or ``--archs timm``, the list ``TIMM``) builds timm's architecture NAME
+(``pip install timm``; random weights, nothing downloaded), at 64×64 where it takes
+``img_size``. ``--quantize``: explain the export quantized by ``onnxruntime.quantization`` instead
 (static, calibrated on the two images, per channel; or dynamic).
 """
 
@@ -35,6 +38,19 @@ from onnxplain.cli.methods import available
 ARCHS = ("resnet18,resnext50_32x4d,mobilenet_v3_large,efficientnet_b0,densenet121,squeezenet1_1,"
          "shufflenet_v2_x0_5,regnet_y_400mf,mnasnet0_5,googlenet,inception_v3,vgg11_bn,alexnet,"
          "convnext_tiny,vit,swin")
+#: timm architectures, one or two of each family, for what torchvision lacks: split and selective
+#: kernel attention, runtime weight standardisation, MLP-only and pooling-only mixers, distillation
+#: and class-attention heads, convolutional and hybrid transformers, relative and rotary position
+#: codes, recurrent token mixers, reparameterised blocks.
+TIMM = ("resnest14d,skresnet18,ghostnet_100,rexnet_100,hrnet_w18_small,dla34,dpn68,cspresnet50,nf_resnet26,"
+        "repvgg_a0,tresnet_m,mixnet_s,res2net50_14w_8s,xception41,mixer_s16_224,resmlp_12_224,gmlp_ti16_224,"
+        "deit_tiny_distilled_patch16_224,cait_xxs24_224,levit_128s,pit_ti_224,coat_lite_tiny,"
+        "twins_pcpvt_small,xcit_nano_12_p16_224,mobilevit_xxs,poolformer_s12,edgenext_xx_small,"
+        "maxvit_nano_rw_256,fastvit_t8,efficientvit_b0,eva02_tiny_patch14_224,davit_tiny,convnextv2_atto,"
+        "regnetz_b16,lcnet_050,hgnetv2_b0,focalnet_tiny_srf,gcvit_xxtiny,visformer_tiny,sequencer2d_s,"
+        "volo_d1_224,crossvit_tiny_240,selecsls42b,mobilenetv4_conv_small,mobileone_s0,inception_next_tiny,"
+        "starnet_s1,beit_base_patch16_224,swinv2_cr_tiny_224,nest_tiny,ese_vovnet19b_dw,rdnet_tiny,"
+        "mambaout_femto,efficientvit_m0,tiny_vit_5m_224,hiera_tiny_224,vitamin_small_224")
 #: Keyword arguments shrunk so that every method takes seconds, where a method takes them.
 SMALL = {"n_steps": 4, "nt_samples": 2, "n_masks": 64, "n_samples": 40}
 #: Methods that explain gates, not a target.
@@ -44,6 +60,13 @@ NO_TARGET = {"attention-maps"}
 def network(arch: str) -> tuple[torch.nn.Module, int]:
     """The torch module (eval mode, seeded) and its input size."""
     torch.manual_seed(0)
+    if arch.startswith("timm:"):
+        import timm
+
+        try:
+            return timm.create_model(arch[5:], num_classes=10, img_size=64).eval(), 64
+        except TypeError:  # no img_size: fully convolutional
+            return timm.create_model(arch[5:], num_classes=10).eval(), 64
     if arch == "vit":
         from torchvision.models.vision_transformer import VisionTransformer
 
@@ -60,11 +83,11 @@ def network(arch: str) -> tuple[torch.nn.Module, int]:
     return getattr(torchvision.models, arch)(**kwargs).eval(), 96 if arch == "inception_v3" else 64
 
 
-def explain(model: ox.Model, x: np.ndarray) -> dict[str, str]:
-    """Every method's cell for one model."""
+def explain(model: ox.Model, x: np.ndarray, only: set[str] | None = None) -> dict[str, str]:
+    """Every method's cell for one model (the methods in ``only``, when given)."""
     cells = {}
     for name, method in available().items():
-        if method.entry.slow:
+        if method.entry.slow or (only and name not in only):
             continue
         start = time.perf_counter()
         try:
@@ -116,12 +139,16 @@ def main() -> None:
     parser.add_argument("--exporter", default="auto", choices=["auto", "dynamo", "legacy"])
     parser.add_argument("--opset", type=int, default=None)
     parser.add_argument("--quantize", default=None, choices=["qdq", "qoperator", "dynamic"])
+    parser.add_argument("--methods", default=None, help="comma-separated CLI method names (default: all)")
     parser.add_argument("--out", default=str(Path(__file__).with_name("ZOO.md")))
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     began = time.time()
     rows = {}
-    for arch in args.archs.split(","):
+    archs = args.archs.replace("timm", ",".join("timm:" + a for a in TIMM.split(","))) \
+        if args.archs == "timm" else args.archs
+    only = set(args.methods.split(",")) if args.methods else None
+    for arch in archs.split(","):
         net, size = network(arch)
         x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
         try:
@@ -130,9 +157,11 @@ def main() -> None:
                 model = quantized(model, x.numpy(), args.quantize)
         except Exception as exc:
             rows[arch] = {"export": f"**{type(exc).__name__}**: {str(exc)[:90]}"}
+            print(arch, rows[arch], flush=True)
             continue
-        rows[arch] = explain(model, x.numpy())
-        print(arch, " ".join(f"{k}={v}" for k, v in rows[arch].items()), flush=True)
+        rows[arch] = explain(model, x.numpy(), only)
+        cells = " ".join(f"{k}={v}" for k, v in rows[arch].items())
+        print(arch, f"{time.time() - began:.0f}s", cells, flush=True)
     methods = list(dict.fromkeys(m for cells in rows.values() for m in cells))
     lines = [
         "# Every method on many architectures",

@@ -59,7 +59,7 @@ class ClassifierHead:
     """A global-average-pooling classifier: ``logits = weight · GAP(feature_map) + bias``.
 
     ``feature_map``: the pooled tensor (N, K, h, w); ``pool`` / ``linear``: the node names
-    of the pooling and of the Gemm/MatMul; ``logits``: the tensor the head computes
+    of the pooling and of the Gemm/MatMul (or 1×1 Conv); ``logits``: the tensor the head computes
     (N, classes); ``weight``: (classes, K) with Gemm's ``alpha`` and ``transB`` applied;
     ``bias``: (classes,) or None; ``features``: the linear layer's input, the pooled
     features (N, K); ``rounded``: a quantized model rounds the pooled features before the
@@ -575,8 +575,9 @@ class Model:
         """The global-average-pooling classifier head, or None when the graph has none.
 
         Found as GAP (GlobalAveragePool, a mean over both spatial axes or a full-size
-        AveragePool) → any of Flatten/Reshape/Squeeze → Gemm, or MatMul (+ Add), whose
-        weight is an initializer: ``logits = W · GAP(A) + b``. When several qualify, the
+        AveragePool) → any of Flatten/Reshape/Squeeze → Gemm, or MatMul (+ Add), or a 1×1
+        Conv then Flatten/Reshape/Squeeze, whose weight is an initializer:
+        ``logits = W · GAP(A) + b``. When several qualify, the
         last one in the graph.
         """
         head = None
@@ -611,6 +612,8 @@ class Model:
         if node.inputs[0] is not value or len(node.inputs) < 2 or node.inputs[1] is None:
             return None
         weight = node.inputs[1].const_value
+        if node.op_type == "Conv":  # a 1×1 convolution on the pooled (N, K, 1, 1) features
+            return self._conv_head(pool, node, value, rounded)
         if weight is None or len(weight.shape) != 2:
             return None
         w = weight.numpy().astype(np.float64)
@@ -640,6 +643,43 @@ class Model:
                     logits = after[0].outputs[0]
         else:
             return None
+        return self._head(pool, node, logits, w, bias, value, rounded)
+
+    def _conv_head(self, pool: ir.Node, node: ir.Node, value: ir.Value,
+                   rounded: bool) -> ClassifierHead | None:
+        """A classifier written as a 1×1 convolution on the kept-dims pooled features, then
+        Flatten/Reshape/Squeeze to (N, classes) (DLA, DPN, timm's ``use_conv`` heads)."""
+        weight = node.inputs[1].const_value
+        if weight is None or len(weight.shape) != 4 or tuple(weight.shape[2:]) != (1, 1):
+            return None
+        attrs = node.attributes
+        group = attrs["group"].as_int() if attrs.get("group") is not None else 1
+        pads = attrs["pads"].as_ints() if attrs.get("pads") is not None else ()
+        auto_pad = attrs["auto_pad"].as_string() if attrs.get("auto_pad") is not None else "NOTSET"
+        if group != 1 or any(pads) or auto_pad not in ("NOTSET", "VALID"):
+            return None
+        dims = _dims(value)
+        if dims is None or len(dims) != 4 or dims[2:] != (1, 1):
+            return None
+        bias = None
+        if len(node.inputs) > 2 and node.inputs[2] is not None:
+            c = node.inputs[2].const_value
+            if c is None:
+                return None
+            bias = c.numpy().astype(np.float64).reshape(-1)
+        logits = node.outputs[0]
+        while True:  # to the (N, classes) tensor
+            after = list(logits.consumers())
+            if len(after) != 1 or after[0].op_type not in _SHAPE_ONLY or after[0].inputs[0] is not logits:
+                break
+            logits = after[0].outputs[0]
+        if len(_dims(logits) or ()) != 2:
+            return None
+        w = weight.numpy().astype(np.float64).reshape(weight.shape[0], -1)
+        return self._head(pool, node, logits, w, bias, value, rounded)
+
+    def _head(self, pool: ir.Node, node: ir.Node, logits: ir.Value, w: np.ndarray, bias: np.ndarray | None,
+              value: ir.Value, rounded: bool) -> ClassifierHead | None:
         feature_map = _channels_first_source(pool.inputs[0])
         channels = (_dims(feature_map) or (None, None))[1]
         if isinstance(channels, int) and channels != w.shape[1]:

@@ -124,6 +124,51 @@ def test_cam_equals_gradcam_times_hw_on_a_gap_fc_network(which, small_model, ima
     assert max_rel_err(cam, grad * cam.shape[1] * cam.shape[2]) < TOL
 
 
+class _ConvHead(torch.nn.Module):
+    """GAP (kept dims) → 1×1 Conv → Flatten, as DLA and DPN (timm) write their classifier;
+    ``padded``: the 1×1 Conv pads its 1×1 input, so it is no longer a linear head."""
+
+    def __init__(self, padded: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.ReLU(),
+                                        torch.nn.Conv2d(6, 5, 3, stride=2, padding=1), torch.nn.ReLU())
+        self.fc = torch.nn.Conv2d(5, 4, 1, padding=1 if padded else 0)
+
+    def forward(self, x):
+        z = self.fc(F.adaptive_avg_pool2d(self.body(x), 1))
+        return z.flatten(1) if z.shape[-1] == 1 else z.mean((2, 3))
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
+def test_a_1x1_conv_classifier_on_the_pooled_map_is_a_cam_head(exporter, images):
+    net = _ConvHead().eval()
+    x = images[:, :, :16, :16]
+    model = ox.adapters.torch.export(net, torch.from_numpy(x), exporter=exporter)
+    head = model.classifier_head()
+    assert head is not None and head.logits == model.output_name
+    np.testing.assert_allclose(head.weight, net.fc.weight.detach().numpy()[:, :, 0, 0], atol=1e-7)
+    np.testing.assert_allclose(head.bias, net.fc.bias.detach().numpy(), atol=1e-7)
+    cam = CAM(model).attribute(x, target=[1, 2], relu_attributions=False, upsample=False)
+    grad = GradCAM(model).attribute(x, target=[1, 2], relu_attributions=False, upsample=False)
+    assert cam.shape == (2, 8, 8) and max_rel_err(cam, grad * 64) < TOL
+    method = AblationCAM(model)  # its weights in closed form, y − W_ck · GAP(A^k), equal re-running the tail
+    acts = model.backend("onnxruntime").forward(x, outputs=[method.layer.name])[method.layer.name]
+    y = model.predict(x)[[0, 1], [1, 2]].astype(np.float64)
+    want = []
+    for i, c in enumerate([1, 2]):
+        copies = np.repeat(acts[i:i + 1], 5, axis=0)
+        copies[np.arange(5), np.arange(5)] = 0
+        want.append((y[i] - method.tail.predict(copies)[:, c]) / y[i])
+    captured = {}
+    real = method.channel_weights
+    method.channel_weights = lambda data: captured.setdefault("w", real(data))
+    method.attribute(x, target=[1, 2], show_progress=False)
+    assert "_features_backend" not in vars(method) and max_rel_err(captured["w"], np.stack(want)) < 1e-4
+    padded = ox.adapters.torch.export(_ConvHead(padded=True).eval(), torch.from_numpy(x), exporter=exporter)
+    assert padded.classifier_head() is None
+
+
 def test_cam_without_a_gap_fc_head_says_so_and_suggests_gradcam(headless_model):
     assert headless_model.classifier_head() is None
     with pytest.raises(ox.InputValidationError, match="fully-connected head.*GradCAM"):
