@@ -3,7 +3,8 @@
 Each pass fixes one habit of a real exporter (measured on torch's two exporters, Paddle,
 tf2onnx): local functions, weights behind ``Identity`` or ``Constant`` nodes, initializers
 listed as graph inputs, ``Reshape(allowzero=1)`` where no zero is in the shape, dead
-nodes, missing shapes, duplicate or empty names, gathers that copy a tensor in its own
+nodes, computations on constants (weight standardisation; :mod:`onnxplain.core.constant_fold`),
+missing shapes, duplicate or empty names, gathers that copy a tensor in its own
 order (dynamo's ``as_strided``), a channels-last global pooling before its transpose
 (ONNX Runtime's transpose optimiser). Nothing that changes the computation:
 BatchNorm and activations stay separate nodes, so rules and layer boundaries survive.
@@ -18,6 +19,8 @@ import onnx
 import onnx_ir as ir
 from onnx import numpy_helper
 from onnx_ir.passes import common as passes
+
+from onnxplain.core.constant_fold import FoldConstantSubgraphsPass
 
 logger = logging.getLogger(__name__)
 
@@ -302,6 +305,7 @@ def canonicalize(model: ir.Model) -> ir.Model:
         passes.RemoveInitializersFromInputsPass(),
         passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
         passes.IdentityEliminationPass(),
+        FoldConstantSubgraphsPass(),
         NormalizeReshapeAllowZeroPass(),
         SinkChannelsLastTransposePass(),
         passes.RemoveUnusedNodesPass(),

@@ -23,6 +23,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxplain.core.canonical import _const_array
+from onnxplain.core.constant_fold import evaluate
 from onnxplain.core.model import _dims
 
 logger = logging.getLogger(__name__)
@@ -70,53 +71,13 @@ def _shape_value(node: ir.Node, batch: int, batch_dim: object) -> np.ndarray | N
 def _evaluate(graph: ir.Graph, targets: list[ir.Value], shapes: list[ir.Node], batch: int,
               batch_dim: object, opset: int) -> list[np.ndarray] | None:
     """``targets`` with every Shape in ``shapes`` replaced by its value at ``batch``."""
-    import onnxruntime as ort
-
-    nodes, seen = [], set()
     consts: dict[int, np.ndarray] = {}
     for node in shapes:
         value = _shape_value(node, batch, batch_dim)
         if value is None:
             return None
         consts[id(node.outputs[0])] = value
-    stack = list(targets)
-    while stack:
-        v = stack.pop()
-        node = v.producer() if v is not None else None
-        if node is None or id(node) in seen or id(v) in consts or v.const_value is not None:
-            continue
-        seen.add(id(node))
-        nodes.append(node)
-        stack.extend(node.inputs)
-    order = {id(n): i for i, n in enumerate(graph)}
-    nodes.sort(key=lambda n: order[id(n)])
-    proto_nodes, inits, names = [], [], {}
-
-    def name_of(v: ir.Value) -> str:
-        return names.setdefault(id(v), f"v{len(names)}")
-
-    import onnx
-    from onnx import helper, numpy_helper
-
-    for v in {id(v): v for v in [*targets, *(v for n in nodes for v in n.inputs)] if v is not None}.values():
-        array = consts.get(id(v))
-        if array is None and v.const_value is not None:
-            array = np.asarray(v.const_value.numpy())
-        if array is not None:
-            inits.append(numpy_helper.from_array(array, name_of(v)))
-    for node in nodes:
-        proto = ir.serde.serialize_node(node)
-        del proto.input[:]
-        del proto.output[:]
-        proto.input.extend(name_of(v) if v is not None else "" for v in node.inputs)
-        proto.output.extend(name_of(v) for v in node.outputs)
-        proto.name = ""
-        proto_nodes.append(proto)
-    outputs = [helper.make_tensor_value_info(name_of(t), onnx.TensorProto.INT64, None) for t in targets]
-    model = helper.make_model(helper.make_graph(proto_nodes, "indices", [], outputs, inits),
-                              opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(None, {})
+    return evaluate(graph, targets, consts, opset)
 
 
 def drop_identity_gathers(model: ir.Model) -> int:
