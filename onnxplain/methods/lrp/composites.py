@@ -17,7 +17,7 @@ Every composite starts from :data:`BASE` (unless ``base=False``), the rules for 
 without weights, as zennit's ``layer_map_base``: element-wise activations pass
 relevance through, Add/Sub/Sum and average pooling split it in proportion to each
 input's contribution, a Mul or Div by a gate or constant passes it to the signal (SE
-blocks: nothing to the gate), max pooling, Concat and shape operations route it as the
+blocks: nothing to the gate), max pooling, Concat, Resize and shape operations route it as the
 gradient does, a BatchNormalization that could not be folded into its Conv is an
 affine layer with the ε rule, and a LayerNormalization (ConvNeXt, transformers) gets the
 ε rule with its standard deviation held constant, which makes it linear (the LN-rule of
@@ -28,9 +28,9 @@ layer whose weights are A (the same paper's attention rule). The named composite
 add the rules for layers with weights, exactly as zennit's composites of the same name.
 
 Unsupported nodes — anything on the relevance path from the input to the target that no
-entry maps (Resize, ConvTranspose, Softmax, a Mul of two same-shaped computed tensors,
+entry maps (ConvTranspose, Softmax, a Mul of two same-shaped computed tensors,
 ...) — raise :class:`~onnxplain.UnsupportedOperatorError` listing all of them before any
-computation; map a rule to them (e.g. ``(Select(op_type="Resize"), Norm())``) to run.
+computation; map a rule to them (e.g. ``(Select(op_type="ConvTranspose"), Epsilon())``) to run.
 """
 
 from __future__ import annotations
@@ -128,6 +128,10 @@ ROUTING_OPS = frozenset(
         "GlobalMaxPool",
         "ReduceMax",
         "Cast",
+        # upsampling (HRNet, FPNs): zennit has no rule for it and passes the relevance back as
+        # the gradient, R_in = Aᵀ R_out (nearest: each copy's relevance to its source; linear
+        # modes: by the interpolation weights, which sum to 1 per output)
+        "Resize",
     }
 )
 _GATE_PRODUCERS = frozenset({"Sigmoid", "HardSigmoid", "Tanh", "Softmax", "Erf"})
