@@ -64,9 +64,14 @@ def network(arch: str) -> tuple[torch.nn.Module, int]:
         import timm
 
         try:
-            return timm.create_model(arch[5:], num_classes=10, img_size=64).eval(), 64
+            net = timm.create_model(arch[5:], num_classes=10, img_size=64).eval()
         except TypeError:  # no img_size: fully convolutional
-            return timm.create_model(arch[5:], num_classes=10).eval(), 64
+            net = timm.create_model(arch[5:], num_classes=10).eval()
+        with torch.no_grad():  # some initialise their classifier to zero: every score would be 0
+            for param in net.get_classifier().parameters():
+                if not param.any():
+                    param.normal_(0, 0.05)
+        return net, 64
     if arch == "vit":
         from torchvision.models.vision_transformer import VisionTransformer
 

@@ -58,7 +58,8 @@ class LayerSpec:
 class ClassifierHead:
     """A global-average-pooling classifier: ``logits = weight · GAP(feature_map) + bias``.
 
-    ``feature_map``: the pooled tensor (N, K, h, w); ``pool`` / ``linear``: the node names
+    ``feature_map``: the pooled tensor (N, K, h, w), or (N, tokens, K) for a transformer or
+    MLP mixer that averages its tokens; ``pool`` / ``linear``: the node names
     of the pooling and of the Gemm/MatMul (or 1×1 Conv); ``logits``: the tensor the head computes
     (N, classes); ``weight``: (classes, K) with Gemm's ``alpha`` and ``transB`` applied;
     ``bias``: (classes,) or None; ``features``: the linear layer's input, the pooled
@@ -83,8 +84,9 @@ def _dims(value: ir.Value) -> tuple[Dim, ...] | None:
     for d in value.shape:
         if isinstance(d, int):
             out.append(d)
-        else:
-            out.append(getattr(d, "value", None) or None)
+        else:  # a symbol; ``unk__N`` is shape inference's name for a dim it could not infer
+            name = getattr(d, "value", None) or None
+            out.append(None if isinstance(name, str) and name.startswith("unk__") else name)
     return tuple(out)
 
 
@@ -173,6 +175,22 @@ def _is_integer(value: ir.Value) -> bool:
     """Whether ``value`` holds integers (a quantized model's rounded activations, indices)."""
     dtype = value.dtype
     return dtype is not None and not dtype.is_floating_point()
+
+
+def _spec(value: ir.Value) -> LayerSpec:
+    producer = value.producer()
+    return LayerSpec(value.name, producer.op_type if producer else "Input", producer.name if producer else "",
+                     _dims(value) or ())
+
+
+def _reduce_axes(node: ir.Node) -> list[int] | None:
+    """The constant axes of a Reduce* node (attribute or second input), None if unknown."""
+    if "axes" in node.attributes:
+        return list(node.attributes["axes"].as_ints())
+    if len(node.inputs) > 1 and node.inputs[1] is not None:
+        const = node.inputs[1].const_value
+        return const.numpy().reshape(-1).tolist() if const is not None else None
+    return None
 
 
 def _channels_first_source(value: ir.Value) -> ir.Value:
@@ -429,7 +447,9 @@ class Model:
         """A feature map by tensor name or node name, or ``"auto"``.
 
         ``"auto"`` is the last spatial feature map before global pooling: the input of the
-        last global pooling (GlobalAveragePool, or a mean/max over both spatial axes). In a
+        last global pooling (GlobalAveragePool, a mean/max over both spatial axes, or the
+        mean over the tokens of a (N, tokens, C) tensor, as MLP mixers and transformers with
+        average pooling end). In a
         vision transformer without one (attention: a product of two tensors computed from
         the input), it is the (N, tokens, C) output of the last LayerNormalization before
         the last attention, the last block's first normalisation, which CAMs read as the
@@ -450,11 +470,7 @@ class Model:
                 if layer in (spec.name, spec.node):
                     return spec
             if layer in self._values:
-                v = self._values[layer]
-                producer = v.producer()
-                dims = _dims(v) or ()
-                return LayerSpec(layer, producer.op_type if producer else "Input",
-                                 producer.name if producer else "", dims)
+                return _spec(self._values[layer])
             raise LayerNotFoundError(
                 f"no layer {layer!r}; choose one of model.layers(), e.g. "
                 f"{[s.name for s in layers[-3:]]}"
@@ -466,6 +482,8 @@ class Model:
                 source = _channels_first_source(node.inputs[0])
                 if source.name in by_name:
                     pooled = by_name[source.name]
+            elif self._token_mean(node) and node.inputs[0].name in self._values:
+                pooled = _spec(node.inputs[0])
         if pooled is not None:
             return pooled
         batch = self.batch_dim
@@ -555,12 +573,7 @@ class Model:
             return {"GlobalAveragePool": "mean", "GlobalMaxPool": "max"}.get(node.op_type, "lp")
         if node.op_type in _SPATIAL_REDUCES and node.inputs:
             rank = len(node.inputs[0].shape) if node.inputs[0].shape is not None else 4
-            axes = None
-            if "axes" in node.attributes:
-                axes = node.attributes["axes"].as_ints()
-            elif len(node.inputs) > 1 and node.inputs[1] is not None:
-                const = node.inputs[1].const_value
-                axes = const.numpy().tolist() if const is not None else None
+            axes = _reduce_axes(node)
             spatial = {1, 2} if _channels_first_source(node.inputs[0]) is not node.inputs[0] else {2, 3}
             if axes is None or rank != 4 or {a % 4 for a in axes} != spatial:
                 return None
@@ -571,18 +584,29 @@ class Model:
             return "mean" if len(dims) == 4 and kernel == tuple(dims[2:]) else None
         return None
 
+    @staticmethod
+    def _token_mean(node: ir.Node) -> bool:
+        """``node`` averages the tokens of a (N, tokens, C) tensor (MLP-Mixer, ResMLP,
+        Twins, a ViT with average pooling)."""
+        if node.op_type != "ReduceMean" or node.domain not in ("", "ai.onnx") or not node.inputs:
+            return False
+        dims = _dims(node.inputs[0])
+        axes = _reduce_axes(node)
+        return dims is not None and len(dims) == 3 and axes is not None and {a % 3 for a in axes} == {1}
+
     def classifier_head(self) -> ClassifierHead | None:
         """The global-average-pooling classifier head, or None when the graph has none.
 
         Found as GAP (GlobalAveragePool, a mean over both spatial axes or a full-size
-        AveragePool) → any of Flatten/Reshape/Squeeze → Gemm, or MatMul (+ Add), or a 1×1
-        Conv then Flatten/Reshape/Squeeze, whose weight is an initializer:
-        ``logits = W · GAP(A) + b``. When several qualify, the
-        last one in the graph.
+        AveragePool; or the mean over the tokens of a (N, tokens, C) tensor) → any of
+        Flatten/Reshape/Squeeze → Gemm, or MatMul (+ Add), or a 1×1 Conv then
+        Flatten/Reshape/Squeeze, whose weight is an initializer: ``logits = W · GAP(A) + b``.
+        When several qualify, the last one in the graph.
         """
         head = None
         for node in self.ir.graph:
-            if self._global_pool_reduction(node) == "mean" and node.inputs[0].name in self._values:
+            pools = self._global_pool_reduction(node) == "mean" or self._token_mean(node)
+            if pools and node.inputs[0].name in self._values:
                 found = self._linear_after(node)
                 if found is not None:
                     head = found
@@ -681,7 +705,8 @@ class Model:
     def _head(self, pool: ir.Node, node: ir.Node, logits: ir.Value, w: np.ndarray, bias: np.ndarray | None,
               value: ir.Value, rounded: bool) -> ClassifierHead | None:
         feature_map = _channels_first_source(pool.inputs[0])
-        channels = (_dims(feature_map) or (None, None))[1]
+        dims = _dims(feature_map) or (None, None)
+        channels = dims[-1] if len(dims) == 3 else dims[1]  # tokens (N, T, C) or a map (N, C, h, w)
         if isinstance(channels, int) and channels != w.shape[1]:
             return None
         return ClassifierHead(

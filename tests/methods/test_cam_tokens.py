@@ -174,3 +174,61 @@ def test_the_patch_grid_follows_from_the_token_count_and_the_input_size(tokens, 
 def test_a_token_count_no_grid_explains_is_our_error():
     with pytest.raises(ox.InputValidationError, match="no square-patch grid"):
         TokenGrid.infer("t", 40, (7, 11))
+
+
+class _TokenMixer(torch.nn.Module):
+    """Patch tokens → a token-mixing and a channel-mixing MLP → LayerNorm → the mean over
+    the tokens → Linear (MLP-Mixer, ResMLP, Twins); ``class_token``: a class token is
+    prepended and left out of the mean, as timm's ViTs with ``global_pool="avg"``."""
+
+    def __init__(self, class_token: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = torch.nn.Conv2d(3, 12, 8, stride=8)
+        self.cls = torch.nn.Parameter(torch.randn(1, 1, 12)) if class_token else None
+        tokens = 16 + (1 if class_token else 0)
+        self.tokens = torch.nn.Linear(tokens, tokens)
+        self.channels = torch.nn.Sequential(torch.nn.Linear(12, 24), torch.nn.GELU(), torch.nn.Linear(24, 12))
+        self.norm = torch.nn.LayerNorm(12)
+        self.head = torch.nn.Linear(12, 5)
+
+    def forward(self, x):
+        t = self.embed(x).flatten(2).transpose(1, 2)
+        if self.cls is not None:
+            t = torch.cat([self.cls.expand(t.shape[0], -1, -1), t], dim=1)
+        t = t + self.tokens(t.transpose(1, 2)).transpose(1, 2)
+        t = self.norm(t + self.channels(t))
+        return self.head(t[:, 1:].mean(1) if self.cls is not None else t.mean(1))
+
+
+@pytest.mark.parametrize("class_token", [False, True])
+@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
+def test_cam_reads_a_head_that_averages_the_tokens(exporter, class_token):
+    """CAM's head is the mean over the patch tokens → linear; on the 4×4 grid CAM equals
+    16 × Grad-CAM at the same layer (d mean / d token = 1/16), and Ablation-CAM's weights
+    equal re-running the tail on each ablated copy."""
+    net = _TokenMixer(class_token).eval()
+    x = np.random.default_rng(3).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    model = ox.adapters.torch.export(net, torch.from_numpy(x), exporter=exporter)
+    head = model.classifier_head()
+    assert head is not None and model.find_layer(head.feature_map).shape[1:] == (16, 12)
+    np.testing.assert_allclose(head.weight, net.head.weight.detach().numpy(), atol=1e-7)
+    cam = ox.CAM(model).attribute(x, target=[1, 3], relu_attributions=False, upsample=False)
+    grad = GradCAM(model, layer=head.feature_map).attribute(x, target=[1, 3], relu_attributions=False,
+                                                             upsample=False)
+    assert cam.shape == (2, 4, 4) and np.abs(cam).max() > 0
+    assert max_rel_err(cam, 16 * grad) < TOL
+    method = AblationCAM(model)
+    assert method.layer.name == head.feature_map
+    captured = {}
+    real = method.channel_weights
+    method.channel_weights = lambda data: captured.setdefault("w", real(data))
+    method.attribute(x, target=[1, 3], show_progress=False)
+    acts = model.backend("onnxruntime").forward(x, outputs=[head.feature_map])[head.feature_map]
+    y = model.predict(x)[[0, 1], [1, 3]].astype(np.float64)
+    want = []
+    for i, c in enumerate([1, 3]):
+        copies = np.repeat(acts[i:i + 1], 12, axis=0)
+        copies[np.arange(12), :, np.arange(12)] = 0
+        want.append((y[i] - method.tail.predict(copies)[:, c]) / y[i])
+    assert max_rel_err(captured["w"], np.stack(want)) < 1e-4
