@@ -358,6 +358,39 @@ def _dequantize_linear(node: OnnxNode, graph: OnnxGraph) -> OperationConverterRe
     )
 
 
+class Col2Im(nn.Module):
+    """ONNX ``Col2Im`` (2-D): ``torch.nn.functional.fold``, the adjoint of ``unfold``
+    (VOLO's outlook attention folds its windows back with it)."""
+
+    def __init__(self, size: list[int], kernel: list[int], dilation: list[int], padding: list[int],
+                 stride: list[int]) -> None:
+        super().__init__()
+        self.size, self.kernel, self.dilation = size, kernel, dilation
+        self.padding, self.stride = padding, stride
+
+    def forward(self, x: torch.Tensor, *_: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.fold(x, self.size, self.kernel, self.dilation, self.padding, self.stride)
+
+
+def _col2im(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    names = node.input_values
+    if len(names) < 3 or names[1] not in graph.initializers or names[2] not in graph.initializers:
+        raise NotImplementedError("Col2Im: image_shape and block_shape must be constants")
+    size = [int(v) for v in graph.initializers[names[1]].to_torch().reshape(-1).tolist()]
+    kernel = [int(v) for v in graph.initializers[names[2]].to_torch().reshape(-1).tolist()]
+    if len(size) != 2:
+        raise NotImplementedError(f"Col2Im: only 2-D images are supported, got image_shape {size}")
+    dilation = list(node.attributes.get("dilations", [1, 1]))
+    stride = list(node.attributes.get("strides", [1, 1]))
+    pads = list(node.attributes.get("pads", [0, 0, 0, 0]))
+    if pads[:2] != pads[2:]:
+        raise NotImplementedError(f"Col2Im: asymmetric pads {pads} are not supported")
+    return OperationConverterResult(
+        torch_module=Col2Im(size, kernel, dilation, pads[:2], stride),
+        onnx_mapping=OnnxMapping(inputs=(names[0],), outputs=node.output_values),
+    )
+
+
 def install() -> None:
     """Register every missing converter once per process (the registry is global)."""
     global _INSTALLED
@@ -389,6 +422,8 @@ def install() -> None:
             _register("QuantizeLinear", version, _quantize_linear)
         for version in _versions("DequantizeLinear"):
             _register("DequantizeLinear", version, _dequantize_linear)
+        for version in _versions("Col2Im"):
+            _register("Col2Im", version, _col2im)
         for version in _versions("DynamicQuantizeLinear"):
             _register("DynamicQuantizeLinear", version,
                       _module_converter(lambda node: DynamicQuantizeLinear()))

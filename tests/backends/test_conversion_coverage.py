@@ -46,3 +46,30 @@ def test_both_backends_reproduce_the_torch_module(arch, exporter):
     sal = ox.Saliency(model).attribute(x[:1], target=0)
     assert sal.shape == (1, 3, 64, 64) and np.isfinite(sal).all() and sal.any()
     assert model.find_layer("auto").shape[2:] == (2, 2) or arch == "squeezenet1_0"
+
+
+class _Fold(torch.nn.Module):
+    """unfold → scale → fold (ONNX ``Col2Im``), as VOLO's outlook attention folds its windows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        cols = torch.nn.functional.unfold(self.conv(x), 3, padding=1, stride=2)
+        folded = torch.nn.functional.fold(cols * 0.5, (16, 16), 3, padding=1, stride=2)
+        return self.fc(torch.relu(folded).mean((2, 3)))
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
+def test_col2im_converts_to_fold_and_its_gradient_is_captums(exporter):
+    from captum.attr import Saliency
+
+    net, x = _Fold().eval(), torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    model = ox.adapters.torch.export(net, x, exporter=exporter)
+    assert "Col2Im" in {n.op_type for n in model.ir.graph}
+    ref = Saliency(net).attribute(x.clone().requires_grad_(True), target=1, abs=False).numpy()
+    ours = ox.Saliency(model).attribute(x.numpy(), target=1, abs=False)
+    np.testing.assert_allclose(ours, ref, atol=1e-6 * np.abs(ref).max())
