@@ -11,6 +11,9 @@ tensor ``g`` in (0, 1) that the network computed from ``f`` itself:
   AveragePool; W₁, W₂ are 1×1 Conv, Gemm or MatMul (+ Add); δ a rectifier (Relu,
   LeakyRelu, Clip, HardSwish, SiLU, ...); σ is Sigmoid or a hard sigmoid (HardSigmoid, or
   ``relu6(x + 3) / 6`` written out as Add → Clip → Div/Mul, as MobileNetV3 exports may be).
+  Its one-layer forms are found as ``"se"`` too: ``σ(W · GAP(f))`` (VoVNet's effective SE,
+  Lee & Park, CVPR 2020) and ``σ(conv1d(GAP(f)))``, a 1-D convolution across the channels
+  (ECA-Net, Wang et al., CVPR 2020).
 - ``"cbam_channel"``, CBAM's channel attention (Woo et al., ECCV 2018)::
 
       g = σ(MLP(AvgPool(f)) + MLP(MaxPool(f)))      (N, C, 1, 1)
@@ -38,6 +41,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx_ir as ir
 
+from onnxplain.core.model import _reduce_axes
 from onnxplain.core.quantized import ROUNDING_OPS
 
 if TYPE_CHECKING:
@@ -164,14 +168,6 @@ def _split_const(node: ir.Node) -> tuple[ir.Value, float] | None:
     return None
 
 
-def _reduce_axes(node: ir.Node) -> list[int] | None:
-    axes = _ints(node, "axes")
-    if axes is None and len(node.inputs) > 1:
-        arr = _const(node.inputs[1])
-        axes = arr.reshape(-1).astype(int).tolist() if arr is not None else None
-    return axes
-
-
 # -- the parts of a gate ----------------------------------------------------------------
 def _gate_activation(value: ir.Value) -> tuple[ir.Value, str] | None:
     """(input, name) when ``value`` is a sigmoid-like function of its input."""
@@ -261,6 +257,19 @@ def _mlp(value: ir.Value) -> ir.Value | None:
     return _through(x) if x is not None else None
 
 
+def _one_layer(value: ir.Value) -> ir.Value | None:
+    """The input of W·x (effective SE) or of a one-channel 1-D convolution across the
+    channels (ECA) producing ``value``."""
+    v = _through(value)
+    x = _linear(v)
+    node = _producer(v)
+    if x is None and node is not None and node.op_type == "Conv" and len(node.inputs) > 1:
+        w = node.inputs[1].shape
+        if w is not None and len(w) == 3 and tuple(w[:2]) == (1, 1):
+            x = node.inputs[0]
+    return _through(x) if x is not None else None
+
+
 def _global_pool(model: Model, value: ir.Value | None) -> tuple[str, ir.Value] | None:
     """(``"mean"`` or ``"max"``, input) when ``value`` pools its input over both spatial axes."""
     node = _producer(value)
@@ -305,10 +314,10 @@ def _channel_gate_kind(model: Model, pre: ir.Value, gated: ir.Value) -> str | No
         else:
             if sorted(pools) == ["max", "mean"]:
                 return "cbam_channel"
-    x = _mlp(pre)
-    pooled = _global_pool(model, x) if x is not None else None
-    if pooled is not None and pooled[0] == "mean" and _same(pooled[1], gated):
-        return "se"
+    for x in (_mlp(pre), _one_layer(pre)):
+        pooled = _global_pool(model, x) if x is not None else None
+        if pooled is not None and pooled[0] == "mean" and _same(pooled[1], gated):
+            return "se"
     return None
 
 

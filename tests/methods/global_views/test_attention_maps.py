@@ -250,3 +250,36 @@ def test_hard_sigmoid_written_out_and_gemm_mlp_are_recognised():
     hidden = np.maximum(f.mean((2, 3)) @ w["w1"].T + w["b1"], 0)
     expected = np.clip(hidden @ w["w2"].T + w["b2"] + 3, 0, 6) / 6
     np.testing.assert_allclose(AttentionMaps(model).attribute(x)["se/mul"], expected, atol=1e-5)
+
+
+class OneLayerGate(nn.Module):
+    """VoVNet's effective SE, σ(W · GAP(f)) with a 1×1 Conv and a hard sigmoid; or ECA-Net's
+    σ(conv1d(GAP(f))) across the channels (``eca=True``)."""
+
+    def __init__(self, channels: int, eca: bool = False) -> None:
+        super().__init__()
+        self.eca = eca
+        self.fc = nn.Conv1d(1, 1, 3, padding=1, bias=False) if eca else nn.Conv2d(channels, channels, 1)
+        self.gate = nn.Sigmoid() if eca else nn.Hardsigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = x.mean((2, 3), keepdim=True)
+        if self.eca:
+            y = self.fc(pooled.view(x.shape[0], 1, -1)).view(x.shape[0], -1, 1, 1)
+        else:
+            y = self.fc(pooled)
+        return x * self.gate(y)
+
+
+@pytest.mark.parametrize("eca", [False, True])
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+def test_one_layer_channel_gates_are_se_gates(exporter, eca):
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), OneLayerGate(8, eca), nn.Conv2d(8, 8, 3),
+                        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+    x = torch.from_numpy(np.random.default_rng(5).standard_normal((2, 3, 16, 16)).astype(np.float32))
+    model = ox.adapters.torch.export(net, x, exporter=exporter)
+    gates = model.attention_gates()
+    assert [(g.name, g.kind) for g in gates] == [("2", "se")]
+    hooked = _hooked(net, OneLayerGate, "gate", x)["2"]
+    np.testing.assert_allclose(AttentionMaps(model).attribute(x.numpy())["2"], hooked[:, :, 0, 0], atol=ATOL)
