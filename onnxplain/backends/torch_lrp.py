@@ -502,8 +502,11 @@ def _layer_norm_rule(eps: float, node: Any) -> Rule:
     """ε on a LayerNormalization made linear by holding its standard deviation constant
     (the LN-rule of Ali et al., ICML 2022): z = γ ⊙ (x − μ(x)) / σ̂ + β with σ̂ detached,
     R_x = x ⊙ Jᵀ(R / stab(z)). The centring stays in the Jacobian, so relevance is conserved
-    up to what β absorbs, as a layer's bias does."""
-    axis = int(_attr(node, "axis", -1))
+    up to what β absorbs, as a layer's bias does. An InstanceNormalization (and GroupNorm,
+    which exporters write as one on the grouped tensor) gets the same rule over its spatial
+    axes, with its per-channel γ and β."""
+    instance = node.op_type == "InstanceNormalization"
+    axis = 2 if instance else int(_attr(node, "axis", -1))
     norm_eps = float(_attr(node, "epsilon", 1e-5))
     consts = [_const(v) for v in list(node.inputs)[1:3]]
 
@@ -520,6 +523,8 @@ def _layer_norm_rule(eps: float, node: Any) -> Rule:
             else:
                 params.append(None)
         dims = tuple(range(axis % x.ndim, x.ndim))
+        if instance:  # (C,) → (C, 1, ..., 1): one scale and shift per channel
+            params = [q.reshape(-1, *[1] * (x.ndim - 2)) if q is not None else None for q in params]
         with torch.enable_grad():
             centred = x - x.mean(dims, keepdim=True)
             std = (centred.detach().square().mean(dims, keepdim=True) + norm_eps).sqrt()
@@ -586,7 +591,7 @@ def resolve(rule: BackwardRule, backend: TorchBackend | None, node: str | None) 
         raise InputValidationError(f"backward rule {rule.name!r} needs the node it applies to")
     if rule.name == "lrp.epsilon":
         ir_node = next((n for n in backend.model.ir.graph if n.name == node), None)
-        if ir_node is not None and ir_node.op_type == "LayerNormalization":
+        if ir_node is not None and ir_node.op_type in ("LayerNormalization", "InstanceNormalization"):
             return _layer_norm_rule(float(params.get("epsilon", 1e-6)), ir_node)
         if ir_node is not None and ir_node.op_type not in (
             "Conv",

@@ -19,7 +19,8 @@ relevance through, Add/Sub/Sum and average pooling split it in proportion to eac
 input's contribution, a Mul or Div by a gate or constant passes it to the signal (SE
 blocks: nothing to the gate), max pooling, Concat, Resize and shape operations route it as the
 gradient does, a BatchNormalization that could not be folded into its Conv is an
-affine layer with the ε rule, and a LayerNormalization (ConvNeXt, transformers) gets the
+affine layer with the ε rule, and a LayerNormalization (ConvNeXt, transformers) or an
+InstanceNormalization (GroupNorm: PoolFormer, NF and ResNet-GN variants) gets the
 ε rule with its standard deviation held constant, which makes it linear (the LN-rule of
 Ali et al., "XAI for Transformers", ICML 2022). A MatMul of a Softmax's output and a
 computed tensor (attention weights A and values V) gets :class:`Norm` with ``signal`` V
@@ -222,8 +223,9 @@ def base_entries(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> list[tuple[
         (Select(op_type=("Mul", "Div")), Gate()),
         (Select(op_type=tuple(sorted(ROUTING_OPS))), Gradient()),
         (Select(op_type="BatchNormalization"), Epsilon(epsilon)),
-        # held linear by a constant standard deviation (Ali et al. 2022's LN-rule)
-        (Select(op_type="LayerNormalization"), Epsilon(epsilon)),
+        # held linear by a constant standard deviation (Ali et al. 2022's LN-rule; for
+        # InstanceNormalization, and GroupNorm exported as one, over the spatial axes)
+        (Select(op_type=("InstanceNormalization", "LayerNormalization")), Epsilon(epsilon)),
     ]
 
 
