@@ -8,7 +8,7 @@ import os
 import threading
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -175,6 +175,42 @@ def _is_integer(value: ir.Value) -> bool:
     """Whether ``value`` holds integers (a quantized model's rounded activations, indices)."""
     dtype = value.dtype
     return dtype is not None and not dtype.is_floating_point()
+
+
+def _affine(node: ir.Node, value: ir.Value) -> tuple[np.ndarray, np.ndarray] | None:
+    """(scale, shift) per feature (flat, size 1 or K) when ``node`` maps ``value`` to
+    scale · value + shift with constants: an inference BatchNormalization, or a Mul, Div,
+    Add or Sub by a constant that varies along one axis at most."""
+    if node.domain not in ("", "ai.onnx") or not node.inputs or value not in node.inputs:
+        return None
+    if node.op_type == "BatchNormalization":
+        if node.inputs[0] is not value or len(node.inputs) < 5 or len(node.outputs) > 1:
+            return None
+        params = [v.const_value if v is not None else None for v in node.inputs[1:5]]
+        if any(p is None for p in params):
+            return None
+        gamma, beta, mean, var = (p.numpy().astype(np.float64).reshape(-1) for p in params)
+        eps = node.attributes["epsilon"].as_float() if "epsilon" in node.attributes else 1e-5
+        scale = gamma / np.sqrt(var + eps)
+        return scale, beta - mean * scale
+    if node.op_type not in ("Mul", "Div", "Add", "Sub") or len(node.inputs) != 2:
+        return None
+    other = node.inputs[1] if node.inputs[0] is value else node.inputs[0]
+    const = other.const_value if other is not None else None
+    if const is None:
+        return None
+    c = const.numpy().astype(np.float64)
+    if sum(d > 1 for d in c.shape) > 1:
+        return None
+    c = c.reshape(-1)
+    first = node.inputs[0] is value
+    if node.op_type == "Mul":
+        return c, np.zeros(1)
+    if node.op_type == "Div":
+        return (1.0 / c, np.zeros(1)) if first else None
+    if node.op_type == "Add":
+        return np.ones(1), c
+    return (np.ones(1), -c) if first else (-np.ones(1), c)
 
 
 def _spec(value: ir.Value) -> LayerSpec:
@@ -623,6 +659,9 @@ class Model:
     def _linear_after(self, pool: ir.Node) -> ClassifierHead | None:
         value = pool.outputs[0]
         rounded = False
+        # an affine map per feature between the pooling and the linear layer (a BatchNorm1d,
+        # as LeViT's and EfficientViT's heads): x ↦ scale · x + shift, folded into W and b
+        scale, shift, before = np.ones(1), np.zeros(1), None
         while True:
             consumers = list(value.consumers())
             if len(consumers) != 1:
@@ -632,7 +671,25 @@ class Model:
                 rounded |= node.op_type in ROUNDING_OPS
                 value = node.outputs[0]
                 continue
-            break
+            affine = _affine(node, value)
+            if affine is None:
+                break
+            before = before or value
+            scale, shift = scale * affine[0], shift * affine[0] + affine[1]
+            value = node.outputs[0]
+        head = self._linear_of(pool, node, value, rounded)
+        if head is None or before is None:
+            return head
+        k = head.weight.shape[1]
+        if scale.size not in (1, k) or shift.size not in (1, k):
+            return None
+        bias = (head.bias if head.bias is not None else 0.0) + head.weight @ np.broadcast_to(shift, (k,))
+        return replace(head, weight=head.weight * np.broadcast_to(scale, (k,)), bias=bias,
+                                   features=before.name)
+
+    def _linear_of(self, pool: ir.Node, node: ir.Node, value: ir.Value,
+                   rounded: bool) -> ClassifierHead | None:
+        """The head whose linear layer is ``node``, reading ``value``."""
         if node.inputs[0] is not value or len(node.inputs) < 2 or node.inputs[1] is None:
             return None
         weight = node.inputs[1].const_value

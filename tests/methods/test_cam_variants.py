@@ -169,6 +169,56 @@ def test_a_1x1_conv_classifier_on_the_pooled_map_is_a_cam_head(exporter, images)
     assert padded.classifier_head() is None
 
 
+class _AffineHead(torch.nn.Module):
+    """GAP → Flatten → BatchNorm1d → (x − 0.5) / 2 → Linear: an affine map per feature
+    between the pooling and the classifier (LeViT's and EfficientViT's BN-Linear heads)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.ReLU(),
+                                        torch.nn.Conv2d(6, 5, 3, stride=2, padding=1), torch.nn.ReLU())
+        self.bn = torch.nn.BatchNorm1d(5)
+        with torch.no_grad():
+            self.bn.running_mean.normal_(0, 0.5)
+            self.bn.running_var.uniform_(0.5, 2)
+            self.bn.weight.uniform_(0.5, 1.5)
+            self.bn.bias.normal_(0, 0.5)
+        self.fc = torch.nn.Linear(5, 4)
+
+    def forward(self, x):
+        return self.fc((self.bn(self.body(x).mean((2, 3))) - 0.5) / 2)
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
+def test_an_affine_map_between_pooling_and_classifier_is_folded_into_the_head(exporter, images):
+    net = _AffineHead().eval()
+    x = images[:, :, :16, :16]
+    model = ox.adapters.torch.export(net, torch.from_numpy(x), exporter=exporter)
+    assert "BatchNormalization" in {n.op_type for n in model.ir.graph}
+    head = model.classifier_head()
+    pooled = net.body(torch.from_numpy(x)).mean((2, 3))
+    # the head's formula W · GAP(A) + b reproduces the logits
+    np.testing.assert_allclose(pooled.detach().numpy() @ head.weight.T + head.bias, model.predict(x),
+                               rtol=1e-5, atol=1e-5)
+    cam = CAM(model).attribute(x, target=[1, 2], relu_attributions=False, upsample=False)
+    grad = GradCAM(model).attribute(x, target=[1, 2], relu_attributions=False, upsample=False)
+    assert max_rel_err(cam, grad * 64) < TOL
+    method = AblationCAM(model)  # closed form: y − W_ck · GAP(A^k) with the folded W
+    acts = model.backend("onnxruntime").forward(x, outputs=[method.layer.name])[method.layer.name]
+    y = model.predict(x)[[0, 1], [1, 2]].astype(np.float64)
+    want = []
+    for i, c in enumerate([1, 2]):
+        copies = np.repeat(acts[i:i + 1], 5, axis=0)
+        copies[np.arange(5), np.arange(5)] = 0
+        want.append((y[i] - method.tail.predict(copies)[:, c]) / y[i])
+    captured = {}
+    real = method.channel_weights
+    method.channel_weights = lambda data: captured.setdefault("w", real(data))
+    method.attribute(x, target=[1, 2], show_progress=False)
+    assert max_rel_err(captured["w"], np.stack(want)) < 1e-4
+
+
 def test_cam_without_a_gap_fc_head_says_so_and_suggests_gradcam(headless_model):
     assert headless_model.classifier_head() is None
     with pytest.raises(ox.InputValidationError, match="fully-connected head.*GradCAM"):
