@@ -88,6 +88,9 @@ ACTIVATION_OPS = frozenset(
         "Identity",
         "Erf",
         "Shrink",
+        # local response normalisation (AlexNet, GoogLeNet as Caffe trained them): the LRP
+        # toolbox passes relevance through it unchanged (Lapuschkin et al., JMLR 2016)
+        "LRN",
     }
     # a quantized model's rounding (a staircase Clip): relevance passes through
     | ROUNDING_OPS

@@ -125,3 +125,32 @@ def test_lrp_through_upsampling_is_zennits(mode, images):
     ours = lrp.LRP(model, lrp.EpsilonPlusFlat()).attribute(x, target=2)
     assert np.abs(ref).max() > 0
     np.testing.assert_allclose(ours, ref, atol=1e-4 * np.abs(ref).max())
+
+
+def test_local_response_normalisation_passes_relevance_through():
+    """LRN gets the LRP toolbox's treatment, relevance passed through unchanged: with LRP-0
+    on a network without biases the input's relevance sums to the score."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+             for name, shape in (("w1", (6, 3, 3, 3)), ("w2", (6, 6, 3, 3)), ("fc", (4, 6)))]
+    nodes = [
+        helper.make_node("Conv", ["input", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("LRN", ["r1"], ["n1"], name="lrn", size=3, alpha=1e-2, beta=0.75, bias=1.0),
+        helper.make_node("Conv", ["n1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("GlobalAveragePool", ["r2"], ["pooled"], name="gap"),
+        helper.make_node("Flatten", ["pooled"], ["flat"], name="flatten"),
+        helper.make_node("Gemm", ["flat", "fc"], ["logits"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "lrn", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])], initializer=inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    model = ox.load(proto)
+    composite = lrp.Composite(LRP0, **EXACT)
+    assert composite.assign(model).rules["lrn"] == lrp.Pass()
+    x = rng.random((2, 3, 8, 8), dtype=np.float32)
+    relevance = lrp.LRP(model, composite).attribute(x, target=2)
+    np.testing.assert_allclose(relevance.reshape(2, -1).sum(1), model.predict(x)[:, 2], rtol=1e-4)
