@@ -96,8 +96,8 @@ def explain(model: ox.Model, x: np.ndarray, only: set[str] | None = None) -> dic
             continue
         start = time.perf_counter()
         try:
-            obj = method.cls(model, **method.init_kwargs(x.shape, "NCHW"))
-            kwargs = method.attribute_kwargs(x.shape, "NCHW")
+            obj = method.cls(model, **method.init_kwargs(x.shape, model.layout))
+            kwargs = method.attribute_kwargs(x.shape, model.layout)
             kwargs.update({k: v for k, v in SMALL.items() if k in kwargs})
             if name not in NO_TARGET:
                 kwargs["target"] = 1

@@ -391,6 +391,72 @@ def _col2im(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
     )
 
 
+class LSTM(nn.Module):
+    """ONNX ``LSTM`` as ``torch.nn.LSTM`` (one layer; forward, reverse or bidirectional;
+    ``layout=0``, the only one ONNX Runtime runs). ONNX orders the gates i, o, f, c; torch
+    i, f, c, o."""
+
+    def __init__(self, w: torch.Tensor, r: torch.Tensor, b: torch.Tensor | None, direction: str,
+                 outputs: int = 3) -> None:
+        super().__init__()
+        dirs, four_h, inputs = w.shape
+        hidden = four_h // 4
+        self.hidden, self.dirs, self.reverse = hidden, dirs, direction == "reverse"
+        self.outputs = outputs  # how many of Y, Y_h, Y_c the node names
+        self.lstm = nn.LSTM(inputs, hidden, bidirectional=dirs == 2)
+        order = torch.cat([torch.arange(0, hidden), torch.arange(2 * hidden, 4 * hidden),
+                           torch.arange(hidden, 2 * hidden)])
+        b = b if b is not None else torch.zeros(dirs, 8 * hidden, dtype=w.dtype)
+        with torch.no_grad():
+            for d in range(dirs):
+                suffix = "_reverse" if d == 1 else ""
+                getattr(self.lstm, f"weight_ih_l0{suffix}").copy_(w[d][order])
+                getattr(self.lstm, f"weight_hh_l0{suffix}").copy_(r[d][order])
+                getattr(self.lstm, f"bias_ih_l0{suffix}").copy_(b[d][:four_h][order])
+                getattr(self.lstm, f"bias_hh_l0{suffix}").copy_(b[d][four_h:][order])
+
+    def forward(self, x: torch.Tensor, initial_h: torch.Tensor | None = None,
+                initial_c: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        if self.reverse:
+            x = x.flip(0)
+        state = None
+        if initial_h is not None or initial_c is not None:
+            zeros = x.new_zeros(self.dirs, x.shape[1], self.hidden)
+            state = (initial_h if initial_h is not None else zeros,
+                     initial_c if initial_c is not None else zeros)
+        y, (h, c) = self.lstm(x, state)
+        if self.reverse:
+            y = y.flip(0)
+        # (seq, batch, dirs · H) → (seq, dirs, batch, H)
+        y = y.reshape(y.shape[0], y.shape[1], self.dirs, self.hidden).permute(0, 2, 1, 3)
+        return (y, h, c)[:self.outputs] if self.outputs > 1 else y
+
+
+def _lstm(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    names = list(node.input_values) + [""] * (8 - len(node.input_values))
+    attrs = node.attributes
+    if any(names[i] and names[i] not in graph.initializers for i in (1, 2, 3)):
+        raise NotImplementedError("LSTM: W, R and B must be constants")
+    if names[4] or names[7]:
+        raise NotImplementedError("LSTM: sequence_lens and peepholes (P) are not supported")
+    activations = [a.decode() if isinstance(a, bytes) else a for a in attrs.get("activations", [])]
+    default = ["sigmoid", "tanh", "tanh"] * (len(activations) // 3)
+    if activations and [a.lower() for a in activations] != default:
+        raise NotImplementedError(f"LSTM: activations {activations} are not supported")
+    if attrs.get("clip") is not None or attrs.get("input_forget", 0) or attrs.get("layout", 0):
+        raise NotImplementedError("LSTM: clip, input_forget and layout=1 are not supported")
+    direction = attrs.get("direction", "forward")
+    direction = direction.decode() if isinstance(direction, bytes) else direction
+
+    def const(i: int) -> torch.Tensor | None:
+        return graph.initializers[names[i]].to_torch().float() if names[i] else None
+
+    return OperationConverterResult(
+        torch_module=LSTM(const(1), const(2), const(3), direction, len(node.output_values)),
+        onnx_mapping=OnnxMapping(inputs=(names[0], names[5], names[6]), outputs=node.output_values),
+    )
+
+
 def install() -> None:
     """Register every missing converter once per process (the registry is global)."""
     global _INSTALLED
@@ -422,6 +488,8 @@ def install() -> None:
             _register("QuantizeLinear", version, _quantize_linear)
         for version in _versions("DequantizeLinear"):
             _register("DequantizeLinear", version, _dequantize_linear)
+        for version in _versions("LSTM"):
+            _register("LSTM", version, _lstm)
         for version in _versions("Col2Im"):
             _register("Col2Im", version, _col2im)
         for version in _versions("DynamicQuantizeLinear"):

@@ -73,3 +73,63 @@ def test_col2im_converts_to_fold_and_its_gradient_is_captums(exporter):
     ref = Saliency(net).attribute(x.clone().requires_grad_(True), target=1, abs=False).numpy()
     ours = ox.Saliency(model).attribute(x.numpy(), target=1, abs=False)
     np.testing.assert_allclose(ours, ref, atol=1e-6 * np.abs(ref).max())
+
+
+class _RowLSTM(torch.nn.Module):
+    """Conv, then each row of the map read as a sequence by an LSTM (Sequencer, ReNet)."""
+
+    def __init__(self, bidirectional: bool, batch_first: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 6, 3, stride=2, padding=1)
+        self.lstm = torch.nn.LSTM(6, 5, bidirectional=bidirectional, batch_first=batch_first)
+        self.fc = torch.nn.Linear(10 if bidirectional else 5, 4)
+
+    def forward(self, x):
+        f = self.conv(x)
+        n, c, h, w = f.shape
+        rows = f.permute(0, 2, 3, 1).reshape(n * h, w, c)
+        y, _ = self.lstm(rows if self.lstm.batch_first else rows.transpose(0, 1))
+        y = y if self.lstm.batch_first else y.transpose(0, 1)
+        return self.fc(y.mean(1).reshape(n, h, -1).mean(1))
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
+@pytest.mark.parametrize(("bidirectional", "batch_first"), [(False, False), (True, True)])
+def test_lstm_converts_to_torch_lstm_and_its_gradient_is_captums(exporter, bidirectional, batch_first):
+    from captum.attr import Saliency
+
+    net = _RowLSTM(bidirectional, batch_first).eval()
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    model = ox.adapters.torch.export(net, x, exporter=exporter)
+    assert "LSTM" in {n.op_type for n in model.ir.graph}
+    ref = Saliency(net).attribute(x.clone().requires_grad_(True), target=1, abs=False).numpy()
+    ours = ox.Saliency(model).attribute(x.numpy(), target=1, abs=False)
+    np.testing.assert_allclose(ours, ref, atol=1e-6 * np.abs(ref).max())
+
+
+def test_a_reverse_lstm_with_initial_states_computes_what_onnx_runtime_does():
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    seq, batch, inputs, hidden = 5, 3, 4, 6
+    consts = {"W": rng.standard_normal((1, 4 * hidden, inputs)),
+              "R": rng.standard_normal((1, 4 * hidden, hidden)), "B": rng.standard_normal((1, 8 * hidden)),
+              "h0": rng.standard_normal((1, batch, hidden)), "c0": rng.standard_normal((1, batch, hidden))}
+    x_shape = [seq, batch, inputs]
+    node = helper.make_node("LSTM", ["x", "W", "R", "B", "", "h0", "c0"], ["y", "y_h"], hidden_size=hidden,
+                            direction="reverse")
+    graph = helper.make_graph(
+        [node], "lstm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [seq, 1, batch, hidden]),
+         helper.make_tensor_value_info("y_h", TensorProto.FLOAT, list(consts["h0"].shape))],
+        initializer=[numpy_helper.from_array(v.astype(np.float32), k) for k, v in consts.items()])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    proto.ir_version = 8
+    model = ox.load(proto)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    names = ["y", "y_h"]
+    ort = model.backend("onnxruntime").forward(x, outputs=names)
+    ours = model.backend("torch", verify=False).forward(x, outputs=names)
+    for name in names:
+        np.testing.assert_allclose(ours[name], ort[name], rtol=1e-5, atol=1e-5)
