@@ -48,8 +48,8 @@ TIMM = ("resnest14d,skresnet18,ghostnet_100,rexnet_100,hrnet_w18_small,dla34,dpn
         "twins_pcpvt_small,xcit_nano_12_p16_224,mobilevit_xxs,poolformer_s12,edgenext_xx_small,"
         "maxvit_nano_rw_256,fastvit_t8,efficientvit_b0,eva02_tiny_patch14_224,davit_tiny,convnextv2_atto,"
         "regnetz_b16,lcnet_050,hgnetv2_b0,focalnet_tiny_srf,gcvit_xxtiny,visformer_tiny,sequencer2d_s,"
-        "volo_d1_224,crossvit_tiny_240,selecsls42b,mobilenetv4_conv_small,mobileone_s0,inception_next_tiny,"
-        "starnet_s1,beit_base_patch16_224,swinv2_cr_tiny_224,nest_tiny,ese_vovnet19b_dw,rdnet_tiny,"
+        "volo_d1_224,selecsls42b,mobilenetv4_conv_small,mobileone_s0,inception_next_tiny,"
+        "starnet_s1,beit_base_patch16_224,swinv2_cr_tiny_224,nest_tiny,ese_vovnet19b_dw,ecaresnet26t,rdnet_tiny,"
         "mambaout_femto,efficientvit_m0,tiny_vit_5m_224,hiera_tiny_224,vitamin_small_224")
 #: Keyword arguments shrunk so that every method takes seconds, where a method takes them.
 SMALL = {"n_steps": 4, "nt_samples": 2, "n_masks": 64, "n_samples": 40}
