@@ -100,6 +100,27 @@ def _callable(model: Any, signature: str, output: str | None, tf: Any) -> tuple[
     return (lambda x: _pick_output(model(x), output)), what
 
 
+def _inline_captured_constants(proto: Any, concrete: Any) -> None:
+    """Make the graph inputs tf2onnx made of constant tensors the traced function captured
+    (Keras' Normalization layer holds its mean and variance so: EfficientNet, ConvNeXt)
+    initializers holding their values, in place."""
+    from onnx import helper, numpy_helper
+
+    values = {}
+    for external, internal in getattr(concrete.graph, "captures", []):
+        try:
+            values[internal.name] = np.asarray(external.numpy())
+        except Exception:  # a resource (a variable's handle), not a constant
+            continue
+    for graph_input in list(proto.graph.input[1:]):
+        if graph_input.name in values:
+            elem = graph_input.type.tensor_type.elem_type  # the type the graph reads it as
+            array = values[graph_input.name].astype(helper.tensor_dtype_to_np_dtype(elem)) if elem \
+                else values[graph_input.name]
+            proto.graph.initializer.append(numpy_helper.from_array(array, graph_input.name))
+            proto.graph.input.remove(graph_input)
+
+
 def export(
     model: Any,
     example: Any,
@@ -172,6 +193,7 @@ def export(
             f"tf2onnx could not convert the {what}: {type(exc).__name__}: "
             f"{str(exc).splitlines()[0][:300] if str(exc) else ''}"
         ) from exc
+    _inline_captured_constants(proto, function.get_concrete_function(spec))
     extra = [i.name for i in proto.graph.input[1:]]
     if extra:
         raise ExportError(

@@ -4,6 +4,7 @@ Each pass fixes one habit of a real exporter (measured on torch's two exporters,
 tf2onnx): local functions, weights behind ``Identity`` or ``Constant`` nodes, initializers
 listed as graph inputs, ``Reshape(allowzero=1)`` where no zero is in the shape, dead
 nodes, computations on constants (weight standardisation; :mod:`onnxplain.core.constant_fold`),
+transposes that cancel,
 missing shapes, duplicate or empty names, gathers that copy a tensor in its own
 order (dynamo's ``as_strided``), a channels-last global pooling before its transpose
 (ONNX Runtime's transpose optimiser). Nothing that changes the computation:
@@ -134,9 +135,18 @@ def _perm(node: ir.Node) -> tuple[int, ...] | None:
     return tuple(attr.as_ints()) if attr is not None else None
 
 
-def _channel_constant(value: ir.Value | None) -> ir.Value | None:
+def _nhwc_source(value: ir.Value | None) -> ir.Value | None:
+    """The channels-first tensor ``value`` is ``Transpose(perm=[0, 2, 3, 1])`` of, if it is."""
+    producer = value.producer() if value is not None else None
+    if producer is None or producer.op_type != "Transpose" or _perm(producer) != (0, 2, 3, 1):
+        return None
+    return producer.inputs[0]
+
+
+def _channel_constant(graph: ir.Graph, value: ir.Value | None) -> ir.Value | None:
     """A constant that broadcasts over the channel axis of NHWC, (…, C), as the same
-    constant for NCHW, (1, C, 1, 1); scalars stay. None when it is no such constant."""
+    constant for NCHW, (1, C, 1, 1), registered in ``graph`` once however many nodes use
+    it; scalars stay. None when it is no such constant."""
     array = _const_array(value)
     if array is None or array.ndim > 4:
         return None
@@ -144,16 +154,21 @@ def _channel_constant(value: ir.Value | None) -> ir.Value | None:
         return value
     if any(d != 1 for d in array.shape[:-1]):
         return None
-    reshaped = array.reshape(1, -1, 1, 1)
     name = f"{value.name}__nchw"
+    if name in graph.initializers:
+        return graph.initializers[name]
+    reshaped = array.reshape(1, -1, 1, 1)
     new = ir.Value(name=name, const_value=ir.tensor(reshaped, name=name))
     new.shape, new.dtype = ir.Shape(list(reshaped.shape)), value.dtype
+    graph.register_initializer(new)
     return new
 
 
 class SinkChannelsLastTransposePass(ir.passes.InPlacePass):
     """Move ``Transpose(perm=[0, 2, 3, 1])`` below element-wise ops (activations, casts,
-    per-channel bias adds and scales), so that the feature maps keep a channels-first twin.
+    per-channel bias adds and scales, and products and sums of two maps moved channels last
+    alike: Keras' hard-swish and squeeze-and-excitation products, residual adds), so that
+    the feature maps keep a channels-first twin.
 
     Keras 3 exports (torch backend) and unoptimised tf2onnx graphs go back to NHWC after
     every convolution and apply the bias and the activation there: ``Conv → Transpose →
@@ -182,26 +197,23 @@ class SinkChannelsLastTransposePass(ir.passes.InPlacePass):
         unary = node.op_type in _UNARY and node.op_type != "PRelu"
         if not (unary or node.op_type in _BINARY) or node.inputs[0] is None:
             return False
-        producer = node.inputs[0].producer()
-        if producer is None or producer.op_type != "Transpose" or _perm(producer) != (0, 2, 3, 1):
-            return False
-        others: list[ir.Value | None] = []
         if node.op_type in _BINARY:
-            if len(node.inputs) != 2:
+            # each operand channels last moved back, or a per-channel constant; at least one moved
+            if len(node.inputs) != 2 or not any(_nhwc_source(v) is not None for v in node.inputs):
                 return False
-            other = _channel_constant(node.inputs[1])
-            if other is None:
+            inputs = [_nhwc_source(v) or _channel_constant(graph, v) for v in node.inputs]
+            if any(v is None for v in inputs):
                 return False
-            if other is not node.inputs[1]:
-                graph.register_initializer(other)
-            others = [other]
-        elif any(v is not None and _const_array(v) is None for v in node.inputs[1:]):
-            return False  # e.g. Clip with computed bounds
         else:
-            others = list(node.inputs[1:])
+            source = _nhwc_source(node.inputs[0])
+            if source is None:
+                return False
+            if any(v is not None and _const_array(v) is None for v in node.inputs[1:]):
+                return False  # e.g. Clip with computed bounds
+            inputs = [source, *node.inputs[1:]]
         out = node.outputs[0]
         name = out.name
-        twin = ir.Node(node.domain, node.op_type, [producer.inputs[0], *others],
+        twin = ir.Node(node.domain, node.op_type, inputs,
                        attributes=list(node.attributes.values()), name=f"{node.name}__nchw")
         twin.outputs[0].name = f"{name}__nchw"
         back = ir.Node("", "Transpose", [twin.outputs[0]], attributes=[ir.AttrInt64s("perm", [0, 2, 3, 1])],
@@ -216,6 +228,30 @@ class SinkChannelsLastTransposePass(ir.passes.InPlacePass):
         back.outputs[0].name = name
         graph.remove(node, safe=True)
         return True
+
+
+class CancelTransposePairsPass(ir.passes.InPlacePass):
+    """Send the consumers of ``Transpose(Transpose(x, p), q)`` to ``x`` where the two
+    permutations cancel: tf2onnx wraps every convolution in NHWC ↔ NCHW transposes and its
+    own optimiser, when it gives up on a graph, leaves the pairs; after
+    :class:`SinkChannelsLastTransposePass` they sit between any two channels-first nodes
+    (an SE block's Conv → ReLU → Conv) and hide the pattern."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        modified = False
+        for node in list(model.graph):
+            if node.op_type != "Transpose" or node.domain not in ("", "ai.onnx") or node.inputs[0] is None:
+                continue
+            inner = node.inputs[0].producer()
+            if inner is None or inner.op_type != "Transpose" or inner.domain not in ("", "ai.onnx"):
+                continue
+            p, q, out = _perm(inner), _perm(node), node.outputs[0]
+            if p is None or q is None or len(p) != len(q) or out.is_graph_output():
+                continue
+            if all(p[q[i]] == i for i in range(len(q))) and inner.inputs[0] is not None:
+                out.replace_all_uses_with(inner.inputs[0])
+                modified = True
+        return ir.passes.PassResult(model, modified=modified)
 
 
 class ChannelsFirstPoolPass(ir.passes.InPlacePass):
@@ -252,12 +288,20 @@ class ChannelsFirstPoolPass(ir.passes.InPlacePass):
         back = uses[0]
         if back.op_type != "Transpose" or _perm(back) != (0, 3, 1, 2) or out.is_graph_output():
             return False
-        first = ir.Node("", "Transpose", [x], attributes=[ir.AttrInt64s("perm", [0, 3, 1, 2])],
-                        name=f"{node.name}__nchw_input")
-        first.outputs[0].name = f"{x.name}__nchw"
-        first.outputs[0].shape = ir.Shape([x.shape[0], x.shape[3], x.shape[1], x.shape[2]])
+        source = x.producer()
+        if source is not None and source.op_type == "Transpose" and _perm(source) == (0, 2, 3, 1) \
+                and source.inputs[0] is not None:
+            # X is itself a channels-first map moved channels last (SinkChannelsLastTransposePass
+            # leaves its twin ``<X>__nchw``): pool that one
+            first, nchw = None, source.inputs[0]
+        else:
+            first = ir.Node("", "Transpose", [x], attributes=[ir.AttrInt64s("perm", [0, 3, 1, 2])],
+                            name=f"{node.name}__nchw_input")
+            first.outputs[0].name = f"{x.name}__nchw"
+            first.outputs[0].shape = ir.Shape([x.shape[0], x.shape[3], x.shape[1], x.shape[2]])
+            nchw = first.outputs[0]
         attrs = [a for k, a in node.attributes.items() if k != "axes"]
-        inputs = [first.outputs[0]]
+        inputs = [nchw]
         if by_input:
             name = f"{node.name}__nchw_axes"
             axes_value = ir.Value(name=name, const_value=ir.tensor(np.array([2, 3], np.int64), name=name))
@@ -268,10 +312,12 @@ class ChannelsFirstPoolPass(ir.passes.InPlacePass):
             attrs.append(ir.AttrInt64s("axes", [2, 3]))
         pool = ir.Node(node.domain, node.op_type, inputs, attributes=attrs, name=f"{node.name}__nchw")
         if x.dtype is not None:  # an untyped value must stay untyped (no Tensor(None))
-            first.outputs[0].dtype = pool.outputs[0].dtype = x.dtype
+            pool.outputs[0].dtype = x.dtype
+            if first is not None:
+                first.outputs[0].dtype = x.dtype
         pooled = back.outputs[0]
         pool.outputs[0].shape = pooled.shape
-        graph.insert_before(node, [first, pool])
+        graph.insert_before(node, [first, pool] if first is not None else [pool])
         pooled.replace_all_uses_with(pool.outputs[0], replace_graph_outputs=True)
         name = pooled.name
         pooled.name = f"{name}__replaced"
@@ -308,6 +354,7 @@ def canonicalize(model: ir.Model) -> ir.Model:
         FoldConstantSubgraphsPass(),
         NormalizeReshapeAllowZeroPass(),
         SinkChannelsLastTransposePass(),
+        CancelTransposePairsPass(),
         passes.RemoveUnusedNodesPass(),
         passes.RemoveUnusedFunctionsPass(),
         passes.TopologicalSortPass(),

@@ -106,6 +106,19 @@ def test_grad_cam_equals_grad_cam_computed_with_the_gradient_tape(pair):
     assert max_rel_err(ours, ref) < TOL
 
 
+def test_constants_the_function_captures_become_initializers(pair):
+    """tf2onnx turns the eager constants a function captures (Keras' Normalization layer
+    holds its mean and variance so: EfficientNet, ConvNeXt) into graph inputs; the adapter
+    gives them their values."""
+    net, _, x = pair
+    rng = np.random.default_rng(3)
+    mean = tf.constant(rng.random(3).astype(np.float32))
+    std = tf.constant(rng.uniform(0.5, 1.5, 3).astype(np.float32))
+    model = ox.adapters.tensorflow.export(lambda images: net((images - mean) / std), x)
+    assert len(model.inputs) == 1
+    np.testing.assert_allclose(model.predict(x), net((x - mean) / std).numpy(), atol=1e-5)
+
+
 def test_a_dict_output_needs_a_name(pair):
     net, _, x = pair
     both = tf.function(lambda v: {"logits": net(v), "twice": 2 * net(v)})

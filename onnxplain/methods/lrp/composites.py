@@ -403,11 +403,13 @@ def _is_const(v: ir.Value | None, live: set[int]) -> bool:
     return v is None or id(v) not in live
 
 
-def _dims(v: ir.Value) -> tuple[Any, ...] | None:
-    if v.shape is None:
-        return None
-    dims = tuple(d if isinstance(d, int) else getattr(d, "value", None) for d in v.shape)
-    return None if None in dims else dims
+def _same_shape(a: ir.Value, b: ir.Value) -> bool:
+    """The shapes of ``a`` and ``b`` are known to the rank and equal where both dims are
+    numbers (a symbolic or unknown dim, such as the batch, matches any: exporters name the
+    same batch dim differently on different tensors)."""
+    if a.shape is None or b.shape is None or len(a.shape) != len(b.shape):
+        return False
+    return all(not isinstance(x, int) or not isinstance(y, int) or x == y for x, y in zip(a.shape, b.shape))
 
 
 def _gate_signal(node: ir.Node, live: set[int]) -> int | None:
@@ -424,12 +426,11 @@ def _gate_signal(node: ir.Node, live: set[int]) -> int | None:
         return computed[0] if node.op_type == "Mul" or computed[0] == 0 else None
     if len(computed) != 2:
         return None
-    out, shapes = _dims(node.outputs[0]), [_dims(v) for v in ins[:2]]
-    if out is not None and None not in shapes and shapes[0] != shapes[1]:
-        full = [i for i in range(2) if shapes[i] == out]  # the gate is the broadcast one
+    full = [i for i in range(2) if _same_shape(ins[i], node.outputs[0])]
+    if len(full) == 1:  # the gate is the broadcast one
         if node.op_type == "Div":
             return 0 if full == [0] else None
-        return full[0] if len(full) == 1 else None
+        return full[0]
     if node.op_type == "Div":
         return None
     gates = [i for i in range(2) if _squashed(ins[i], live)]
@@ -437,14 +438,20 @@ def _gate_signal(node: ir.Node, live: set[int]) -> int | None:
 
 
 def _squashed(value: ir.Value, live: set[int]) -> bool:
-    """``value`` is a squashing function's output (Sigmoid, Tanh, Softmax, Erf, ...), or that
-    output scaled or shifted by constants, or rounded by a quantized model."""
+    """``value`` is a squashing function's output (Sigmoid, Tanh, Softmax, Erf, a Clip to
+    constant bounds on both sides, ...), or that output scaled or shifted by constants, or
+    rounded by a quantized model (hard-swish written out, x · relu6(x + 3) / 6, as Keras
+    exports it, has its gate found so)."""
     producer = value.producer()
     while producer is not None and producer.op_type in ("Add", "Sub", "Mul", "Div", *ROUNDING_OPS):
         computed = [v for v in producer.inputs[:2] if not _is_const(v, live)]
         if len(computed) != 1:
             return False
         producer = computed[0].producer()
+    if producer is not None and producer.op_type == "Clip":
+        bounds = producer.inputs[1:3] if len(producer.inputs) >= 3 else []
+        return len(bounds) == 2 and all(b is not None and _is_const(b, live) for b in bounds) or (
+            "min" in producer.attributes and "max" in producer.attributes)
     return producer is not None and producer.op_type in _GATE_PRODUCERS
 
 
