@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx_ir as ir
 
-from onnxplain.core.model import _reduce_axes
+from onnxplain.core.model import _channels_first_source, _reduce_axes
 from onnxplain.core.quantized import ROUNDING_OPS
 
 if TYPE_CHECKING:
@@ -103,20 +103,34 @@ def _producer(value: ir.Value | None) -> ir.Node | None:
     return value.producer() if value is not None else None
 
 
+def _moves_unit_dims(node: ir.Node) -> bool:
+    """``node`` is a Transpose that keeps the batch first and moves only dims of size 1:
+    a reshape in effect, (N, 1, 1, C) → (N, C, 1, 1) as a channels-last gate is moved
+    channels first."""
+    if node.op_type != "Transpose" or not node.inputs or node.inputs[0] is None:
+        return False
+    dims, perm = node.inputs[0].shape, _ints(node, "perm")
+    if dims is None or perm is None or perm[0] != 0:
+        return False
+    moved = [d for d in list(dims)[1:] if d != 1]
+    return len(moved) <= 1
+
+
 def _through(value: ir.Value | None) -> ir.Value | None:
     """``value`` with shape-only producers looked through (backwards)."""
     while value is not None:
         node = value.producer()
-        if node is None or node.op_type not in _PASS_THROUGH or not node.inputs:
+        if node is None or not node.inputs or not (node.op_type in _PASS_THROUGH or _moves_unit_dims(node)):
             return value
         value = node.inputs[0]
     return value
 
 
 def _same(a: ir.Value, b: ir.Value) -> bool:
-    """One tensor, up to shape-only nodes and a quantized model's rounding (its gate may
-    pool the float map and multiply its rounded copy)."""
-    return a is b or _through(a) is _through(b)
+    """One tensor, up to shape-only nodes, a quantized model's rounding (its gate may pool
+    the float map and multiply its rounded copy), and its channels-last copy (a Keras gate
+    pools the map channels last and multiplies it channels first)."""
+    return a is b or _through(a) is _through(b) or _channels_first_source(a) is _through(b)
 
 
 def _const(value: ir.Value | None) -> np.ndarray | None:

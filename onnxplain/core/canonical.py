@@ -4,7 +4,7 @@ Each pass fixes one habit of a real exporter (measured on torch's two exporters,
 tf2onnx): local functions, weights behind ``Identity`` or ``Constant`` nodes, initializers
 listed as graph inputs, ``Reshape(allowzero=1)`` where no zero is in the shape, dead
 nodes, computations on constants (weight standardisation; :mod:`onnxplain.core.constant_fold`),
-transposes that cancel,
+transposes that cancel, casts to the type a tensor has,
 missing shapes, duplicate or empty names, gathers that copy a tensor in its own
 order (dynamo's ``as_strided``), a channels-last global pooling before its transpose
 (ONNX Runtime's transpose optimiser). Nothing that changes the computation:
@@ -230,6 +230,25 @@ class SinkChannelsLastTransposePass(ir.passes.InPlacePass):
         return True
 
 
+class NoOpCastPass(ir.passes.InPlacePass):
+    """Send the consumers of a ``Cast`` to the type its input already has to that input.
+    Keras 3 exports through torch cast every result to float32 again (``Cast(to=FLOAT)``
+    after each operation), which hides a head's MatMul → Add and a gate's sigmoid."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        modified = False
+        for node in list(model.graph):
+            if node.op_type != "Cast" or node.domain not in ("", "ai.onnx") or node.inputs[0] is None:
+                continue
+            to, source, out = node.attributes.get("to"), node.inputs[0], node.outputs[0]
+            if to is None or source.dtype is None or out.is_graph_output() or source.is_graph_input():
+                continue
+            if source.dtype == ir.DataType(to.as_int()):
+                out.replace_all_uses_with(source)
+                modified = True
+        return ir.passes.PassResult(model, modified=modified)
+
+
 class CancelTransposePairsPass(ir.passes.InPlacePass):
     """Send the consumers of ``Transpose(Transpose(x, p), q)`` to ``x`` where the two
     permutations cancel: tf2onnx wraps every convolution in NHWC ↔ NCHW transposes and its
@@ -360,6 +379,7 @@ def canonicalize(model: ir.Model) -> ir.Model:
         passes.TopologicalSortPass(),
         passes.NameFixPass(),
         passes.ShapeInferencePass(strict_mode=False),
+        NoOpCastPass(),
         ChannelsFirstPoolPass(),
         IdentityGatherPass(),
         passes.RemoveUnusedNodesPass(),

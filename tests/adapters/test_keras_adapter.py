@@ -150,3 +150,36 @@ def test_a_bad_example_is_refused(pair):
     net = pair[0]
     with pytest.raises(ox.InputValidationError, match="example"):
         ox.adapters.keras.export(net, np.zeros(3, np.float32))
+
+
+def keras_se_cnn() -> "keras.Model":
+    """Conv → squeeze-and-excitation (GlobalAveragePooling2D → Reshape → 1×1 Conv → ReLU →
+    1×1 Conv → sigmoid → Multiply) → GAP → Dense, as Keras' EfficientNet builds it."""
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    s = keras.layers.GlobalAveragePooling2D()(x)
+    s = keras.layers.Reshape((1, 1, 8))(s)
+    s = keras.layers.Conv2D(4, 1, activation="relu")(s)
+    s = keras.layers.Conv2D(8, 1, activation="sigmoid", name="se_gate")(s)
+    x = keras.layers.Multiply()([x, s])
+    outputs = keras.layers.Dense(5)(keras.layers.GlobalAveragePooling2D()(x))
+    return keras.Model(inputs, outputs)
+
+
+def test_a_keras_se_block_and_gap_head_are_found_in_the_torch_backends_export():
+    """Keras' torch backend casts every result to float32 again and pools the SE block
+    channels last; the gate, the GAP → Dense head and LRP's gates are found all the same."""
+    net = keras_se_cnn()
+    x = np.random.default_rng(4).random((2, SIZE, SIZE, 3), dtype=np.float32)
+    model = ox.adapters.keras.export(net, x)
+    (gate,) = model.attention_gates()
+    want = keras.ops.convert_to_numpy(keras.Model(net.inputs, net.get_layer("se_gate").output)(x))
+    maps = ox.AttentionMaps(model).attribute(x, upsample=False)
+    np.testing.assert_allclose(maps[gate.name], want[:, 0, 0, :], atol=1e-6)
+    head = model.classifier_head()
+    assert head is not None and head.weight.shape == (5, 8)
+    cam = ox.CAM(model).attribute(x, target=1, relu_attributions=False, upsample=False)
+    grad = ox.GradCAM(model).attribute(x, target=1, relu_attributions=False, upsample=False)
+    assert max_rel_err(cam, grad * SIZE * SIZE) < TOL
+    assert np.isfinite(ox.lrp.LRP(model).attribute(x, target=1)).all()
