@@ -70,8 +70,9 @@ def test_an_nhwc_model_round_trips_without_a_second_transpose(tmp_path):
     assert model.layout == "NHWC"
     again = ox.load(model.save(tmp_path / "nhwc.onnx"))
     assert again.layout == "NHWC" and again.user_input_shape == model.user_input_shape
+    # no transpose added (the saved pair, the layout's and the export's own, even cancels on reload)
     count = [n.op_type for n in again.ir.graph].count
-    assert count("Transpose") == [n.op_type for n in model.ir.graph].count("Transpose")
+    assert count("Transpose") <= [n.op_type for n in model.ir.graph].count("Transpose")
     x = np.random.default_rng(1).standard_normal((2, 32, 32, 3)).astype(np.float32)
     np.testing.assert_array_equal(again.predict(x), model.predict(x))
     # the layout can still be overridden: the saved graph input is channels first
