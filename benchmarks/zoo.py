@@ -14,7 +14,7 @@ time in seconds, or the error type and the start of its message: a refusal of ou
 (``InputValidationError``, ``UnsupportedOperatorError``) names what the method needs;
 any other exception is a bug. Writes a markdown table (default ``benchmarks/ZOO.md``).
 ``timm:NAME`` (or ``--archs timm``, the list ``TIMM``) builds timm's architecture NAME
-(``pip install timm``; random weights, nothing downloaded), at 64×64 where it takes
+(``pip install -e ".[zoo]"``; random weights, nothing downloaded), at 64×64 where it takes
 ``img_size``. ``--quantize``: explain the export quantized by ``onnxruntime.quantization`` instead
 (static, calibrated on the two images, per channel; or dynamic).
 """
@@ -67,10 +67,12 @@ def network(arch: str) -> tuple[torch.nn.Module, int]:
             net = timm.create_model(arch[5:], num_classes=10, img_size=64).eval()
         except TypeError:  # no img_size: fully convolutional
             net = timm.create_model(arch[5:], num_classes=10).eval()
+        heads = net.get_classifier()  # a distilled model has two: (head, head_dist)
         with torch.no_grad():  # some initialise their classifier to zero: every score would be 0
-            for param in net.get_classifier().parameters():
-                if not param.any():
-                    param.normal_(0, 0.05)
+            for head in heads if isinstance(heads, tuple) else (heads,):
+                for param in head.parameters():
+                    if not param.any():
+                        param.normal_(0, 0.05)
         return net, 64
     if arch == "vit":
         from torchvision.models.vision_transformer import VisionTransformer
@@ -154,19 +156,24 @@ def main() -> None:
         if args.archs == "timm" else args.archs
     only = set(args.methods.split(",")) if args.methods else None
     for arch in archs.split(","):
-        net, size = network(arch)
-        x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
         try:
+            net, size = network(arch)
+            x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
             model = ox.adapters.torch.export(net, x, exporter=args.exporter, opset=args.opset)
             if args.quantize:
                 model = quantized(model, x.numpy(), args.quantize)
         except Exception as exc:
             rows[arch] = {"export": f"**{type(exc).__name__}**: {str(exc)[:90]}"}
             print(arch, rows[arch], flush=True)
-            continue
-        rows[arch] = explain(model, x.numpy(), only)
-        cells = " ".join(f"{k}={v}" for k, v in rows[arch].items())
-        print(arch, f"{time.time() - began:.0f}s", cells, flush=True)
+        else:
+            rows[arch] = explain(model, x.numpy(), only)
+            cells = " ".join(f"{k}={v}" for k, v in rows[arch].items())
+            print(arch, f"{time.time() - began:.0f}s", cells, flush=True)
+        _write(args, rows, began)  # after each architecture: a crash or a stop keeps the rows so far
+    print(f"wrote {args.out}")
+
+
+def _write(args: argparse.Namespace, rows: dict[str, dict[str, str]], began: float) -> None:
     methods = list(dict.fromkeys(m for cells in rows.values() for m in cells))
     lines = [
         "# Every method on many architectures",
@@ -183,7 +190,6 @@ def main() -> None:
         lines += [f"| {m} | {cells[m]} |" for m in methods if m in cells]
         lines.append("")
     Path(args.out).write_text("\n".join(lines))
-    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
