@@ -266,7 +266,8 @@ def test_squeeze_excitation_ends_the_head(always, caplog):
 
 
 def test_normalisation_and_channels_last_transposes_inside_the_graph(always, caplog):
-    """(x − mean) / std on a channels-last copy (as Keras exports), then back to NCHW."""
+    """(x − mean) / std on a channels-last copy (as Keras exports), then back to NCHW: the
+    canonical graph normalises channels first (the transposes sunk and cancelled)."""
     nodes = [
         helper.make_node("Transpose", ["input"], ["nhwc"], name="to_nhwc", perm=[0, 2, 3, 1]),
         helper.make_node("Sub", ["nhwc", "mean"], ["centred"], name="sub_mean"),
@@ -290,8 +291,9 @@ def test_normalisation_and_channels_last_transposes_inside_the_graph(always, cap
         }
     )
     model = _proto(nodes + tail, inits, size=23)
+    assert not any(n.op_type == "Transpose" for n in model.ir.graph)
     found = incremental.analyse(model, (23, 23))
-    assert found.geometry["normed"].axes == (0, 3, 1, 2)
+    assert found.geometry["normed__nchw"].axes == (0, 1, 2, 3)
     # pool: S = 2, O = −2, R = 5 + 2 = 7; dilated conv: R = 7 + 2·2·2 = 15, O = −2 − 2 = −4
     assert found.geometry["r2"].h == Axis(2, -4, 15)
     x = np.random.default_rng(4).random((2, 3, 23, 23)).astype(np.float32)
