@@ -89,3 +89,14 @@ def unconvertible_cnn() -> onnx.ModelProto:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
+
+
+def zennit_relevance(composite, net: nn.Module, x: np.ndarray, target: int, classes: int) -> np.ndarray:
+    """zennit's relevance of ``target`` for inputs ``x`` under ``composite`` (an instance),
+    scaled to start at the score as ours does: zennit's gradient is the relevance of an
+    output of 1."""
+    xt = torch.from_numpy(x).requires_grad_(True)
+    with composite.context(net) as modified:
+        out = modified(xt)
+        (relevance,) = torch.autograd.grad(out, xt, torch.eye(classes)[[target] * len(x)])
+    return relevance.numpy() * out[:, target].detach().numpy().reshape(-1, *[1] * (x.ndim - 1))

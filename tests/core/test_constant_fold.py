@@ -6,7 +6,7 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import max_rel_err
+from helpers import max_rel_err, zennit_relevance
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxplain as ox
@@ -84,12 +84,7 @@ def test_lrp_is_zennits_on_the_network_with_the_kernels_baked_in(standardised, i
 
     net, model = standardised
     x = images[:, :, :16, :16]
-    plain = _baked(net)
-    xt = torch.from_numpy(x).requires_grad_(True)
-    with EpsilonPlusFlat().context(plain) as modified:  # zennit's gradient is the relevance
-        out = modified(xt)
-        (relevance,) = torch.autograd.grad(out, xt, torch.eye(4)[[2] * len(x)])
-    ref = relevance.numpy() * out[:, 2].detach().numpy().reshape(-1, 1, 1, 1)
+    ref = zennit_relevance(EpsilonPlusFlat(), _baked(net), x, target=2, classes=4)
     ours = lrp.LRP(model, lrp.EpsilonPlusFlat()).attribute(x, target=2)
     assert np.abs(ref).max() > 0 and max_rel_err(ours, ref) < 1e-4
 

@@ -23,7 +23,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from helpers import max_rel_err
+from helpers import max_rel_err, zennit_relevance
 from torch import nn
 
 import onnxplain as ox
@@ -146,11 +146,7 @@ def test_lrp_passes_relevance_through_the_rounding_as_zennit_through_fake_quanti
 
     net = _FakeQuantCNN(quantize_weights=False).eval()
     model = ox.load(onnx.load_from_string(_export(net, torch.from_numpy(images))))
-    x = torch.from_numpy(images).requires_grad_(True)
-    with EpsilonPlusFlat().context(net) as modified:  # zennit's gradient is the relevance
-        out = modified(x)
-        (relevance,) = torch.autograd.grad(out, x, torch.eye(5)[[2] * len(images)])
-    ref = relevance.numpy() * out[:, 2].detach().numpy().reshape(-1, 1, 1, 1)  # ours starts at the score
+    ref = zennit_relevance(EpsilonPlusFlat(), net, images, target=2, classes=5)
     ours = lrp.LRP(model, lrp.EpsilonPlusFlat()).attribute(images, target=2)
     assert zennit is not None and np.abs(ref).max() > 0
     assert max_rel_err(ours, ref) < 1e-3

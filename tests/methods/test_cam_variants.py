@@ -124,6 +124,28 @@ def test_cam_equals_gradcam_times_hw_on_a_gap_fc_network(which, small_model, ima
     assert max_rel_err(cam, grad * cam.shape[1] * cam.shape[2]) < TOL
 
 
+def _ablation_weights_equal_rerunning_the_tail(model, x: np.ndarray, targets: list[int],
+                                               layer: str = "auto") -> AblationCAM:
+    """Assert that AblationCAM's channel weights at ``layer`` equal the relative drops of the
+    score when the tail is re-run on each copy of the map with one channel zeroed (1e-4);
+    returns the method."""
+    method = AblationCAM(model, layer=layer)
+    acts = model.backend("onnxruntime").forward(x, outputs=[method.layer.name])[method.layer.name]
+    y = model.predict(x)[np.arange(len(x)), targets].astype(np.float64)
+    k = acts.shape[1]
+    want = []
+    for i, c in enumerate(targets):
+        copies = np.repeat(acts[i:i + 1], k, axis=0)
+        copies[np.arange(k), np.arange(k)] = 0
+        want.append((y[i] - method.tail.predict(copies)[:, c]) / y[i])
+    captured = {}
+    real = method.channel_weights
+    method.channel_weights = lambda data: captured.setdefault("w", real(data))
+    method.attribute(x, target=targets, show_progress=False)
+    assert max_rel_err(captured["w"], np.stack(want)) < 1e-4
+    return method
+
+
 class _ConvHead(torch.nn.Module):
     """GAP (kept dims) → 1×1 Conv → Flatten, as DLA and DPN (timm) write their classifier;
     ``padded``: the 1×1 Conv pads its 1×1 input, so it is no longer a linear head."""
@@ -152,19 +174,8 @@ def test_a_1x1_conv_classifier_on_the_pooled_map_is_a_cam_head(exporter, images)
     cam = CAM(model).attribute(x, target=[1, 2], relu_attributions=False, upsample=False)
     grad = GradCAM(model).attribute(x, target=[1, 2], relu_attributions=False, upsample=False)
     assert cam.shape == (2, 8, 8) and max_rel_err(cam, grad * 64) < TOL
-    method = AblationCAM(model)  # its weights in closed form, y − W_ck · GAP(A^k), equal re-running the tail
-    acts = model.backend("onnxruntime").forward(x, outputs=[method.layer.name])[method.layer.name]
-    y = model.predict(x)[[0, 1], [1, 2]].astype(np.float64)
-    want = []
-    for i, c in enumerate([1, 2]):
-        copies = np.repeat(acts[i:i + 1], 5, axis=0)
-        copies[np.arange(5), np.arange(5)] = 0
-        want.append((y[i] - method.tail.predict(copies)[:, c]) / y[i])
-    captured = {}
-    real = method.channel_weights
-    method.channel_weights = lambda data: captured.setdefault("w", real(data))
-    method.attribute(x, target=[1, 2], show_progress=False)
-    assert "_features_backend" not in vars(method) and max_rel_err(captured["w"], np.stack(want)) < 1e-4
+    # AblationCAM's weights in closed form, y − W_ck · GAP(A^k), equal re-running the tail
+    assert "_features_backend" not in vars(_ablation_weights_equal_rerunning_the_tail(model, x, [1, 2]))
     padded = ox.adapters.torch.export(_ConvHead(padded=True).eval(), torch.from_numpy(x), exporter=exporter)
     assert padded.classifier_head() is None
 
@@ -204,19 +215,7 @@ def test_an_affine_map_between_pooling_and_classifier_is_folded_into_the_head(ex
     cam = CAM(model).attribute(x, target=[1, 2], relu_attributions=False, upsample=False)
     grad = GradCAM(model).attribute(x, target=[1, 2], relu_attributions=False, upsample=False)
     assert max_rel_err(cam, grad * 64) < TOL
-    method = AblationCAM(model)  # closed form: y − W_ck · GAP(A^k) with the folded W
-    acts = model.backend("onnxruntime").forward(x, outputs=[method.layer.name])[method.layer.name]
-    y = model.predict(x)[[0, 1], [1, 2]].astype(np.float64)
-    want = []
-    for i, c in enumerate([1, 2]):
-        copies = np.repeat(acts[i:i + 1], 5, axis=0)
-        copies[np.arange(5), np.arange(5)] = 0
-        want.append((y[i] - method.tail.predict(copies)[:, c]) / y[i])
-    captured = {}
-    real = method.channel_weights
-    method.channel_weights = lambda data: captured.setdefault("w", real(data))
-    method.attribute(x, target=[1, 2], show_progress=False)
-    assert max_rel_err(captured["w"], np.stack(want)) < 1e-4
+    _ablation_weights_equal_rerunning_the_tail(model, x, [1, 2])  # closed form with the folded W
 
 
 def test_cam_without_a_gap_fc_head_says_so_and_suggests_gradcam(headless_model):
@@ -341,24 +340,10 @@ def test_ablationcam_on_a_linear_head_equals_rerunning_every_ablated_copy(resnet
     """With a class of the GAP → linear head as target, the ablated scores are evaluated
     in closed form at the pooled map (y − W_ck · GAP(A^k)) and through the layers up to the
     pooled features elsewhere; both equal the whole tail re-run on each ablated copy."""
-    model = resnet_pair[1]
     x = np.random.default_rng(4).standard_normal((2, 3, 64, 64)).astype(np.float32)
-    method = AblationCAM(model, layer=layer)
-    name, targets = method.layer.name, [3, 7]
-    acts = model.backend("onnxruntime").forward(x, outputs=[name])[name]
-    y = model.predict(x)[[0, 1], targets].astype(np.float64)
-    want = []
-    for i, c in enumerate(targets):
-        copies = np.repeat(acts[i:i + 1], acts.shape[1], axis=0)
-        copies[np.arange(acts.shape[1]), np.arange(acts.shape[1])] = 0
-        want.append((y[i] - method.tail.predict(copies)[:, c]) / y[i])
-    captured = {}
-    real = method.channel_weights
-    method.channel_weights = lambda data: captured.setdefault("w", real(data))
-    method.attribute(x, target=targets, show_progress=False)
+    method = _ablation_weights_equal_rerunning_the_tail(resnet_pair[1], x, [3, 7], layer)
     assert method._head is not None  # the head was found and used
     assert (layer == "auto") == ("_features_backend" not in vars(method))  # closed form: no pass
-    assert max_rel_err(captured["w"], np.stack(want)) < 1e-4
 
 
 # -- identities of the gradient variants -------------------------------------------------

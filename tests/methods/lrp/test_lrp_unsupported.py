@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from helpers import zennit_relevance
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxplain as ox
@@ -117,11 +118,7 @@ def test_lrp_through_upsampling_is_zennits(mode, images):
         torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(6, 4)).eval()
     x = images[:, :, :16, :16]
     model = ox.adapters.torch.export(net, torch.from_numpy(x))
-    xt = torch.from_numpy(x).requires_grad_(True)
-    with EpsilonPlusFlat().context(net) as modified:  # zennit's gradient is the relevance
-        out = modified(xt)
-        (relevance,) = torch.autograd.grad(out, xt, torch.eye(4)[[2] * len(x)])
-    ref = relevance.numpy() * out[:, 2].detach().numpy().reshape(-1, 1, 1, 1)
+    ref = zennit_relevance(EpsilonPlusFlat(), net, x, target=2, classes=4)
     ours = lrp.LRP(model, lrp.EpsilonPlusFlat()).attribute(x, target=2)
     assert np.abs(ref).max() > 0
     np.testing.assert_allclose(ours, ref, atol=1e-4 * np.abs(ref).max())
