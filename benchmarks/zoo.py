@@ -1,6 +1,6 @@
 """Every method on many architectures: a by-hand check that onnxplain takes models as they come.
 
-    .venv/bin/python benchmarks/zoo.py [--archs resnet18,vit,timm:resnest14d,...]
+    .venv/bin/python benchmarks/zoo.py [--archs resnet18,vit,timm:resnest14d,keras:ResNet50,...]
                                        [--exporter auto|dynamo|legacy] [--opset N]
                                        [--quantize qdq|qoperator|dynamic] [--methods saliency,...]
                                        [--out benchmarks/ZOO.md]
@@ -15,7 +15,9 @@ time in seconds, or the error type and the start of its message: a refusal of ou
 any other exception is a bug. Writes a markdown table (default ``benchmarks/ZOO.md``).
 ``timm:NAME`` (or ``--archs timm``, the list ``TIMM``) builds timm's architecture NAME
 (``pip install -e ".[zoo]"``; random weights, nothing downloaded), at 64×64 where it takes
-``img_size``. ``--quantize``: explain the export quantized by ``onnxruntime.quantization`` instead
+``img_size``. ``keras:NAME`` (or ``--archs keras``, the list ``KERAS``) is
+``keras.applications.NAME`` converted by tf2onnx, with channels-last inputs.
+``--quantize``: explain the export quantized by ``onnxruntime.quantization`` instead
 (static, calibrated on the two images, per channel; or dynamic).
 """
 
@@ -51,6 +53,9 @@ TIMM = ("resnest14d,skresnet18,ghostnet_100,rexnet_100,hrnet_w18_small,dla34,dpn
         "volo_d1_224,selecsls42b,mobilenetv4_conv_small,mobileone_s0,inception_next_tiny,"
         "starnet_s1,beit_base_patch16_224,swinv2_cr_tiny_224,nest_tiny,ese_vovnet19b_dw,ecaresnet26t,rdnet_tiny,"
         "mambaout_femto,efficientvit_m0,tiny_vit_5m_224,hiera_tiny_224,vitamin_small_224")
+#: Keras applications, converted by tf2onnx (TensorFlow backend; ``pip install -e ".[tensorflow]"``).
+KERAS = ("MobileNetV2,MobileNetV3Small,MobileNetV3Large,EfficientNetB0,EfficientNetV2B0,ResNet50,ResNet50V2,"
+         "DenseNet121,InceptionV3,Xception,NASNetMobile,VGG16,ConvNeXtTiny")
 #: Keyword arguments shrunk so that every method takes seconds, where a method takes them.
 SMALL = {"n_steps": 4, "nt_samples": 2, "n_masks": 64, "n_samples": 40}
 #: Methods that explain gates, not a target.
@@ -88,6 +93,26 @@ def network(arch: str) -> tuple[torch.nn.Module, int]:
     if arch in ("inception_v3", "googlenet"):
         kwargs.update(aux_logits=False, init_weights=True)
     return getattr(torchvision.models, arch)(**kwargs).eval(), 96 if arch == "inception_v3" else 64
+
+
+def keras_application(name: str, opset: int | None) -> tuple[ox.Model, np.ndarray]:
+    """``keras.applications.<name>`` (random weights, 10 classes, logits), converted by
+    tf2onnx through the TensorFlow adapter, and two channels-last 64×64 images (96×96
+    for the Inceptions and Xception)."""
+    import os
+
+    from onnxplain._compat import triton_before_tensorflow
+
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    triton_before_tensorflow()
+    import keras
+
+    keras.utils.set_random_seed(0)
+    size = 96 if name in ("InceptionV3", "InceptionResNetV2", "Xception") else 64
+    net = getattr(keras.applications, name)(weights=None, classes=10, input_shape=(size, size, 3),
+                                            classifier_activation=None)
+    x = np.random.default_rng(1).standard_normal((2, size, size, 3)).astype(np.float32)
+    return ox.adapters.tensorflow.export(net, x, opset=opset), x
 
 
 def explain(model: ox.Model, x: np.ndarray, only: set[str] | None = None) -> dict[str, str]:
@@ -152,21 +177,24 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     began = time.time()
     rows = {}
-    archs = args.archs.replace("timm", ",".join("timm:" + a for a in TIMM.split(","))) \
-        if args.archs == "timm" else args.archs
+    archs = {"timm": ",".join("timm:" + a for a in TIMM.split(",")),
+             "keras": ",".join("keras:" + a for a in KERAS.split(","))}.get(args.archs, args.archs)
     only = set(args.methods.split(",")) if args.methods else None
     for arch in archs.split(","):
         try:
-            net, size = network(arch)
-            x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
-            model = ox.adapters.torch.export(net, x, exporter=args.exporter, opset=args.opset)
+            if arch.startswith("keras:"):
+                model, x = keras_application(arch[6:], args.opset)
+            else:
+                net, size = network(arch)
+                x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+                model = ox.adapters.torch.export(net, x, exporter=args.exporter, opset=args.opset)
             if args.quantize:
-                model = quantized(model, x.numpy(), args.quantize)
+                model = quantized(model, np.asarray(x), args.quantize)
         except Exception as exc:
             rows[arch] = {"export": f"**{type(exc).__name__}**: {str(exc)[:90]}"}
             print(arch, rows[arch], flush=True)
         else:
-            rows[arch] = explain(model, x.numpy(), only)
+            rows[arch] = explain(model, np.asarray(x), only)
             cells = " ".join(f"{k}={v}" for k, v in rows[arch].items())
             print(arch, f"{time.time() - began:.0f}s", cells, flush=True)
         _write(args, rows, began)  # after each architecture: a crash or a stop keeps the rows so far
