@@ -106,8 +106,8 @@ class FoldConstantSubgraphsPass(ir.passes.InPlacePass):
             if _foldable(node, constant, outputs):
                 folded.append(node)
                 constant.update(id(v) for v in node.outputs)
-        frontier = [v for n in folded for v in n.outputs
-                    if any(id(c) not in {id(f) for f in folded} for c, _ in v.uses())]
+        inside = {id(n) for n in folded}
+        frontier = [v for n in folded for v in n.outputs if any(id(c) not in inside for c, _ in v.uses())]
         if not frontier:
             return ir.passes.PassResult(model, modified=False)
         opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 17))
