@@ -685,7 +685,7 @@ class Model:
             return None
         bias = (head.bias if head.bias is not None else 0.0) + head.weight @ np.broadcast_to(shift, (k,))
         return replace(head, weight=head.weight * np.broadcast_to(scale, (k,)), bias=bias,
-                                   features=before.name)
+                       features=before.name)
 
     def _linear_of(self, pool: ir.Node, node: ir.Node, value: ir.Value,
                    rounded: bool) -> ClassifierHead | None:
