@@ -139,6 +139,8 @@ ROUTING_OPS = frozenset(
     }
 )
 _GATE_PRODUCERS = frozenset({"Sigmoid", "HardSigmoid", "Tanh", "Softmax", "Erf"})
+#: Nodes that only reshape or broadcast a tensor, looked through when finding a gate.
+_RESHAPING = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Expand", "Identity")
 
 
 Position = Literal["first", "last"]
@@ -443,7 +445,11 @@ def _squashed(value: ir.Value, live: set[int]) -> bool:
     rounded by a quantized model (hard-swish written out, x · relu6(x + 3) / 6, as Keras
     exports it, has its gate found so)."""
     producer = value.producer()
-    while producer is not None and producer.op_type in ("Add", "Sub", "Mul", "Div", *ROUNDING_OPS):
+    walked = ("Add", "Sub", "Mul", "Div", *_RESHAPING, *ROUNDING_OPS)
+    while producer is not None and producer.op_type in walked:
+        if producer.op_type in _RESHAPING:  # a gate reshaped or expanded (ECA's ``expand_as``)
+            producer = producer.inputs[0].producer() if producer.inputs[0] is not None else None
+            continue
         computed = [v for v in producer.inputs[:2] if not _is_const(v, live)]
         if len(computed) != 1:
             return False

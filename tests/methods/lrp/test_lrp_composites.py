@@ -167,3 +167,30 @@ def test_a_backend_can_be_passed_and_its_batchnorm_gets_the_epsilon_rule():
     relevance = method.attribute(images, target=labels)
     assert np.isfinite(relevance).all()
     assert method.rules()["/block1/block1.1/BatchNormalization"] == "Epsilon(epsilon=1e-06)"
+
+
+def test_a_gate_expanded_to_the_signals_shape_is_found():
+    """ECA-Net multiplies the map by its gate expanded to the map's shape (``expand_as``):
+    both factors have one shape, and the gate is found through the Expand."""
+    import torch
+
+    class ECA(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv = torch.nn.Conv2d(3, 6, 3, padding=1)
+            self.eca = torch.nn.Conv1d(1, 1, 3, padding=1, bias=False)
+            self.fc = torch.nn.Linear(6, 4)
+
+        def forward(self, x):
+            f = torch.relu(self.conv(x))
+            g = torch.sigmoid(self.eca(f.mean((2, 3)).unsqueeze(1))).view(x.shape[0], -1, 1, 1)
+            return self.fc((f * g.expand_as(f)).mean((2, 3)))
+
+    x = np.random.default_rng(0).random((2, 3, 8, 8), dtype=np.float32)
+    model = ox.adapters.torch.export(ECA().eval(), torch.from_numpy(x))
+    (mul,) = [n for n in model.ir.graph if n.op_type == "Mul" and len({id(v) for v in n.inputs}) == 2
+              and all(v.const_value is None for v in n.inputs)]
+    rule = lrp.EpsilonPlus().assign(model).rules[mul.name]
+    assert isinstance(rule, lrp.Gate) and mul.inputs[rule.signal].producer().op_type == "Relu"
+    assert np.isfinite(lrp.LRP(model).attribute(x, target=1)).all()
