@@ -440,12 +440,14 @@ def _gate_signal(node: ir.Node, live: set[int]) -> int | None:
 
 
 def _squashed(value: ir.Value, live: set[int]) -> bool:
-    """``value`` is a squashing function's output (Sigmoid, Tanh, Softmax, Erf, a Clip to
-    constant bounds on both sides, ...), or that output scaled or shifted by constants, or
-    rounded by a quantized model (hard-swish written out, x · relu6(x + 3) / 6, as Keras
-    exports it, has its gate found so)."""
+    """``value`` is a squashing function's output (Sigmoid, Tanh, Softmax, Erf, ...), or that
+    output scaled or shifted by constants, reshaped, or rounded by a quantized model. A Clip
+    to constant bounds counts when the constant factors after it bring its range within
+    [−1, 1]: hard-swish written out, x · relu6(x + 3) / 6 (Keras exports it so), has its
+    gate found; a bare ReLU6 times another map (StarNet) is no gate."""
     producer = value.producer()
     walked = ("Add", "Sub", "Mul", "Div", *_RESHAPING, *ROUNDING_OPS)
+    scale: float | None = 1.0  # the scalar factor applied after the node reached (None: other)
     while producer is not None and producer.op_type in walked:
         if producer.op_type in _RESHAPING:  # a gate reshaped or expanded (ECA's ``expand_as``)
             producer = producer.inputs[0].producer() if producer.inputs[0] is not None else None
@@ -453,11 +455,20 @@ def _squashed(value: ir.Value, live: set[int]) -> bool:
         computed = [v for v in producer.inputs[:2] if not _is_const(v, live)]
         if len(computed) != 1:
             return False
+        if producer.op_type in ("Mul", "Div") and scale is not None:
+            const = next((v for v in producer.inputs[:2] if v is not computed[0]), None)
+            c = const.const_value.numpy() if const is not None and const.const_value is not None else None
+            ok = c is not None and c.size == 1 and not (producer.op_type == "Div" and (
+                const is producer.inputs[0] or float(c.reshape(())) == 0))
+            factor = float(c.reshape(())) if ok else None
+            scale = None if factor is None else scale * (factor if producer.op_type == "Mul" else 1 / factor)
         producer = computed[0].producer()
     if producer is not None and producer.op_type == "Clip":
-        bounds = producer.inputs[1:3] if len(producer.inputs) >= 3 else []
-        return len(bounds) == 2 and all(b is not None and _is_const(b, live) for b in bounds) or (
-            "min" in producer.attributes and "max" in producer.attributes)
+        bounds = [b.const_value.numpy() if b is not None and b.const_value is not None else None
+                  for b in producer.inputs[1:3]]
+        if scale is None or len(bounds) != 2 or any(b is None or b.size != 1 for b in bounds):
+            return False
+        return max(abs(float(b.reshape(())) * scale) for b in bounds) <= 1.0 + 1e-6
     return producer is not None and producer.op_type in _GATE_PRODUCERS
 
 

@@ -194,3 +194,35 @@ def test_a_gate_expanded_to_the_signals_shape_is_found():
     rule = lrp.EpsilonPlus().assign(model).rules[mul.name]
     assert isinstance(rule, lrp.Gate) and mul.inputs[rule.signal].producer().op_type == "Relu"
     assert np.isfinite(lrp.LRP(model).attribute(x, target=1)).all()
+
+
+@pytest.mark.parametrize("hard_swish", [True, False])
+def test_a_clip_is_a_gate_only_when_its_scaled_range_is_within_one(hard_swish):
+    """x · relu6(x + 3) / 6 (hard-swish written out) has its gate found; relu6(a) · b, a
+    product of two maps (StarNet's star operation), has none and is refused."""
+    rng = np.random.default_rng(0)
+    inits = {"w1": rng.standard_normal((4, 3, 3, 3)), "w2": rng.standard_normal((4, 3, 3, 3)),
+             "fc": rng.standard_normal((4, 2)), "three": np.array(3.0), "zero": np.array(0.0),
+             "six": np.array(6.0), "sixth": np.array(1 / 6)}
+    nodes = [helper.make_node("Conv", ["input", "w1"], ["a"], pads=[1, 1, 1, 1])]
+    if hard_swish:
+        nodes += [helper.make_node("Add", ["a", "three"], ["a3"]),
+                  helper.make_node("Clip", ["a3", "zero", "six"], ["r6"]),
+                  helper.make_node("Mul", ["r6", "sixth"], ["gate"]),
+                  helper.make_node("Mul", ["a", "gate"], ["m"], name="product")]
+    else:
+        nodes += [helper.make_node("Conv", ["input", "w2"], ["b"], pads=[1, 1, 1, 1]),
+                  helper.make_node("Clip", ["a", "zero", "six"], ["r6"]),
+                  helper.make_node("Mul", ["r6", "b"], ["m"], name="product")]
+    nodes += [helper.make_node("ReduceMean", ["m"], ["pooled"], axes=[2, 3], keepdims=0),
+              helper.make_node("MatMul", ["pooled", "fc"], ["logits"])]
+    graph = helper.make_graph(
+        nodes, "clip_gate", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 3, 6, 6])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 2])],
+        initializer=[numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()])
+    model = ox.load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8))
+    if hard_swish:
+        assert lrp.EpsilonPlus().assign(model).rules["product"] == lrp.Gate(0)
+    else:
+        with pytest.raises(ox.UnsupportedOperatorError, match="product"):
+            lrp.LRP(model, lrp.EpsilonPlus())
