@@ -106,6 +106,8 @@ def _inline_captured_constants(proto: Any, concrete: Any) -> None:
     initializers holding their values, in place."""
     from onnx import helper, numpy_helper
 
+    if len(proto.graph.input) < 2:  # nothing captured became an input
+        return
     values = {}
     for external, internal in getattr(concrete.graph, "captures", []):
         try:

@@ -307,13 +307,10 @@ class ChannelsFirstPoolPass(ir.passes.InPlacePass):
         back = uses[0]
         if back.op_type != "Transpose" or _perm(back) != (0, 3, 1, 2) or out.is_graph_output():
             return False
-        source = x.producer()
-        if source is not None and source.op_type == "Transpose" and _perm(source) == (0, 2, 3, 1) \
-                and source.inputs[0] is not None:
-            # X is itself a channels-first map moved channels last (SinkChannelsLastTransposePass
-            # leaves its twin ``<X>__nchw``): pool that one
-            first, nchw = None, source.inputs[0]
-        else:
+        # X is itself a channels-first map moved channels last (SinkChannelsLastTransposePass
+        # leaves its twin ``<X>__nchw``): pool that one
+        first, nchw = None, _nhwc_source(x)
+        if nchw is None:
             first = ir.Node("", "Transpose", [x], attributes=[ir.AttrInt64s("perm", [0, 3, 1, 2])],
                             name=f"{node.name}__nchw_input")
             first.outputs[0].name = f"{x.name}__nchw"

@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from onnxplain.core.canonical import _nhwc_source
 from onnxplain.core.errors import (
     InputValidationError,
     LayerNotFoundError,
@@ -233,12 +234,7 @@ def _channels_first_source(value: ir.Value) -> ir.Value:
     """For a channels-last feature map made by ``Transpose(perm=[0, 2, 3, 1])`` (as tf2onnx
     leaves before a Keras global pooling), the channels-first tensor it transposes; else
     ``value`` itself. CAMs read feature maps channels first."""
-    producer = value.producer()
-    if producer is not None and producer.op_type == "Transpose" and producer.inputs[0] is not None:
-        perm = producer.attributes.get("perm")
-        if perm is not None and tuple(perm.as_ints()) == (0, 2, 3, 1):
-            return producer.inputs[0]
-    return value
+    return _nhwc_source(value) or value
 
 
 class Model:
