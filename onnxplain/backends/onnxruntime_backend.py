@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from onnxplain._compat import ORT_DISABLED_OPTIMIZERS
 from onnxplain.backends.base import Backend, Capability
 from onnxplain.backends.registry import cuda_index, is_out_of_memory, physical_cores, resolve_max_batch_size
 from onnxplain.core.errors import InputValidationError, ModelLoadError
@@ -144,7 +145,8 @@ class OnnxRuntimeBackend(Backend):
                     ) from None
             data = self.model.serialized(extra_outputs=extra)
             try:
-                sess = self._ort.InferenceSession(data, sess_options=opts, providers=self._requested)
+                sess = self._ort.InferenceSession(data, sess_options=opts, providers=self._requested,
+                                                  disabled_optimizers=list(ORT_DISABLED_OPTIMIZERS))
             except Exception as exc:
                 raise ModelLoadError(f"ONNX Runtime cannot run this model: {exc}") from exc
             self._sessions[extra] = sess

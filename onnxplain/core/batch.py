@@ -28,6 +28,8 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes import common as passes
 
+from onnxplain._compat import ORT_DISABLED_OPTIMIZERS
+
 logger = logging.getLogger(__name__)
 
 BATCH = "batch"
@@ -122,7 +124,8 @@ def _verify(original: ir.Model, candidate: ir.Model, fixed: int) -> str | None:
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         ref_sess = ort.InferenceSession(
-            ir.to_proto(original).SerializeToString(), opts, providers=["CPUExecutionProvider"]
+            ir.to_proto(original).SerializeToString(), opts, providers=["CPUExecutionProvider"],
+            disabled_optimizers=list(ORT_DISABLED_OPTIMIZERS),
         )
         ref = [
             np.concatenate(parts)
@@ -134,7 +137,8 @@ def _verify(original: ir.Model, candidate: ir.Model, fixed: int) -> str | None:
         return f"the original model does not run on ONNX Runtime ({type(exc).__name__})"
     try:
         sess = ort.InferenceSession(
-            ir.to_proto(candidate).SerializeToString(), opts, providers=["CPUExecutionProvider"]
+            ir.to_proto(candidate).SerializeToString(), opts, providers=["CPUExecutionProvider"],
+            disabled_optimizers=list(ORT_DISABLED_OPTIMIZERS),
         )
         got = _run(sess, value.name, x)
     except Exception as exc:

@@ -168,3 +168,24 @@ def test_an_exception_mid_method_leaves_the_model_usable(small_model, images):
     finally:
         del be.gradients
     np.testing.assert_array_equal(ox.Saliency(small_model).attribute(images, target=2), before)
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
+def test_a_zero_pad_before_max_pooling_runs_as_written_on_both_backends(exporter):
+    """ONNX Runtime's ``Pad_Fusion`` folds Pad(0) → MaxPool into MaxPool's own (−∞) pads;
+    on negative maps the border windows then pool to their maximum instead of 0 (BiT's stem,
+    TensorFlow's "same" padding). onnxplain's sessions disable it: both backends equal the
+    module."""
+
+    class PadPool(torch.nn.Module):
+        def forward(self, x):
+            x = torch.nn.functional.max_pool2d(torch.nn.functional.pad(x, (1, 1, 1, 1)), 3, 2)
+            return x.mean((2, 3))
+
+    x = -torch.rand(2, 4, 16, 16, generator=torch.Generator().manual_seed(0)) - 1  # all negative
+    expected = PadPool()(x).numpy()
+    model = ox.adapters.torch.export(PadPool(), x, exporter=exporter)  # checked on ONNX Runtime
+    assert {"Pad", "MaxPool"} <= {node.op_type for node in model.ir.graph}
+    for backend in ("onnxruntime", "torch"):
+        got = model.backend(backend).forward(x.numpy())[model.output_name]
+        np.testing.assert_allclose(got, expected, atol=1e-6, err_msg=backend)
