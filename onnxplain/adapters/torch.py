@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import warnings
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
@@ -44,6 +45,52 @@ def _to_proto(module: Any, example: Any, exporter: str, opset: int | None, dynam
     return onnx.load_from_string(buffer.getvalue())
 
 
+def _scores_output(module: Any, x: Any) -> tuple[Any, Any]:
+    """``module`` as a module that returns the class scores as one tensor, and those scores on
+    ``x``. A module that returns a tensor is kept. One that returns a mapping (Hugging Face's
+    ``ModelOutput``) is read at its ``"logits"`` key, or at its only tensor; a tuple or list of
+    one tensor at that tensor. Anything else is refused: which output is the score is the
+    caller's to say."""
+    import torch
+
+    with torch.no_grad():
+        out = module(x)
+    if isinstance(out, torch.Tensor):
+        return module, out
+    key: Any = None
+    if isinstance(out, Mapping):
+        tensors = [k for k, v in out.items() if isinstance(v, torch.Tensor)]
+        key = "logits" if "logits" in tensors else (tensors[0] if len(tensors) == 1 else None)
+        what = f"a {type(out).__name__} with keys {list(out.keys())}"
+    elif isinstance(out, (tuple, list)):
+        key = 0 if len(out) == 1 and isinstance(out[0], torch.Tensor) else None
+        what = f"a {type(out).__name__} of {len(out)} items"
+    else:
+        what = f"a {type(out).__name__}"
+    if key is None:
+        raise InputValidationError(
+            f"the module returns {what}; export needs the class scores as one tensor: wrap the "
+            "module in one whose forward returns them (e.g. module(x).logits)"
+        )
+    logger.info("exporting the module's output %r as the class scores", key)
+    return _select(module, key), out[key]
+
+
+def _select(module: Any, key: Any) -> Any:
+    """``module(x)[key]`` as a module: the class scores of a module that returns several outputs."""
+    import torch
+
+    class Select(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.module = module
+
+        def forward(self, x: Any) -> Any:
+            return self.module(x)[key]
+
+    return Select().eval()
+
+
 def export(
     module: Any,
     example: Any,
@@ -57,7 +104,10 @@ def export(
     ``example``: an input batch (torch tensor or numpy array), N ≥ 1. ``exporter``:
     ``"dynamo"`` (torch.export based), ``"legacy"`` (TorchScript based) or ``"auto"``
     (dynamo, falling back to legacy when it fails or disagrees). The export is run on
-    ``example`` and must match the module: max |Δ| ≤ ``rtol`` × max |output|.
+    ``example`` and must match the module: max |Δ| ≤ ``rtol`` × max |output|. A module
+    that returns a mapping of outputs (a Hugging Face model's ``ModelOutput``) is exported
+    with its ``"logits"`` (or its only tensor) as the output, one that returns a 1-tuple
+    with its element; any other non-tensor output is refused.
     """
     import torch
 
@@ -71,8 +121,8 @@ def export(
     module = module.eval()
     # torch's exporter needs an example batch of at least 2 to keep the batch dynamic.
     trace_x = torch.cat([x, x]) if dynamic_batch and len(x) == 1 else x
-    with torch.no_grad():
-        expected = module(x).detach().cpu().numpy()
+    module, scores = _scores_output(module, x)
+    expected = scores.detach().cpu().numpy()
     order = ["dynamo", "legacy"] if exporter == "auto" else [exporter]
     problems = []
     for which in order:

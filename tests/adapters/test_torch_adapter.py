@@ -39,3 +39,38 @@ def test_bad_arguments():
         ox.adapters.torch.export(lambda x: x, torch.zeros(1, 3, 4, 4))
     with pytest.raises(ox.InputValidationError, match="exporter"):
         ox.adapters.torch.export(small_cnn(), torch.zeros(1, 3, 4, 4), exporter="onnx")
+
+
+class _Outputs(dict):
+    """A mapping of named outputs, as Hugging Face's ``ModelOutput`` is."""
+
+
+class _Several(torch.nn.Module):
+    def __init__(self, returns: str) -> None:
+        super().__init__()
+        self.net, self.returns = small_cnn(seed=2), returns
+
+    def forward(self, x):
+        logits = self.net(x)
+        if self.returns == "mapping":
+            return _Outputs(hidden=x.mean((2, 3)), logits=logits)
+        if self.returns == "one-tuple":
+            return (logits,)
+        return logits, x.mean((2, 3))
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
+@pytest.mark.parametrize("returns", ["mapping", "one-tuple"])
+def test_a_module_returning_named_outputs_is_exported_with_its_logits(returns, exporter):
+    net = _Several(returns).eval()
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    model = ox.adapters.torch.export(net, x, exporter=exporter)
+    assert len(model.proto().graph.output) == 1
+    with torch.no_grad():
+        expected = net.net(x).numpy()
+    np.testing.assert_allclose(model.predict(x.numpy()), expected, atol=1e-5)
+
+
+def test_a_module_returning_several_unnamed_outputs_is_refused():
+    with pytest.raises(ox.InputValidationError, match=r"a tuple of 2 items.*class scores as one tensor"):
+        ox.adapters.torch.export(_Several("pair"), torch.zeros(2, 3, 32, 32))
