@@ -342,6 +342,82 @@ class ChannelsFirstPoolPass(ir.passes.InPlacePass):
         return True
 
 
+class EinsumAsMatMulPass(ir.passes.InPlacePass):
+    """Write a two-operand ``Einsum`` that is a matrix product as ``Transpose → MatMul →
+    Transpose``: CvT's attention (``bhlk,bhtk->bhlt``, ``bhlt,bhtv->bhlv``) and dense layers
+    written as ``bld,dk->blk``. Then LRP's rules for MatMul (the attention rule among them),
+    CAM's heads and every other pattern read them as the MatMuls they are. Handled: batch
+    letters in both operands and the output, one contracted letter, one letter free in B
+    and one free in A (or, without batch letters, any number free in A); each letter once
+    per operand, no ellipsis. Other equations stay Einsums."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph = model.graph
+        modified = any([self._rewrite(graph, node) for node in list(graph)])
+        return ir.passes.PassResult(model, modified=modified)
+
+    @staticmethod
+    def _plan(equation: str) -> tuple[list[int], list[int], list[int]] | None:
+        """The permutations of A, of B and of the MatMul's output to the Einsum's output."""
+        if "." in equation or "->" not in equation:
+            return None
+        ins, out = equation.replace(" ", "").split("->")
+        if ins.count(",") != 1:
+            return None
+        a, b = ins.split(",")
+        if any(len(set(t)) != len(t) for t in (a, b, out)) or not set(out) <= set(a) | set(b):
+            return None
+        batch = [c for c in a if c in b and c in out]
+        contract = [c for c in a if c in b and c not in out]
+        free_a, free_b = [c for c in a if c not in b], [c for c in b if c not in a]
+        if any(c not in out for c in free_a + free_b) or len(contract) != 1 or len(free_b) != 1:
+            return None
+        if [c for c in b if c in batch] != batch or (batch and len(free_a) != 1) or not free_a:
+            return None
+        order_a, order_b = batch + free_a + contract, batch + contract + free_b
+        product = batch + free_a + free_b
+        return [a.index(c) for c in order_a], [b.index(c) for c in order_b], [product.index(c) for c in out]
+
+    @staticmethod
+    def _rewrite(graph: ir.Graph, node: ir.Node) -> bool:
+        if node.op_type != "Einsum" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 2:
+            return False
+        eq = node.attributes.get("equation")
+        plan = EinsumAsMatMulPass._plan(eq.as_string()) if eq is not None else None
+        if plan is None or any(v is None for v in node.inputs):
+            return False
+        new: list[ir.Node] = []
+
+        def transposed(value: ir.Value, perm: list[int], tag: str) -> ir.Value:
+            if perm == sorted(perm):
+                return value
+            t = ir.Node("", "Transpose", [value], attributes=[ir.AttrInt64s("perm", perm)],
+                        name=f"{node.name}__{tag}")
+            t.outputs[0].name = f"{node.outputs[0].name}__{tag}"
+            if value.dtype is not None:  # an untyped value must stay untyped (no Tensor(None))
+                t.outputs[0].dtype = value.dtype
+            new.append(t)
+            return t.outputs[0]
+
+        a = transposed(node.inputs[0], plan[0], "a")
+        b = transposed(node.inputs[1], plan[1], "b")
+        matmul = ir.Node("", "MatMul", [a, b], name=f"{node.name}__matmul")
+        matmul.outputs[0].name = f"{node.outputs[0].name}__matmul"
+        if node.outputs[0].dtype is not None:
+            matmul.outputs[0].dtype = node.outputs[0].dtype
+        new.append(matmul)
+        result = matmul.outputs[0]
+        if plan[2] != sorted(plan[2]):
+            result = transposed(result, plan[2], "out")
+        out, name = node.outputs[0], node.outputs[0].name
+        graph.insert_before(node, new)
+        out.replace_all_uses_with(result, replace_graph_outputs=True)
+        out.name = f"{name}__replaced"
+        result.name = name
+        graph.remove(node, safe=True)
+        return True
+
+
 class IdentityGatherPass(ir.passes.InPlacePass):
     """Drop the identity ``as_strided`` gathers of dynamo exports
     (:func:`onnxplain.core.strided.drop_identity_gathers`)."""
@@ -375,6 +451,7 @@ def canonicalize(model: ir.Model) -> ir.Model:
         passes.RemoveUnusedFunctionsPass(),
         passes.TopologicalSortPass(),
         passes.NameFixPass(),
+        EinsumAsMatMulPass(),
         passes.ShapeInferencePass(strict_mode=False),
         NoOpCastPass(),
         ChannelsFirstPoolPass(),

@@ -482,17 +482,29 @@ def _receivers(node: ir.Node, rule: Rule, live: set[int]) -> list[ir.Value]:
 
 def _attention_values(node: ir.Node, live: set[int]) -> int | None:
     """For a MatMul of attention weights and values, A·V (both computed, exactly one of
-    them a Softmax's output, possibly through Dropout or reshapes), the input index of V."""
+    them a Softmax's output, possibly through Dropout, reshapes or a NaN guard), the input
+    index of V."""
     if node.op_type != "MatMul" or any(_is_const(v, live) for v in node.inputs[:2]):
         return None
     from_softmax, passing = [], ROUTING_OPS | {"Dropout", "Identity"} | ROUNDING_OPS
     for i, v in enumerate(node.inputs[:2]):
         producer = v.producer()
-        while producer is not None and producer.op_type in passing:
-            producer = producer.inputs[0].producer() if producer.inputs[0] is not None else None
+        while producer is not None and (producer.op_type in passing or _nan_guard(producer, live)):
+            data = producer.inputs[2] if producer.op_type == "Where" else producer.inputs[0]
+            producer = data.producer() if data is not None else None
         if producer is not None and producer.op_type == "Softmax":
             from_softmax.append(i)
     return 1 - from_softmax[0] if len(from_softmax) == 1 else None
+
+
+def _nan_guard(node: ir.Node, live: set[int]) -> bool:
+    """``node`` is Where(IsNaN(a), c, a) with c constant: the guard torch's exporter puts
+    after the softmax of a masked ``scaled_dot_product_attention`` (a fully masked row's
+    NaN weights read as 0). Everywhere else it passes ``a`` through."""
+    if node.op_type != "Where" or len(node.inputs) != 3 or not _is_const(node.inputs[1], live):
+        return False
+    check = node.inputs[0].producer() if node.inputs[0] is not None else None
+    return check is not None and check.op_type == "IsNaN" and check.inputs[0] is node.inputs[2]
 
 
 def _weighted_ok(node: ir.Node, live: set[int]) -> bool:

@@ -186,9 +186,12 @@ class _TinyViT(torch.nn.Module):
     """Patch embedding, class token, position embedding, one pre-norm block with two-head
     self-attention (written out: softmax(QKᵀ/√d)·V) and a ReLU MLP, final LayerNorm, head
     on the class token. ``detach``: each LayerNorm's std and the attention weights held
-    constant (the LN and attention rules of Ali et al. 2022)."""
+    constant (the LN and attention rules of Ali et al. 2022). ``attention="sdpa"``: by
+    ``scaled_dot_product_attention`` with an all-True boolean mask over the tokens, as Hugging
+    Face's models call it (the exporter adds the mask and guards the softmax against NaN);
+    ``"einsum"``: both products as ``torch.einsum``, as CvT writes them."""
 
-    def __init__(self, detach: bool = False) -> None:
+    def __init__(self, detach: bool = False, attention: str = "matmul") -> None:
         super().__init__()
         nn, d = torch.nn, 16
         self.embed = nn.Conv2d(3, d, 16, stride=16)
@@ -197,7 +200,7 @@ class _TinyViT(torch.nn.Module):
         self.ln1, self.ln2, self.ln3 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
         self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
         self.up, self.down, self.head = nn.Linear(d, 32), nn.Linear(32, d), nn.Linear(d, 5)
-        self.detach = detach
+        self.detach, self.attention = detach, attention
 
     def _ln(self, ln: torch.nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
         if not self.detach:
@@ -211,26 +214,39 @@ class _TinyViT(torch.nn.Module):
         t = torch.cat([self.cls.expand(t.shape[0], -1, -1), t], dim=1) + self.pos
         n, s, d = t.shape
         q, k, v = self.qkv(self._ln(self.ln1, t)).reshape(n, s, 3, 2, d // 2).permute(2, 0, 3, 1, 4)
-        attn = torch.softmax(q @ k.transpose(-2, -1) / (d // 2) ** 0.5, dim=-1)
-        if self.detach:
-            attn = attn.detach()
-        t = t + self.proj((attn @ v).transpose(1, 2).reshape(n, s, d))
+        if self.attention == "sdpa" and not self.detach:
+            keep = torch.ones(1, 1, s, 1, dtype=torch.bool).expand(n, 1, s, s)
+            mixed = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+        elif self.attention == "einsum" and not self.detach:
+            attn = torch.softmax(torch.einsum("bhlk,bhtk->bhlt", q, k) / (d // 2) ** 0.5, dim=-1)
+            mixed = torch.einsum("bhlt,bhtv->bhlv", attn, v)
+        else:
+            attn = torch.softmax(q @ k.transpose(-2, -1) / (d // 2) ** 0.5, dim=-1)
+            mixed = (attn.detach() if self.detach else attn) @ v
+        t = t + self.proj(mixed.transpose(1, 2).reshape(n, s, d))
         t = t + self.down(torch.relu(self.up(self._ln(self.ln2, t))))
         return self.head(self._ln(self.ln3, t)[:, 0])
 
 
+@pytest.mark.parametrize("attention", ["matmul", "sdpa", "einsum"])
 @pytest.mark.parametrize("export", [{}, {"exporter": "legacy", "opset": 14}], ids=["fused", "opset14"])
-def test_attention_gets_the_attention_rule_lrp0_equals_gradient_times_input_with_it_held(images, export):
+def test_attention_gets_the_attention_rule_lrp0_equals_gradient_times_input_with_it_held(
+    images, export, attention
+):
     """A vision transformer: the product of attention weights and values is a linear layer
     whose weights are the attention (no relevance enters the softmax), LayerNorms get the
     LN-rule. LRP-0 (no stabiliser) then equals x ⊙ ∇S_c of the same module with the
     attention weights and each std detached (torch autograd). At opset 14 the exporter
     writes each LayerNorm out (ReduceMean, Sub, Pow, Sqrt, Div): the Div by σ passes all
-    relevance to x − μ, and the proportional Sub and ReduceMean give the LN-rule exactly."""
+    relevance to x − μ, and the proportional Sub and ReduceMean give the LN-rule exactly.
+    ``sdpa``: the exporter's NaN guard after the softmax, Where(IsNaN(A), 0, A), is looked
+    through, and the mask added before it (Where(mask, 0, −∞)) never receives relevance.
+    ``einsum``: the products, exported as Einsum, are loaded as MatMuls."""
     torch.manual_seed(5)
-    model = _lrp0_is_gradient_times_input_of(_TinyViT(), _TinyViT(detach=True), images, 3, **export)
+    net = _TinyViT(attention=attention)
+    model = _lrp0_is_gradient_times_input_of(net, _TinyViT(detach=True), images, 3, **export)
     ops = [node.op_type for node in model.ir.graph]
-    assert "Softmax" in ops and ops.count("MatMul") >= 2
+    assert "Softmax" in ops and ops.count("MatMul") >= 2 and "Einsum" not in ops
     assert ("LayerNormalization" in ops) == (not export)
     for composite in (lrp.EpsilonPlusFlat(), lrp.EpsilonGammaBox(low=0.0, high=1.0)):
         assert np.isfinite(lrp.LRP(model, composite).attribute(images, target=3)).all()
