@@ -428,7 +428,7 @@ def _gate_signal(node: ir.Node, live: set[int]) -> int | None:
         return computed[0] if node.op_type == "Mul" or computed[0] == 0 else None
     if len(computed) != 2:
         return None
-    full = [i for i in range(2) if _same_shape(ins[i], node.outputs[0])]
+    full = [i for i in range(2) if _same_shape(_unexpanded(ins[i]), node.outputs[0])]
     if len(full) == 1:  # the gate is the broadcast one
         if node.op_type == "Div":
             return 0 if full == [0] else None
@@ -437,6 +437,16 @@ def _gate_signal(node: ir.Node, live: set[int]) -> int | None:
         return None
     gates = [i for i in range(2) if _squashed(ins[i], live)]
     return 1 - gates[0] if len(gates) == 1 else None
+
+
+def _unexpanded(value: ir.Value) -> ir.Value:
+    """``value`` before the ``Expand`` that made it (F.normalize's divisor is its norm
+    expanded to the numerator's shape: broadcast all the same)."""
+    producer = value.producer()
+    while producer is not None and producer.op_type == "Expand" and producer.inputs[0] is not None:
+        value = producer.inputs[0]
+        producer = value.producer()
+    return value
 
 
 def _squashed(value: ir.Value, live: set[int]) -> bool:

@@ -182,6 +182,35 @@ def _lrp0_is_gradient_times_input_of(net, held, images, target: int, tol: float 
     return model
 
 
+class _L2Normalized(torch.nn.Module):
+    """Conv → tokens → Linear → ``F.normalize`` over the features (SwiftFormer's queries and
+    keys, cosine attention) → mean over the tokens → Linear. ``detach``: the norm held."""
+
+    def __init__(self, detach: bool = False) -> None:
+        super().__init__()
+        self.embed, self.fc = torch.nn.Conv2d(3, 8, 8, stride=8), torch.nn.Linear(8, 12)
+        self.head, self.detach = torch.nn.Linear(12, 5), detach
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.fc(self.embed(x).flatten(2).transpose(1, 2))
+        if self.detach:
+            t = t / t.norm(dim=-1, keepdim=True).clamp_min(1e-12).detach()
+        else:
+            t = torch.nn.functional.normalize(t, dim=-1)
+        return self.head(t.mean(1))
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
+def test_an_l2_normalisation_holds_its_norm_lrp0_equals_gradient_times_input_with_it_held(images, exporter):
+    """F.normalize divides by its norm expanded to the numerator's shape: the divisor is
+    still the broadcast one, held constant (the LN-rule), so LRP-0 equals x ⊙ ∇S_c of the
+    module with the norm detached."""
+    torch.manual_seed(6)
+    model = _lrp0_is_gradient_times_input_of(_L2Normalized(), _L2Normalized(detach=True), images, 1,
+                                             exporter=exporter)
+    assert {"Expand", "Div"} <= {node.op_type for node in model.ir.graph}
+
+
 class _TinyViT(torch.nn.Module):
     """Patch embedding, class token, position embedding, one pre-norm block with two-head
     self-attention (written out: softmax(QKᵀ/√d)·V) and a ReLU MLP, final LayerNorm, head
