@@ -418,6 +418,50 @@ class EinsumAsMatMulPass(ir.passes.InPlacePass):
         return True
 
 
+class WholeMapAveragePoolPass(ir.passes.InPlacePass):
+    """Write an ``AveragePool`` whose one window covers the whole map as the
+    ``GlobalAveragePool`` it is: Hugging Face's EfficientNet pools with
+    ``AvgPool2d(1280, ceil_mode=True)`` on a 2×2 map, which hid its CAM head. Only where the
+    map's spatial size is known, no padding or dilation, and one window reaches every
+    position: kernel = size, or (ceil mode) kernel − size < stride, the window clipped to
+    the map, its mean over the map alone (as torch and ONNX Runtime divide)."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        modified = False
+        for node in list(model.graph):
+            if node.op_type != "AveragePool" or node.domain not in ("", "ai.onnx") or not self._whole(node):
+                continue
+            pool = ir.Node("", "GlobalAveragePool", [node.inputs[0]], name=f"{node.name}__global")
+            out, name = node.outputs[0], node.outputs[0].name
+            pool.outputs[0].shape, pool.outputs[0].dtype = out.shape, out.dtype
+            model.graph.insert_before(node, pool)
+            out.replace_all_uses_with(pool.outputs[0], replace_graph_outputs=True)
+            out.name = f"{name}__replaced"
+            pool.outputs[0].name = name
+            model.graph.remove(node, safe=True)
+            modified = True
+        return ir.passes.PassResult(model, modified=modified)
+
+    @staticmethod
+    def _whole(node: ir.Node) -> bool:
+        x = node.inputs[0] if node.inputs else None
+        if x is None or x.shape is None or len(x.shape) < 3 or len(node.outputs) != 1:
+            return False
+        sizes = list(x.shape)[2:]
+        attrs = node.attributes
+        kernel = list(attrs["kernel_shape"].as_ints()) if "kernel_shape" in attrs else []
+        strides = list(attrs["strides"].as_ints()) if "strides" in attrs else [1] * len(kernel)
+        pads = list(attrs["pads"].as_ints()) if "pads" in attrs else []
+        dilations = list(attrs["dilations"].as_ints()) if "dilations" in attrs else []
+        auto_pad = attrs["auto_pad"].as_string() if "auto_pad" in attrs else "NOTSET"
+        ceil = "ceil_mode" in attrs and attrs["ceil_mode"].as_int() == 1
+        if len(kernel) != len(sizes) or any(not isinstance(n, int) for n in sizes):
+            return False
+        if any(pads) or any(d != 1 for d in dilations) or auto_pad not in ("NOTSET", "VALID"):
+            return False
+        return all(k == n or (ceil and 0 < k - n < s) for k, n, s in zip(kernel, sizes, strides))
+
+
 class IdentityGatherPass(ir.passes.InPlacePass):
     """Drop the identity ``as_strided`` gathers of dynamo exports
     (:func:`onnxplain.core.strided.drop_identity_gathers`)."""
@@ -454,6 +498,7 @@ def canonicalize(model: ir.Model) -> ir.Model:
         EinsumAsMatMulPass(),
         passes.ShapeInferencePass(strict_mode=False),
         NoOpCastPass(),
+        WholeMapAveragePoolPass(),
         ChannelsFirstPoolPass(),
         IdentityGatherPass(),
         passes.RemoveUnusedNodesPass(),

@@ -180,6 +180,42 @@ def test_a_1x1_conv_classifier_on_the_pooled_map_is_a_cam_head(exporter, images)
     assert padded.classifier_head() is None
 
 
+class _PoolHead(torch.nn.Module):
+    """An ``AvgPool2d`` then Flatten → Linear: with a kernel as large as the 8×8 map or
+    larger in ceil mode (Hugging Face's EfficientNet: ``AvgPool2d(1280, ceil_mode=True)``),
+    a global average pooling; with a smaller kernel, not."""
+
+    def __init__(self, pool: torch.nn.AvgPool2d, channels: int = 5) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.ReLU(),
+                                        torch.nn.Conv2d(6, 5, 3, stride=2, padding=1), torch.nn.ReLU())
+        self.pool, self.fc = pool, torch.nn.Linear(channels, 4)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.body(x)).flatten(1))
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
+@pytest.mark.parametrize("pool", [
+    {"kernel_size": 8},
+    {"kernel_size": 1280, "ceil_mode": True},
+    {"kernel_size": 10, "stride": 3, "ceil_mode": True, "count_include_pad": False},
+], ids=["exact", "ceil", "ceil-no-pad-count"])
+def test_an_average_pool_over_the_whole_map_is_a_cam_head(pool, exporter, images):
+    net = _PoolHead(torch.nn.AvgPool2d(**pool)).eval()
+    x = images[:, :, :16, :16]
+    model = ox.adapters.torch.export(net, torch.from_numpy(x), exporter=exporter)  # checked
+    ops = {n.op_type for n in model.ir.graph}
+    assert "GlobalAveragePool" in ops and "AveragePool" not in ops
+    cam = CAM(model).attribute(x, target=[1, 2], relu_attributions=False, upsample=False)
+    grad = GradCAM(model).attribute(x, target=[1, 2], relu_attributions=False, upsample=False)
+    assert cam.shape == (2, 8, 8) and max_rel_err(cam, grad * 64) < TOL
+    smaller = _PoolHead(torch.nn.AvgPool2d(4), channels=20).eval()
+    partial = ox.adapters.torch.export(smaller, torch.from_numpy(x), exporter=exporter)
+    assert "AveragePool" in {n.op_type for n in partial.ir.graph} and partial.classifier_head() is None
+
+
 class _AffineHead(torch.nn.Module):
     """GAP → Flatten → BatchNorm1d → (x − 0.5) / 2 → Linear: an affine map per feature
     between the pooling and the classifier (LeViT's and EfficientViT's BN-Linear heads)."""
