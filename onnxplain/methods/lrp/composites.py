@@ -105,6 +105,9 @@ PROPORTIONAL_OPS = frozenset(
         "GlobalAveragePool",
         "ReduceMean",
         "ReduceSum",
+        # fold (VOLO's outlook attention, MobileViT-v2's patches back to the map): a sum of
+        # overlapping patches
+        "Col2Im",
     }
 )
 #: Nodes that only route values: the ordinary backward pass is exact (max pooling:

@@ -211,6 +211,30 @@ def test_an_l2_normalisation_holds_its_norm_lrp0_equals_gradient_times_input_wit
     assert {"Expand", "Div"} <= {node.op_type for node in model.ir.graph}
 
 
+class _Folded(torch.nn.Module):
+    """Conv → ReLU → unfold → scaled → fold (ONNX ``Col2Im``: a sum of overlapping patches,
+    as VOLO's outlook attention and MobileViT-v2 write patches back) → ReLU → GAP → Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Linear(4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cols = torch.nn.functional.unfold(torch.relu(self.conv(x)), 3, padding=1, stride=2)
+        folded = torch.nn.functional.fold(cols * 0.5, (16, 16), 3, padding=1, stride=2)
+        return self.fc(torch.relu(folded).mean((2, 3)))
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
+def test_col2im_splits_relevance_in_proportion_lrp0_equals_gradient_times_input(images, exporter):
+    """A fold sums overlapping patches: the proportional rule (z-rule of a sum) on it keeps
+    LRP-0 of this ReLU network equal to x ⊙ ∇S_c (nothing needs holding)."""
+    torch.manual_seed(7)
+    model = _lrp0_is_gradient_times_input_of(_Folded(), _Folded(), images[:, :, :16, :16], 2,
+                                             exporter=exporter)
+    assert "Col2Im" in {node.op_type for node in model.ir.graph}
+
+
 class _TinyViT(torch.nn.Module):
     """Patch embedding, class token, position embedding, one pre-norm block with two-head
     self-attention (written out: softmax(QKᵀ/√d)·V) and a ReLU MLP, final LayerNorm, head
