@@ -1,6 +1,6 @@
 """Every method on many architectures: a by-hand check that onnxplain takes models as they come.
 
-    .venv/bin/python benchmarks/zoo.py [--archs resnet18,vit,timm:resnest14d,keras:ResNet50,...]
+    .venv/bin/python benchmarks/zoo.py [--archs resnet18,vit,timm:resnest14d,keras:ResNet50,hf:cvt,...]
                                        [--exporter auto|dynamo|legacy] [--opset N]
                                        [--quantize qdq|qoperator|dynamic] [--methods saliency,...]
                                        [--out benchmarks/ZOO.md]
@@ -16,7 +16,11 @@ any other exception is a bug. Writes a markdown table (default ``benchmarks/ZOO.
 ``timm:NAME`` (or ``--archs timm``, the list ``TIMM``) builds timm's architecture NAME
 (``pip install -e ".[zoo]"``; random weights, nothing downloaded), at 64×64 where it takes
 ``img_size``. ``keras:NAME`` (or ``--archs keras``, the list ``KERAS``) is
-``keras.applications.NAME`` converted by tf2onnx, with channels-last inputs.
+``keras.applications.NAME`` converted by tf2onnx, with channels-last inputs. ``hf:TYPE`` (or
+``--archs hf``, the list ``HF``) is Hugging Face's image classifier of model type TYPE
+(``pip install transformers``; random weights, nothing downloaded), shrunk (two layers
+where it has layers, one block per stage), at 64×64 (128 for Swin), exported with its
+``ModelOutput`` as it comes.
 ``--quantize``: explain the export quantized by ``onnxruntime.quantization`` instead
 (static, calibrated on the two images, per channel; or dynamic).
 """
@@ -56,6 +60,10 @@ TIMM = ("resnest14d,skresnet18,ghostnet_100,rexnet_100,hrnet_w18_small,dla34,dpn
 #: Keras applications, converted by tf2onnx (TensorFlow backend; ``pip install -e ".[tensorflow]"``).
 KERAS = ("MobileNetV2,MobileNetV3Small,MobileNetV3Large,EfficientNetB0,EfficientNetV2B0,ResNet50,ResNet50V2,"
          "DenseNet121,InceptionV3,Xception,NASNetMobile,VGG16,ConvNeXtTiny")
+#: Hugging Face transformers' image classifiers (model types), as ``AutoConfig`` builds them.
+HF = ("vit,deit,beit,data2vec-vision,dinov2,dinov2_with_registers,ijepa,vit_msn,bit,convnext,convnextv2,cvt,"
+      "efficientnet,focalnet,hgnet_v2,hiera,levit,mobilenet_v1,mobilenet_v2,mobilevit,mobilevitv2,poolformer,"
+      "pvt,pvt_v2,regnet,resnet,segformer,swiftformer,swin,swinv2,textnet")
 #: Keyword arguments shrunk so that every method takes seconds, where a method takes them.
 SMALL = {"n_steps": 4, "nt_samples": 2, "n_masks": 64, "n_samples": 40}
 #: Methods that explain gates, not a target.
@@ -79,6 +87,8 @@ def network(arch: str) -> tuple[torch.nn.Module, int]:
                     if not param.any():
                         param.normal_(0, 0.05)
         return net, 64
+    if arch.startswith("hf:"):
+        return hf_network(arch[3:])
     if arch == "vit":
         from torchvision.models.vision_transformer import VisionTransformer
 
@@ -93,6 +103,37 @@ def network(arch: str) -> tuple[torch.nn.Module, int]:
     if arch in ("inception_v3", "googlenet"):
         kwargs.update(aux_logits=False, init_weights=True)
     return getattr(torchvision.models, arch)(**kwargs).eval(), 96 if arch == "inception_v3" else 64
+
+
+def hf_network(model_type: str) -> tuple[torch.nn.Module, int]:
+    """Hugging Face's image classifier of ``model_type`` (random weights), shrunk, and its
+    input size. The module returns its ``ModelOutput``, as users have it."""
+    import transformers
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+
+    cfg = transformers.AutoConfig.for_model(model_type, num_labels=10)
+    if not hasattr(cfg, "hidden_sizes"):  # transformers: two small layers
+        for key, value in {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128,
+                           "num_attention_heads": 2}.items():
+            if isinstance(getattr(cfg, key, None), int):
+                setattr(cfg, key, value)
+    if isinstance(getattr(cfg, "depths", None), (list, tuple)):  # one block per stage
+        cfg.depths = [1] * len(cfg.depths)
+    size = 128 if "swin" in model_type else 64  # Swin: four stages of 4×4 windows
+    if getattr(cfg, "image_size", None) is not None:
+        cfg.image_size = size if isinstance(cfg.image_size, int) else [size] * len(cfg.image_size)
+    if isinstance(getattr(cfg, "window_size", None), int):
+        cfg.window_size = 4
+    if model_type == "efficientnet":  # its default configuration is B7: B0
+        cfg.width_coefficient, cfg.depth_coefficient, cfg.hidden_dim = 1.0, 1.0, 1280
+    name = MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES[model_type]
+    torch.manual_seed(0)
+    net = getattr(transformers, name if isinstance(name, str) else name[0])(cfg).eval()
+    with torch.no_grad():  # some initialise their classifier to zero: every score would be 0
+        for key, param in net.named_parameters():
+            if key.startswith("classifier") and not param.any():
+                param.normal_(0, 0.05)
+    return net, size
 
 
 def keras_application(name: str, opset: int | None) -> tuple[ox.Model, np.ndarray]:
@@ -178,7 +219,8 @@ def main() -> None:
     began = time.time()
     rows = {}
     archs = {"timm": ",".join("timm:" + a for a in TIMM.split(",")),
-             "keras": ",".join("keras:" + a for a in KERAS.split(","))}.get(args.archs, args.archs)
+             "keras": ",".join("keras:" + a for a in KERAS.split(",")),
+             "hf": ",".join("hf:" + a for a in HF.split(","))}.get(args.archs, args.archs)
     only = set(args.methods.split(",")) if args.methods else None
     for arch in archs.split(","):
         try:
