@@ -457,6 +457,48 @@ def _lstm(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
     )
 
 
+class PaddedAvgPool(nn.Module):
+    """AveragePool with pads that differ at the two ends of an axis (TensorFlow's and
+    ``auto_pad="SAME_*"``'s odd padding unit), which onnx2torch refuses: zero padding, then
+    the pooling; without ``count_include_pad`` each window's sum is divided by the count of
+    its positions inside the map (the pooled padded ones)."""
+
+    def __init__(self, kernel: list[int], strides: list[int], pads: list[int], ceil: bool,
+                 count_pad: bool) -> None:
+        super().__init__()
+        n = len(kernel)
+        self.pool = getattr(torch.nn.functional, f"avg_pool{n}d")
+        self.kernel, self.strides, self.ceil, self.count_pad = kernel, strides, ceil, count_pad
+        # F.pad takes (last axis begin, end, the axis before, ...); ONNX: begins then ends
+        self.pads = [p for i in reversed(range(n)) for p in (pads[i], pads[n + i])]
+
+    def _pooled(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(torch.nn.functional.pad(x, self.pads), self.kernel, self.strides, 0, self.ceil)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = self._pooled(x)
+        if self.count_pad:
+            return pooled
+        return pooled / self._pooled(torch.ones_like(x[:1, :1]))
+
+
+def _avg_pool(old):
+    def convert(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+        attrs = node.attributes
+        pads = list(attrs.get("pads", []))
+        n = len(pads) // 2
+        if not pads or pads[:n] == pads[n:] or attrs.get("auto_pad", "NOTSET") != "NOTSET":
+            return old(node, graph)
+        kernel = list(attrs["kernel_shape"])
+        if len(kernel) != n or n not in (1, 2, 3) or any(d != 1 for d in attrs.get("dilations", [1] * n)):
+            return old(node, graph)  # its own refusal
+        module = PaddedAvgPool(kernel, list(attrs.get("strides", [1] * n)), pads,
+                               bool(attrs.get("ceil_mode", 0)), bool(attrs.get("count_include_pad", 0)))
+        return OperationConverterResult(torch_module=module, onnx_mapping=onnx_mapping_from_node(node))
+
+    return convert
+
+
 def install() -> None:
     """Register every missing converter once per process (the registry is global)."""
     global _INSTALLED
@@ -492,6 +534,9 @@ def install() -> None:
             _register("LSTM", version, _lstm)
         for version in _versions("Col2Im"):
             _register("Col2Im", version, _col2im)
+        for version in _registered("AveragePool"):  # wraps onnx2torch's: asymmetric pads
+            key = OperationDescription("", "AveragePool", version)
+            _CONVERTER_REGISTRY[key] = _avg_pool(_CONVERTER_REGISTRY[key])
         for version in _versions("DynamicQuantizeLinear"):
             _register("DynamicQuantizeLinear", version,
                       _module_converter(lambda node: DynamicQuantizeLinear()))

@@ -418,6 +418,56 @@ class EinsumAsMatMulPass(ir.passes.InPlacePass):
         return True
 
 
+class ExplicitSamePadsPass(ir.passes.InPlacePass):
+    """Write ``auto_pad="SAME_UPPER"``/``"SAME_LOWER"`` of a Conv or pooling as the explicit
+    pads it stands for, where the input's spatial size is known: torch's legacy exporter
+    writes ``padding="same"`` so (Hugging Face's EfficientNet), and onnx2torch converts no
+    auto_pad, so every gradient method was refused. Output size ceil(in / stride); the
+    total padding max((out − 1)·stride + (k − 1)·dilation + 1 − in, 0), its odd unit at the
+    end (UPPER) or the start (LOWER), as the ONNX operators define it."""
+
+    OPS = ("Conv", "MaxPool", "AveragePool", "LpPool")
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        modified = False
+        for node in model.graph:
+            if node.op_type not in self.OPS or node.domain not in ("", "ai.onnx"):
+                continue
+            pads = self._pads(node)
+            if pads is not None:
+                node.attributes["auto_pad"] = ir.AttrString("auto_pad", "NOTSET")
+                node.attributes["pads"] = ir.AttrInt64s("pads", pads)
+                modified = True
+        return ir.passes.PassResult(model, modified=modified)
+
+    @staticmethod
+    def _pads(node: ir.Node) -> list[int] | None:
+        attrs = node.attributes
+        mode = attrs["auto_pad"].as_string() if "auto_pad" in attrs else "NOTSET"
+        x = node.inputs[0] if node.inputs else None
+        if mode not in ("SAME_UPPER", "SAME_LOWER") or x is None or x.shape is None or len(x.shape) < 3:
+            return None
+        sizes = list(x.shape)[2:]
+        if "kernel_shape" in attrs:
+            kernel = list(attrs["kernel_shape"].as_ints())
+        else:  # a Conv's kernel is its weight's spatial shape
+            w = node.inputs[1] if len(node.inputs) > 1 else None
+            kernel = list(w.shape)[2:] if w is not None and w.shape is not None else []
+        n = len(sizes)
+        strides = list(attrs["strides"].as_ints()) if "strides" in attrs else [1] * n
+        dilations = list(attrs["dilations"].as_ints()) if "dilations" in attrs else [1] * n
+        dims = [sizes, kernel, strides, dilations]
+        if any(len(d) != n or not all(isinstance(v, int) for v in d) for d in dims):
+            return None
+        begins, ends = [], []
+        for size, k, stride, dilation in zip(*dims):
+            total = max((-(-size // stride) - 1) * stride + (k - 1) * dilation + 1 - size, 0)
+            small, large = total // 2, total - total // 2
+            begins.append(small if mode == "SAME_UPPER" else large)
+            ends.append(large if mode == "SAME_UPPER" else small)
+        return begins + ends
+
+
 class WholeMapAveragePoolPass(ir.passes.InPlacePass):
     """Write an ``AveragePool`` whose one window covers the whole map as the
     ``GlobalAveragePool`` it is: Hugging Face's EfficientNet pools with
@@ -497,6 +547,7 @@ def canonicalize(model: ir.Model) -> ir.Model:
         passes.NameFixPass(),
         EinsumAsMatMulPass(),
         passes.ShapeInferencePass(strict_mode=False),
+        ExplicitSamePadsPass(),
         NoOpCastPass(),
         WholeMapAveragePoolPass(),
         ChannelsFirstPoolPass(),
