@@ -610,11 +610,7 @@ class Model:
             if axes is None or rank != 4 or {a % 4 for a in axes} != spatial:
                 return None
             return node.op_type[len("Reduce"):].lower()
-        if node.op_type == "AveragePool" and node.inputs[0].shape is not None:
-            kernel = tuple(node.attributes["kernel_shape"].as_ints())
-            dims = _dims(node.inputs[0]) or ()
-            return "mean" if len(dims) == 4 and kernel == tuple(dims[2:]) else None
-        return None
+        return None  # an AveragePool over the whole map is a GlobalAveragePool by now (canonical)
 
     @staticmethod
     def _token_mean(node: ir.Node) -> bool:
@@ -629,8 +625,8 @@ class Model:
     def classifier_head(self) -> ClassifierHead | None:
         """The global-average-pooling classifier head, or None when the graph has none.
 
-        Found as GAP (GlobalAveragePool, a mean over both spatial axes or a full-size
-        AveragePool; or the mean over the tokens of a (N, tokens, C) tensor) → any of
+        Found as GAP (GlobalAveragePool, also an AveragePool over the whole map, or a mean
+        over both spatial axes; or the mean over the tokens of a (N, tokens, C) tensor) → any of
         Flatten/Reshape/Squeeze → Gemm, or MatMul (+ Add), or a 1×1 Conv then
         Flatten/Reshape/Squeeze, whose weight is an initializer: ``logits = W · GAP(A) + b``.
         When several qualify, the last one in the graph.
@@ -658,8 +654,8 @@ class Model:
         # an affine map per feature between the pooling and the linear layer (a BatchNorm1d,
         # as LeViT's and EfficientViT's heads): x ↦ scale · x + shift, folded into W and b
         scale, shift, before = np.ones(1), np.zeros(1), None
-        while True:
-            consumers = list(value.consumers())
+        while True:  # a Shape reads no values (the legacy exporter's x.view(x.shape[0], -1))
+            consumers = [c for c in value.consumers() if c.op_type != "Shape"]
             if len(consumers) != 1:
                 return None
             node = consumers[0]
