@@ -129,8 +129,20 @@ def hf_network(model_type: str) -> tuple[torch.nn.Module, int]:
     name = MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES[model_type]
     torch.manual_seed(0)
     net = getattr(transformers, name if isinstance(name, str) else name[0])(cfg).eval()
-    with torch.no_grad():  # some initialise their classifier to zero: every score would be 0
-        for key, param in net.named_parameters():
+    # Hugging Face initialises convolutions and BatchNorm scales with std 0.02 (for pretrained
+    # weights to replace): through a deep CNN the map vanishes or saturates a ReLU6. BatchNorms
+    # take the statistics of random images (two batches in training mode), as trained ones would.
+    with torch.no_grad():
+        norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        for norm in norms:
+            norm.reset_parameters()
+            norm.momentum = None  # a cumulative average
+        if norms:
+            net.train()
+            for seed in (10, 11):
+                net(torch.randn(8, 3, size, size, generator=torch.Generator().manual_seed(seed)))
+            net.eval()
+        for key, param in net.named_parameters():  # a zero classifier: every score would be 0
             if key.startswith("classifier") and not param.any():
                 param.normal_(0, 0.05)
     return net, size
