@@ -6,7 +6,7 @@ pooling and padding are written as the library writes them. Tiny random configur
 import numpy as np
 import pytest
 import torch
-from helpers import max_rel_err
+from helpers import max_rel_err, randomize_batchnorm
 
 import onnxplain as ox
 
@@ -27,22 +27,17 @@ class _Logits(torch.nn.Module):
 def _build(config) -> torch.nn.Module:
     """The classifier of ``config``. Hugging Face initialises convolutions and BatchNorm
     scales with std 0.02 (for pretrained weights to replace): through EfficientNet's blocks
-    the map vanishes and every score is the classifier's bias. BatchNorms take the
-    statistics of random images instead (two batches in training mode)."""
+    the map vanishes and every score is the classifier's bias. Convolutions get He's
+    initialisation, BatchNorms random statistics."""
     torch.manual_seed(0)
     name = {"vit": "ViTForImageClassification", "cvt": "CvtForImageClassification",
             "bit": "BitForImageClassification", "efficientnet": "EfficientNetForImageClassification"}
     net = getattr(transformers, name[config.model_type])(config).eval()
     with torch.no_grad():
-        norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-        for norm in norms:
-            norm.reset_parameters()
-            norm.momentum = None  # a cumulative average
-        if norms:
-            net.train()
-            for seed in (10, 11):
-                net(torch.randn(8, 3, 64, 64, generator=torch.Generator().manual_seed(seed)))
-            net.eval()
+        for module in net.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+        randomize_batchnorm(net)
         for key, param in net.named_parameters():  # a zero classifier: every score would be 0
             if key.startswith("classifier") and not param.any():
                 param.normal_(0, 0.05)
