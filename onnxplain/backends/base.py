@@ -54,11 +54,12 @@ RULE_NAMES = ("gradient", "guided", "deconvnet", "rectgrad")
 #: ``"lrp.epsilon"`` (``epsilon``), ``"lrp.zplus"``, ``"lrp.alphabeta"`` (``alpha``,
 #: ``beta``), ``"lrp.gamma"`` (``gamma``), ``"lrp.zbox"`` (``low``, ``high``: scalars or
 #: arrays), ``"lrp.flat"``, ``"lrp.wsquare"`` (each with ``stabilizer``) need a node with
-#: constant weights; ``"lrp.norm"`` (proportional split), ``"lrp.pass"`` (unchanged) and
+#: constant weights; ``"lrp.norm"`` (proportional split), ``"lrp.uniform"`` (the
+#: proportional split divided among the computed inputs), ``"lrp.pass"`` (unchanged) and
 #: ``"lrp.gate"`` (``signal``: the input that gets all relevance) apply to any node.
 LRP_RULE_NAMES = (
     "lrp.epsilon", "lrp.zplus", "lrp.alphabeta", "lrp.gamma", "lrp.zbox", "lrp.flat", "lrp.wsquare",
-    "lrp.norm", "lrp.pass", "lrp.gate",
+    "lrp.norm", "lrp.uniform", "lrp.pass", "lrp.gate",
 )
 
 

@@ -476,7 +476,10 @@ def _weighted_rule(rule: BackwardRule, backend: TorchBackend, node: str) -> Rule
     return fn
 
 
-def _norm_rule(eps: float, signal: int | None = None) -> Rule:
+def _norm_rule(eps: float, signal: int | None = None, shared: bool = False) -> Rule:
+    """The proportional split; ``shared``: each computed input's share divided by their
+    number (AttnLRP's uniform rule)."""
+
     def fn(ctx: RuleContext) -> tuple[torch.Tensor | None, ...]:
         diff = [i for i in _diff(ctx) if signal is None or i == signal]
         if not diff:
@@ -492,7 +495,8 @@ def _norm_rule(eps: float, signal: int | None = None) -> Rule:
         out = out if isinstance(out, torch.Tensor) else out[0]
         leaves = [args[i] for i in diff]
         grads = _vjp([out], leaves, [divide(_relevance(ctx), out.detach(), eps)])
-        return _result(ctx, {i: a.detach() * g for i, a, g in zip(diff, leaves, grads)})
+        share = 1.0 / len(diff) if shared else 1.0
+        return _result(ctx, {i: a.detach() * g * share for i, a, g in zip(diff, leaves, grads)})
 
     fn.needs_grad_input = False  # type: ignore[attr-defined]
     return fn
@@ -583,6 +587,8 @@ def resolve(rule: BackwardRule, backend: TorchBackend | None, node: str | None) 
     if rule.name == "lrp.norm":
         signal = params.get("signal")
         return _norm_rule(float(params.get("stabilizer", 1e-6)), None if signal is None else int(signal))
+    if rule.name == "lrp.uniform":
+        return _norm_rule(float(params.get("stabilizer", 1e-6)), shared=True)
     if rule.name == "lrp.gate":
         if params.get("signal") is None:
             raise InputValidationError("lrp.gate needs the signal's input index")

@@ -603,7 +603,8 @@ def assign(composite: Composite, model: Any, tensor: str | None = None) -> Assig
             f"LRP has no rule for {len(problems)} node(s) on the path from the input to {name!r}: "
             + ", ".join(problems)
             + ". Map a rule to them in the composite, e.g. Composite(rules=[(Select(op_type='Resize'), "
-            "Norm())]) or EpsilonPlus(rules=[(Select(name='...'), Epsilon())])",
+            "Norm())]) or EpsilonPlus(rules=[(Select(name='...'), Epsilon())]); a product of two "
+            "computed tensors takes Uniform() (AttnLRP's uniform rule)",
             sorted(ops),
         )
     rules = dict(sorted(rules.items(), key=lambda kv: order.get(kv[0], 0)))

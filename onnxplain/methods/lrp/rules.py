@@ -269,6 +269,28 @@ class Norm(Rule):
 
 
 @dataclass(frozen=True)
+class Uniform(Rule):
+    """The uniform rule of AttnLRP (Achtibat et al., "AttnLRP: Attention-Aware Layer-Wise
+    Relevance Propagation for Transformers", ICML 2024) for a product of computed tensors:
+    each input's proportional share, divided by their number. An element-wise product
+    a ⊙ b gives R_a = R_b = R / 2; a matrix product A·B of two computed tensors gives each
+    term A_ji B_ik its ε-share of R_jk, half to A_ji and half to B_ik. Relevance is
+    conserved. No composite maps it by default (a product of two computed tensors is
+    refused, naming it): gMLP's spatial gating, FocalNet's modulation, StarNet's star
+    operation, rotary position codes and gated MLPs are where it applies, as
+    ``EpsilonPlusFlat(rules=[(Select(name="..."), Uniform())])``."""
+
+    stabilizer: float = 1e-6
+    name: ClassVar[str] = "lrp.uniform"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stabilizer", _finite("Uniform: stabilizer", self.stabilizer))
+
+    def params(self) -> dict[str, Any]:
+        return {"stabilizer": self.stabilizer}
+
+
+@dataclass(frozen=True)
 class Pass(Rule):
     """Relevance passes unchanged (element-wise activations; zennit's ``Pass``)."""
 

@@ -347,3 +347,68 @@ def test_group_norm_gets_the_ln_rule_over_its_groups(images, exporter):
                                              exporter=exporter)
     assert "InstanceNormalization" in {node.op_type for node in model.ir.graph}
     assert np.isfinite(lrp.LRP(model).attribute(images, target=2)).all()
+
+
+class _GatedProduct(torch.nn.Module):
+    """(W_a x) ⊙ (W_b x) → W_c, no biases: a product of two computed tensors (gMLP's
+    spatial gating, gated MLPs); ``tokens``: (x W_q)(x W_k)ᵀ flattened → W_c instead, a
+    matrix product of two computed tensors (attention scores without a softmax)."""
+
+    def __init__(self, tokens: bool = False) -> None:
+        super().__init__()
+        self.tokens = tokens
+        self.a, self.b = torch.nn.Linear(12, 6, bias=False), torch.nn.Linear(12, 6, bias=False)
+        self.q, self.k = torch.nn.Linear(4, 4, bias=False), torch.nn.Linear(4, 4, bias=False)
+        self.c = torch.nn.Linear(9 if tokens else 6, 4, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.tokens:
+            t = x.reshape(len(x), 3, 4)
+            return self.c((self.q(t) @ self.k(t).transpose(1, 2)).flatten(1))
+        f = x.flatten(1)
+        return self.c(self.a(f) * self.b(f))
+
+
+def _product_node(model: ox.Model, op: str) -> str:
+    """The name of the ``op`` node whose two inputs are both computed."""
+    return next(node.name for node in model.ir.graph if node.op_type == op
+                and all(v is not None and v.const_value is None and v.producer() is not None
+                        for v in node.inputs[:2]))
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
+def test_the_uniform_rule_halves_a_products_relevance_between_its_factors_as_computed_by_hand(exporter):
+    """AttnLRP's uniform rule on a ⊙ b: R_a = R_b = R_p / 2, with LRP-0 on the linear layers;
+    the relevance of x computed in numpy. Without the rule the product is refused, naming it."""
+    torch.manual_seed(8)
+    net = _GatedProduct().eval()
+    x = np.random.default_rng(3).standard_normal((2, 3, 2, 2)).astype(np.float32)
+    model = ox.adapters.torch.export(net, torch.from_numpy(x), exporter=exporter)
+    mul = _product_node(model, "Mul")
+    with pytest.raises(ox.UnsupportedOperatorError, match=r"Uniform\(\)"):
+        lrp.LRP(model).attribute(x, target=1)
+    composite = lrp.Composite([(("Gemm", "MatMul"), lrp.LRP0()), (lrp.Select(name=mul), lrp.Uniform(0.0))],
+                              epsilon=0.0, stabilizer=0.0)
+    ours = lrp.LRP(model, composite).attribute(x, target=1)
+    f = x.reshape(2, 12).astype(np.float64)
+    wa, wb, wc = (m.weight.detach().numpy().astype(np.float64) for m in (net.a, net.b, net.c))
+    a, b = f @ wa.T, f @ wb.T
+    r_p = a * b * wc[1]  # the z-rule of W_c from R = y_1
+    r_a = r_b = r_p / 2
+    expected = (f * ((r_a / a) @ wa) + f * ((r_b / b) @ wb)).reshape(x.shape)
+    np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
+    np.testing.assert_allclose(ours.reshape(2, -1).sum(1), (a * b) @ wc[1], rtol=1e-4)  # conserved
+
+
+def test_the_uniform_rule_on_a_matrix_product_of_two_computed_tensors_conserves_relevance():
+    """(x W_q)(x W_k)ᵀ: each term's ε-share goes half to each factor; with LRP-0 elsewhere and
+    no biases, the input's relevance sums to the score."""
+    torch.manual_seed(9)
+    net = _GatedProduct(tokens=True).eval()
+    x = np.random.default_rng(4).standard_normal((2, 3, 2, 2)).astype(np.float32)
+    model = ox.adapters.torch.export(net, torch.from_numpy(x))
+    scores = _product_node(model, "MatMul")
+    composite = lrp.Composite([(("Gemm", "MatMul"), lrp.LRP0()), (lrp.Select(name=scores), lrp.Uniform(0.0))],
+                              epsilon=0.0, stabilizer=0.0)
+    relevance = lrp.LRP(model, composite).attribute(x, target=2)
+    np.testing.assert_allclose(relevance.reshape(2, -1).sum(1), model.predict(x)[:, 2], rtol=1e-4)
