@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from onnxplain.core.canonical import _nhwc_source
+from onnxplain.core.canonical import _nhwc_source, _perm
 from onnxplain.core.errors import (
     InputValidationError,
     LayerNotFoundError,
@@ -510,12 +510,9 @@ class Model:
         by_name = {s.name: s for s in layers}
         pooled = None
         for node in self.ir.graph:
-            if self._is_global_pool(node):
-                source = _channels_first_source(node.inputs[0])
-                if source.name in by_name:
-                    pooled = by_name[source.name]
-            elif self._token_mean(node) and node.inputs[0].name in self._values:
-                pooled = _spec(node.inputs[0])
+            source = self._pooled_map(node)
+            if source is not None and (source.name in by_name or source.name in self._values):
+                pooled = by_name.get(source.name) or _spec(source)
         if pooled is not None:
             return pooled
         batch = self.batch_dim
@@ -592,6 +589,29 @@ class Model:
         producer = source.producer()
         return LayerSpec(source.name, producer.op_type if producer else "Input",
                          producer.name if producer else "", _dims(source) or ())
+
+    @staticmethod
+    def _pooled_map(node: ir.Node) -> ir.Value | None:
+        """The feature map a global pooling ``node`` averages, as CAMs read it: a map
+        (N, C, h, w) channels first, or tokens (N, T, C); None when ``node`` pools none.
+        Tokens moved channels first for the pooling (Transpose(0, 2, 1), maybe with a unit
+        axis added: Hugging Face's Swin pools them with AdaptiveAvgPool1d) are read as the
+        tokens; any other (N, C, L) is no map."""
+        if Model._token_mean(node):
+            return node.inputs[0]
+        if not Model._is_global_pool(node) or not node.inputs or node.inputs[0] is None:
+            return None
+        x = node.inputs[0]
+        producer = x.producer()
+        if producer is not None and producer.op_type == "Unsqueeze" and len(_dims(x) or ()) == 4:
+            axes = _reduce_axes(producer)  # an Unsqueeze's axes are read as a Reduce's
+            if axes is not None and all(a % 4 >= 2 for a in axes) and producer.inputs[0] is not None:
+                producer = producer.inputs[0].producer()
+        if producer is not None and producer.op_type == "Transpose" and _perm(producer) == (0, 2, 1):
+            return producer.inputs[0]
+        if len(_dims(x) or ()) == 3:
+            return None
+        return _channels_first_source(x)
 
     @staticmethod
     def _is_global_pool(node: ir.Node) -> bool:
@@ -753,7 +773,9 @@ class Model:
 
     def _head(self, pool: ir.Node, node: ir.Node, logits: ir.Value, w: np.ndarray, bias: np.ndarray | None,
               value: ir.Value, rounded: bool) -> ClassifierHead | None:
-        feature_map = _channels_first_source(pool.inputs[0])
+        feature_map = self._pooled_map(pool)
+        if feature_map is None:
+            return None
         dims = _dims(feature_map) or (None, None)
         channels = dims[-1] if len(dims) == 3 else dims[1]  # tokens (N, T, C) or a map (N, C, h, w)
         if isinstance(channels, int) and channels != w.shape[1]:

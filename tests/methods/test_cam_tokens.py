@@ -179,9 +179,11 @@ def test_a_token_count_no_grid_explains_is_our_error():
 class _TokenMixer(torch.nn.Module):
     """Patch tokens → a token-mixing and a channel-mixing MLP → LayerNorm → the mean over
     the tokens → Linear (MLP-Mixer, ResMLP, Twins); ``class_token``: a class token is
-    prepended and left out of the mean, as timm's ViTs with ``global_pool="avg"``."""
+    prepended and left out of the mean, as timm's ViTs with ``global_pool="avg"``;
+    ``transposed``: the mean as ``AdaptiveAvgPool1d`` of the tokens moved channels first
+    (Hugging Face's Swin)."""
 
-    def __init__(self, class_token: bool) -> None:
+    def __init__(self, class_token: bool, transposed: bool = False) -> None:
         super().__init__()
         torch.manual_seed(0)
         self.embed = torch.nn.Conv2d(3, 12, 8, stride=8)
@@ -191,6 +193,7 @@ class _TokenMixer(torch.nn.Module):
         self.channels = torch.nn.Sequential(torch.nn.Linear(12, 24), torch.nn.GELU(), torch.nn.Linear(24, 12))
         self.norm = torch.nn.LayerNorm(12)
         self.head = torch.nn.Linear(12, 5)
+        self.transposed = transposed
 
     def forward(self, x):
         t = self.embed(x).flatten(2).transpose(1, 2)
@@ -198,16 +201,21 @@ class _TokenMixer(torch.nn.Module):
             t = torch.cat([self.cls.expand(t.shape[0], -1, -1), t], dim=1)
         t = t + self.tokens(t.transpose(1, 2)).transpose(1, 2)
         t = self.norm(t + self.channels(t))
-        return self.head(t[:, 1:].mean(1) if self.cls is not None else t.mean(1))
+        t = t[:, 1:] if self.cls is not None else t
+        if self.transposed:
+            return self.head(torch.nn.functional.adaptive_avg_pool1d(t.transpose(1, 2), 1).flatten(1))
+        return self.head(t.mean(1))
 
 
-@pytest.mark.parametrize("class_token", [False, True])
+@pytest.mark.parametrize("class_token,transposed", [(False, False), (True, False), (False, True)],
+                         ids=["mean", "class-token", "transposed-pool1d"])
 @pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
-def test_cam_reads_a_head_that_averages_the_tokens(exporter, class_token):
+def test_cam_reads_a_head_that_averages_the_tokens(exporter, class_token, transposed):
     """CAM's head is the mean over the patch tokens → linear; on the 4×4 grid CAM equals
     16 × Grad-CAM at the same layer (d mean / d token = 1/16), and Ablation-CAM's weights
-    equal re-running the tail on each ablated copy."""
-    net = _TokenMixer(class_token).eval()
+    equal re-running the tail on each ablated copy. Pooled channels first (``transposed``),
+    the map is still the (N, T, C) tokens, never the (N, C, T) transpose read as C tokens."""
+    net = _TokenMixer(class_token, transposed).eval()
     x = np.random.default_rng(3).standard_normal((2, 3, 32, 32)).astype(np.float32)
     model = ox.adapters.torch.export(net, torch.from_numpy(x), exporter=exporter)
     head = model.classifier_head()
