@@ -512,6 +512,15 @@ class WholeMapAveragePoolPass(ir.passes.InPlacePass):
         return all(k == n or (ceil and 0 < k - n < s) for k, n, s in zip(kernel, sizes, strides))
 
 
+class UnfuseContribOpsPass(ir.passes.InPlacePass):
+    """ONNX Runtime's fused operators written out (:mod:`onnxplain.core.contrib`)."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        from onnxplain.core.contrib import unfuse
+
+        return ir.passes.PassResult(model, modified=unfuse(model) > 0)
+
+
 class IdentityGatherPass(ir.passes.InPlacePass):
     """Drop the identity ``as_strided`` gathers of dynamo exports
     (:func:`onnxplain.core.strided.drop_identity_gathers`)."""
@@ -537,6 +546,7 @@ def canonicalize(model: ir.Model) -> ir.Model:
         passes.RemoveInitializersFromInputsPass(),
         passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
         passes.IdentityEliminationPass(),
+        UnfuseContribOpsPass(),
         FoldConstantSubgraphsPass(),
         NormalizeReshapeAllowZeroPass(),
         SinkChannelsLastTransposePass(),
