@@ -273,6 +273,85 @@ class CancelTransposePairsPass(ir.passes.InPlacePass):
         return ir.passes.PassResult(model, modified=modified)
 
 
+class ChannelsLastHeadPoolPass(ir.passes.InPlacePass):
+    """Pool channels first a channels-last map that a classifier pools with no transpose to
+    say so: timm's Sequencer ends ``X (N, H, W, C) → ReduceMean(axes=[1, 2], keepdims=0) →
+    Linear``, X a LayerNorm's output. The axes alone do not tell channels from rows; the
+    linear layer does: it takes C = X's last dim, which is not X's second (else the graph is
+    left as it is). Written as ``X → Transpose(0, 3, 1, 2)`` (``<X>__nchw``, the map CAMs
+    read) ``→ ReduceMean(axes=[2, 3])``: the same values, summed in another order."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph = model.graph
+        modified = any([self._rewrite(graph, node) for node in list(graph)])
+        return ir.passes.PassResult(model, modified=modified)
+
+    @staticmethod
+    def _linear_inputs(value: ir.Value) -> int | None:
+        """The input size of the Gemm/MatMul (with a constant weight) that reads ``value``
+        through reshapes, or None."""
+        while True:
+            uses = list(value.consumers())
+            if len(uses) != 1 or uses[0].inputs[0] is not value:
+                return None
+            node = uses[0]
+            if node.op_type in ("Flatten", "Reshape", "Squeeze", "Identity"):
+                value = node.outputs[0]
+                continue
+            w = _const_array(node.inputs[1]) if len(node.inputs) > 1 else None
+            if node.op_type not in ("Gemm", "MatMul") or w is None or w.ndim != 2:
+                return None
+            trans = node.attributes.get("transB")
+            transposed = node.op_type == "Gemm" and trans is not None and trans.as_int() == 1
+            return int(w.shape[1] if transposed else w.shape[0])
+
+    @staticmethod
+    def _rewrite(graph: ir.Graph, node: ir.Node) -> bool:
+        if node.op_type != "ReduceMean" or node.domain not in ("", "ai.onnx") or not node.inputs:
+            return False
+        x, out = node.inputs[0], node.outputs[0]
+        keep = node.attributes.get("keepdims")
+        if x is None or x.shape is None or len(x.shape) != 4 or keep is None or keep.as_int() != 0:
+            return False
+        if out.is_graph_output() or _nhwc_source(x) is not None:
+            return False  # a map moved channels last: ChannelsFirstPoolPass's and CAM's own reading
+        by_input = len(node.inputs) > 1 and node.inputs[1] is not None
+        axes = _const_array(node.inputs[1]) if by_input else (
+            np.asarray(node.attributes["axes"].as_ints()) if "axes" in node.attributes else None)
+        dims = list(x.shape)
+        if axes is None or {int(a) % 4 for a in axes.reshape(-1)} != {1, 2}:
+            return False
+        if not isinstance(dims[3], int) or dims[1] == dims[3]:
+            return False
+        if ChannelsLastHeadPoolPass._linear_inputs(out) != dims[3]:
+            return False
+        first = ir.Node("", "Transpose", [x], attributes=[ir.AttrInt64s("perm", [0, 3, 1, 2])],
+                        name=f"{node.name}__nchw_input")
+        first.outputs[0].name = f"{x.name}__nchw"
+        first.outputs[0].shape = ir.Shape([dims[0], dims[3], dims[1], dims[2]])
+        attrs = [a for k, a in node.attributes.items() if k != "axes"]
+        inputs = [first.outputs[0]]
+        if by_input:
+            name = f"{node.name}__nchw_axes"
+            axes_value = ir.Value(name=name, const_value=ir.tensor(np.array([2, 3], np.int64), name=name))
+            axes_value.shape, axes_value.dtype = ir.Shape([2]), ir.DataType.INT64
+            graph.register_initializer(axes_value)
+            inputs.append(axes_value)
+        else:
+            attrs.append(ir.AttrInt64s("axes", [2, 3]))
+        pool = ir.Node(node.domain, "ReduceMean", inputs, attributes=attrs, name=f"{node.name}__nchw")
+        if x.dtype is not None:  # an untyped value must stay untyped (no Tensor(None))
+            first.outputs[0].dtype = pool.outputs[0].dtype = x.dtype
+        pool.outputs[0].shape = out.shape
+        graph.insert_before(node, [first, pool])
+        name = out.name
+        out.replace_all_uses_with(pool.outputs[0])
+        out.name = f"{name}__replaced"
+        pool.outputs[0].name = name
+        graph.remove(node, safe=True)
+        return True
+
+
 class ChannelsFirstPoolPass(ir.passes.InPlacePass):
     """Pool channels first what a graph pools channels last and then moves channels first.
 
@@ -561,6 +640,7 @@ def canonicalize(model: ir.Model) -> ir.Model:
         NoOpCastPass(),
         WholeMapAveragePoolPass(),
         ChannelsFirstPoolPass(),
+        ChannelsLastHeadPoolPass(),
         IdentityGatherPass(),
         passes.RemoveUnusedNodesPass(),
     ]

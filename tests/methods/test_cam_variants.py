@@ -449,3 +449,31 @@ def test_normalize_scales_each_map_to_the_unit_interval(small_model, images):
 def test_bad_arguments_raise_input_validation_error_naming_them(make, match, small_model):
     with pytest.raises(ox.InputValidationError, match=match):
         make(small_model)
+
+
+class _ChannelsLastHead(torch.nn.Module):
+    """Conv → permute to (N, H, W, C) → LayerNorm over C → mean over (H, W) → Linear, with
+    no transpose back: timm's Sequencer and channels-last ConvNeXt-style heads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.ReLU(),
+                                        torch.nn.Conv2d(6, 5, 3, stride=2, padding=1))
+        self.norm, self.fc = torch.nn.LayerNorm(5), torch.nn.Linear(5, 4)
+
+    def forward(self, x):
+        return self.fc(self.norm(self.body(x).permute(0, 2, 3, 1)).mean((1, 2)))
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
+def test_a_channels_last_map_pooled_by_the_head_is_read_channels_first(exporter, images):
+    net = _ChannelsLastHead().eval()
+    x = images[:, :, :16, :16]
+    model = ox.adapters.torch.export(net, torch.from_numpy(x), exporter=exporter)  # checked
+    head = model.classifier_head()
+    assert head is not None and head.feature_map.endswith("__nchw")
+    assert model.find_layer("auto").name == head.feature_map and model.find_layer("auto").shape[1:] == (5, 8, 8)
+    cam = CAM(model).attribute(x, target=[1, 2], relu_attributions=False, upsample=False)
+    grad = GradCAM(model).attribute(x, target=[1, 2], relu_attributions=False, upsample=False)
+    assert cam.shape == (2, 8, 8) and max_rel_err(cam, grad * 64) < TOL
