@@ -14,6 +14,7 @@ BatchNorm and activations stay separate nodes, so rules and layer boundaries sur
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import numpy as np
 import onnx
@@ -497,13 +498,26 @@ class EinsumAsMatMulPass(ir.passes.InPlacePass):
         return True
 
 
+def same_pads(sizes: Sequence[int], kernel: Sequence[int], strides: Sequence[int],
+              dilations: Sequence[int], upper: bool) -> list[int]:
+    """The explicit pads (begins, then ends) that ``auto_pad="SAME_UPPER"`` (``upper``) or
+    ``"SAME_LOWER"`` mean for an input of spatial ``sizes``: output ceil(size / stride), the
+    total max((out − 1)·stride + (k − 1)·dilation + 1 − size, 0), its odd unit at the end
+    (UPPER) or the start (LOWER), as the ONNX operators define it."""
+    begins, ends = [], []
+    for size, k, stride, dilation in zip(sizes, kernel, strides, dilations):
+        total = max((-(-size // stride) - 1) * stride + (k - 1) * dilation + 1 - size, 0)
+        small, large = total // 2, total - total // 2
+        begins.append(small if upper else large)
+        ends.append(large if upper else small)
+    return begins + ends
+
+
 class ExplicitSamePadsPass(ir.passes.InPlacePass):
     """Write ``auto_pad="SAME_UPPER"``/``"SAME_LOWER"`` of a Conv or pooling as the explicit
     pads it stands for, where the input's spatial size is known: torch's legacy exporter
     writes ``padding="same"`` so (Hugging Face's EfficientNet), and onnx2torch converts no
-    auto_pad, so every gradient method was refused. Output size ceil(in / stride); the
-    total padding max((out − 1)·stride + (k − 1)·dilation + 1 − in, 0), its odd unit at the
-    end (UPPER) or the start (LOWER), as the ONNX operators define it."""
+    auto_pad, so every gradient method was refused (:func:`same_pads`)."""
 
     OPS = ("Conv", "MaxPool", "AveragePool", "LpPool")
 
@@ -514,7 +528,7 @@ class ExplicitSamePadsPass(ir.passes.InPlacePass):
                 continue
             pads = self._pads(node)
             if pads is not None:
-                node.attributes["auto_pad"] = ir.AttrString("auto_pad", "NOTSET")
+                node.attributes.pop("auto_pad")
                 node.attributes["pads"] = ir.AttrInt64s("pads", pads)
                 modified = True
         return ir.passes.PassResult(model, modified=modified)
@@ -538,13 +552,7 @@ class ExplicitSamePadsPass(ir.passes.InPlacePass):
         dims = [sizes, kernel, strides, dilations]
         if any(len(d) != n or not all(isinstance(v, int) for v in d) for d in dims):
             return None
-        begins, ends = [], []
-        for size, k, stride, dilation in zip(*dims):
-            total = max((-(-size // stride) - 1) * stride + (k - 1) * dilation + 1 - size, 0)
-            small, large = total // 2, total - total // 2
-            begins.append(small if mode == "SAME_UPPER" else large)
-            ends.append(large if mode == "SAME_UPPER" else small)
-        return begins + ends
+        return same_pads(sizes, kernel, strides, dilations, upper=mode == "SAME_UPPER")
 
 
 class WholeMapAveragePoolPass(ir.passes.InPlacePass):

@@ -57,6 +57,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from onnxplain.core.canonical import same_pads
 from onnxplain.core.model import batch_shape
 
 if TYPE_CHECKING:
@@ -313,13 +314,7 @@ def _window(
         x = shapes.get(node.inputs[0].name)
         if x is None or len(x) != 4:
             return None
-        begin, end = [], []
-        for size, k, st, d in zip(x[2:], kernel, strides, dilations):
-            total = max(0, (-(-size // st) - 1) * st + (k - 1) * d + 1 - size)
-            small = total // 2
-            begin.append(small if auto == "SAME_UPPER" else total - small)
-            end.append(total - begin[-1])
-        pads = begin + end
+        pads = same_pads(x[2:], kernel, strides, dilations, upper=auto == "SAME_UPPER")
     elif auto != "NOTSET":
         return None
     if len(pads) != 4 or min(pads) < 0:
