@@ -274,6 +274,37 @@ class CancelTransposePairsPass(ir.passes.InPlacePass):
         return ir.passes.PassResult(model, modified=modified)
 
 
+def _nchw_twin(node: ir.Node, x: ir.Value) -> ir.Node:
+    """``Transpose(x, [0, 3, 1, 2])``: the channels-last map ``x`` channels first, named
+    ``<x>__nchw``, for ``node`` to pool."""
+    first = ir.Node("", "Transpose", [x], attributes=[ir.AttrInt64s("perm", [0, 3, 1, 2])],
+                    name=f"{node.name}__nchw_input")
+    first.outputs[0].name = f"{x.name}__nchw"
+    first.outputs[0].shape = ir.Shape([x.shape[0], x.shape[3], x.shape[1], x.shape[2]])
+    if x.dtype is not None:  # an untyped value must stay untyped (no Tensor(None))
+        first.outputs[0].dtype = x.dtype
+    return first
+
+
+def _spatial_pool(graph: ir.Graph, node: ir.Node, nchw: ir.Value, by_input: bool) -> ir.Node:
+    """``node``, a reduction over a channels-last map's H and W, as the same reduction of its
+    channels-first twin ``nchw`` over axes [2, 3] (axes as an input where ``node`` has them so)."""
+    attrs = [a for k, a in node.attributes.items() if k != "axes"]
+    inputs = [nchw]
+    if by_input:
+        name = f"{node.name}__nchw_axes"
+        axes_value = ir.Value(name=name, const_value=ir.tensor(np.array([2, 3], np.int64), name=name))
+        axes_value.shape, axes_value.dtype = ir.Shape([2]), ir.DataType.INT64
+        graph.register_initializer(axes_value)
+        inputs.append(axes_value)
+    else:
+        attrs.append(ir.AttrInt64s("axes", [2, 3]))
+    pool = ir.Node(node.domain, node.op_type, inputs, attributes=attrs, name=f"{node.name}__nchw")
+    if nchw.dtype is not None:
+        pool.outputs[0].dtype = nchw.dtype
+    return pool
+
+
 class ChannelsLastHeadPoolPass(ir.passes.InPlacePass):
     """Pool channels first a channels-last map that a classifier pools with no transpose to
     say so: timm's Sequencer ends ``X (N, H, W, C) → ReduceMean(axes=[1, 2], keepdims=0) →
@@ -326,23 +357,8 @@ class ChannelsLastHeadPoolPass(ir.passes.InPlacePass):
             return False
         if ChannelsLastHeadPoolPass._linear_inputs(out) != dims[3]:
             return False
-        first = ir.Node("", "Transpose", [x], attributes=[ir.AttrInt64s("perm", [0, 3, 1, 2])],
-                        name=f"{node.name}__nchw_input")
-        first.outputs[0].name = f"{x.name}__nchw"
-        first.outputs[0].shape = ir.Shape([dims[0], dims[3], dims[1], dims[2]])
-        attrs = [a for k, a in node.attributes.items() if k != "axes"]
-        inputs = [first.outputs[0]]
-        if by_input:
-            name = f"{node.name}__nchw_axes"
-            axes_value = ir.Value(name=name, const_value=ir.tensor(np.array([2, 3], np.int64), name=name))
-            axes_value.shape, axes_value.dtype = ir.Shape([2]), ir.DataType.INT64
-            graph.register_initializer(axes_value)
-            inputs.append(axes_value)
-        else:
-            attrs.append(ir.AttrInt64s("axes", [2, 3]))
-        pool = ir.Node(node.domain, "ReduceMean", inputs, attributes=attrs, name=f"{node.name}__nchw")
-        if x.dtype is not None:  # an untyped value must stay untyped (no Tensor(None))
-            first.outputs[0].dtype = pool.outputs[0].dtype = x.dtype
+        first = _nchw_twin(node, x)
+        pool = _spatial_pool(graph, node, first.outputs[0], by_input)
         pool.outputs[0].shape = out.shape
         graph.insert_before(node, [first, pool])
         name = out.name
@@ -391,26 +407,9 @@ class ChannelsFirstPoolPass(ir.passes.InPlacePass):
         # leaves its twin ``<X>__nchw``): pool that one
         first, nchw = None, _nhwc_source(x)
         if nchw is None:
-            first = ir.Node("", "Transpose", [x], attributes=[ir.AttrInt64s("perm", [0, 3, 1, 2])],
-                            name=f"{node.name}__nchw_input")
-            first.outputs[0].name = f"{x.name}__nchw"
-            first.outputs[0].shape = ir.Shape([x.shape[0], x.shape[3], x.shape[1], x.shape[2]])
+            first = _nchw_twin(node, x)
             nchw = first.outputs[0]
-        attrs = [a for k, a in node.attributes.items() if k != "axes"]
-        inputs = [nchw]
-        if by_input:
-            name = f"{node.name}__nchw_axes"
-            axes_value = ir.Value(name=name, const_value=ir.tensor(np.array([2, 3], np.int64), name=name))
-            axes_value.shape, axes_value.dtype = ir.Shape([2]), ir.DataType.INT64
-            graph.register_initializer(axes_value)
-            inputs.append(axes_value)
-        else:
-            attrs.append(ir.AttrInt64s("axes", [2, 3]))
-        pool = ir.Node(node.domain, node.op_type, inputs, attributes=attrs, name=f"{node.name}__nchw")
-        if x.dtype is not None:  # an untyped value must stay untyped (no Tensor(None))
-            pool.outputs[0].dtype = x.dtype
-            if first is not None:
-                first.outputs[0].dtype = x.dtype
+        pool = _spatial_pool(graph, node, nchw, by_input)
         pooled = back.outputs[0]
         pool.outputs[0].shape = pooled.shape
         graph.insert_before(node, [first, pool] if first is not None else [pool])
