@@ -144,6 +144,15 @@ def _nhwc_source(value: ir.Value | None) -> ir.Value | None:
     return producer.inputs[0]
 
 
+def take_place(old: ir.Value, new: ir.Value) -> None:
+    """``new`` replaces ``old`` for every consumer and graph output, under ``old``'s name
+    (the names users and CAMs know the tensors by); ``old`` is renamed ``<name>__replaced``."""
+    name = old.name
+    old.replace_all_uses_with(new, replace_graph_outputs=True)
+    old.name = f"{name}__replaced"
+    new.name = name
+
+
 def _channel_constant(graph: ir.Graph, value: ir.Value | None) -> ir.Value | None:
     """A constant that broadcasts over the channel axis of NHWC, (…, C), as the same
     constant for NCHW, (1, C, 1, 1), registered in ``graph`` once however many nodes use
@@ -224,9 +233,7 @@ class SinkChannelsLastTransposePass(ir.passes.InPlacePass):
         if out.shape is not None:
             back.outputs[0].shape = out.shape
         graph.insert_after(node, [twin, back])
-        out.replace_all_uses_with(back.outputs[0], replace_graph_outputs=True)
-        out.name = f"{name}__replaced"
-        back.outputs[0].name = name
+        take_place(out, back.outputs[0])
         graph.remove(node, safe=True)
         return True
 
@@ -361,10 +368,7 @@ class ChannelsLastHeadPoolPass(ir.passes.InPlacePass):
         pool = _spatial_pool(graph, node, first.outputs[0], by_input)
         pool.outputs[0].shape = out.shape
         graph.insert_before(node, [first, pool])
-        name = out.name
-        out.replace_all_uses_with(pool.outputs[0])
-        out.name = f"{name}__replaced"
-        pool.outputs[0].name = name
+        take_place(out, pool.outputs[0])
         graph.remove(node, safe=True)
         return True
 
@@ -413,10 +417,7 @@ class ChannelsFirstPoolPass(ir.passes.InPlacePass):
         pooled = back.outputs[0]
         pool.outputs[0].shape = pooled.shape
         graph.insert_before(node, [first, pool] if first is not None else [pool])
-        pooled.replace_all_uses_with(pool.outputs[0], replace_graph_outputs=True)
-        name = pooled.name
-        pooled.name = f"{name}__replaced"
-        pool.outputs[0].name = name
+        take_place(pooled, pool.outputs[0])
         graph.remove([back, node], safe=True)
         return True
 
@@ -488,11 +489,8 @@ class EinsumAsMatMulPass(ir.passes.InPlacePass):
         result = matmul.outputs[0]
         if plan[2] != sorted(plan[2]):
             result = transposed(result, plan[2], "out")
-        out, name = node.outputs[0], node.outputs[0].name
         graph.insert_before(node, new)
-        out.replace_all_uses_with(result, replace_graph_outputs=True)
-        out.name = f"{name}__replaced"
-        result.name = name
+        take_place(node.outputs[0], result)
         graph.remove(node, safe=True)
         return True
 
@@ -568,12 +566,10 @@ class WholeMapAveragePoolPass(ir.passes.InPlacePass):
             if node.op_type != "AveragePool" or node.domain not in ("", "ai.onnx") or not self._whole(node):
                 continue
             pool = ir.Node("", "GlobalAveragePool", [node.inputs[0]], name=f"{node.name}__global")
-            out, name = node.outputs[0], node.outputs[0].name
+            out = node.outputs[0]
             pool.outputs[0].shape, pool.outputs[0].dtype = out.shape, out.dtype
             model.graph.insert_before(node, pool)
-            out.replace_all_uses_with(pool.outputs[0], replace_graph_outputs=True)
-            out.name = f"{name}__replaced"
-            pool.outputs[0].name = name
+            take_place(out, pool.outputs[0])
             model.graph.remove(node, safe=True)
             modified = True
         return ir.passes.PassResult(model, modified=modified)

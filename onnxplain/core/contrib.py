@@ -21,6 +21,8 @@ import math
 import numpy as np
 import onnx_ir as ir
 
+from onnxplain.core.canonical import take_place
+
 MS = "com.microsoft"
 #: The fused operators written out.
 UNFUSED = ("FusedConv", "FusedGemm", "BiasGelu", "FastGelu", "QuickGelu", "SkipLayerNormalization")
@@ -46,8 +48,8 @@ class _Writer:
 
     def op(self, op_type: str, inputs: list[ir.Value | None], tag: str, copied: list[ir.Attr] | None = None,
            **attrs: object) -> ir.Value:
-        attributes = list(copied or []) + [ir.Attr(k, _attr_type(v), v) for k, v in attrs.items()]
-        node = ir.Node("", op_type, inputs, attributes=attributes, name=f"{self.prefix}__{tag}")
+        attributes = {a.name: a for a in copied or []} | attrs  # ir.node types the Python values
+        node = ir.node(op_type, inputs, attributes, name=f"{self.prefix}__{tag}")
         node.outputs[0].name = f"{self.prefix}__{tag}"
         if self.dtype is not None:
             node.outputs[0].dtype = self.dtype
@@ -80,18 +82,6 @@ class _Writer:
         if name == "Clip" and len(params) == 2:
             return self.op(name, [x, self.const("min", params[0]), self.const("max", params[1])], "act")
         return None
-
-
-def _attr_type(value: object) -> ir.AttributeType:
-    if isinstance(value, float):
-        return ir.AttributeType.FLOAT
-    if isinstance(value, int):
-        return ir.AttributeType.INT
-    if isinstance(value, str):
-        return ir.AttributeType.STRING
-    if isinstance(value, (list, tuple)) and all(isinstance(v, int) for v in value):
-        return ir.AttributeType.INTS
-    return ir.AttributeType.FLOATS
 
 
 def _attr(node: ir.Node, name: str, default: object = None) -> object:
@@ -178,10 +168,7 @@ def unfuse(model: ir.Model) -> int:
             out = node.outputs[index]
             if not out.uses() and not out.is_graph_output():  # an optional output not used
                 continue
-            name = out.name
-            out.replace_all_uses_with(value, replace_graph_outputs=True)
-            out.name = f"{name}__replaced"
-            value.name = name
+            take_place(out, value)
         graph.remove(node, safe=True)
         count += 1
     return count
