@@ -14,7 +14,7 @@ BatchNorm and activations stay separate nodes, so rules and layer boundaries sur
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import onnx
@@ -613,17 +613,9 @@ class IdentityGatherPass(ir.passes.InPlacePass):
         return ir.passes.PassResult(model, modified=drop_identity_gathers(model) > 0)
 
 
-def _safe(pass_: ir.passes.PassBase, model: ir.Model) -> ir.Model:
-    try:
-        return pass_(model).model
-    except Exception as exc:  # a pass that cannot handle a graph must not block loading
-        logger.warning("canonicalisation pass %s skipped: %s", type(pass_).__name__, exc)
-        return model
-
-
-def canonicalize(model: ir.Model) -> ir.Model:
-    """Run the canonicalisation passes in order; returns the (in-place) modified model."""
-    steps: list[ir.passes.PassBase] = [
+def _steps() -> list[ir.passes.PassBase]:
+    """The canonicalisation passes, in the order they run."""
+    return [
         passes.InlinePass(),
         passes.RemoveInitializersFromInputsPass(),
         passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
@@ -647,6 +639,27 @@ def canonicalize(model: ir.Model) -> ir.Model:
         IdentityGatherPass(),
         passes.RemoveUnusedNodesPass(),
     ]
-    for step in steps:
-        model = _safe(step, model)
-    return model
+
+
+def canonicalize(read: Callable[[], ir.Model]) -> ir.Model:
+    """The model ``read()`` returns, canonicalised by the passes of :func:`_steps` in order.
+
+    A pass that raises on a graph is skipped, and must not block loading. Passes edit in
+    place, so one that fails midway may have left part of its edits: the model is then read
+    again (``read`` returns a fresh copy each call) and the passes before it run again
+    without it, so nothing half-done stays.
+    """
+    skipped: set[int] = set()
+    while True:
+        model = read()
+        for i, step in enumerate(_steps()):
+            if i in skipped:
+                continue
+            try:
+                model = step(model).model
+            except Exception as exc:  # noqa: BLE001 - a pass that cannot handle a graph is left out
+                logger.warning("canonicalisation pass %s skipped: %s", type(step).__name__, exc)
+                skipped.add(i)
+                break
+        else:
+            return model

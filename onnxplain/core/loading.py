@@ -362,11 +362,10 @@ def load(
     proto = _drop_zipmap(_fit_runtime(_upgrade_opset(proto)))
     was_float16 = _input_dtype(proto) == onnx.TensorProto.FLOAT16
     upcast = upcast_float16(proto)
-    try:
-        ir_model = ir.from_proto(proto)
+    try:  # canonicalize raises only what reading the graph raises
+        ir_model = canonicalize(lambda: ir.from_proto(proto))
     except Exception as exc:
         raise ModelLoadError(f"cannot read the graph of {where}: {exc}") from None
-    ir_model = canonicalize(ir_model)
     ir_model, user_layout = _channels_first(ir_model, wanted)
     note = None
     fixed = fixed_batch_size(ir_model)

@@ -109,6 +109,43 @@ def test_canonicalisation_makes_exports_convertible():
     np.testing.assert_allclose(model.backend("torch").predict(x), model.predict(x), atol=1e-5)
 
 
+def test_a_pass_that_fails_midway_leaves_no_half_made_edit(monkeypatch, caplog):
+    # a canonicalisation pass that edits the graph and then raises must be left out whole:
+    # the model is read again and the other passes run without it
+    from onnx_ir.passes import InPlacePass, PassResult
+
+    from onnxplain.core import canonical
+
+    class EditsThenFails(InPlacePass):
+        def call(self, model):
+            for node in model.graph:
+                if node.op_type == "Relu":
+                    node.op_type = "Sigmoid"  # would change the function the model computes
+            raise RuntimeError("gave up halfway")
+
+    steps = canonical._steps
+    ran = []
+
+    class Records(InPlacePass):
+        def call(self, model):
+            ran.append(True)
+            return PassResult(model, modified=False)
+
+    monkeypatch.setattr(canonical, "_steps",
+                        lambda: [*steps()[:3], EditsThenFails(), *steps()[3:], Records()])
+    proto = ox.examples.tiny_cnn()
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    with caplog.at_level("WARNING", logger="onnxplain.core.canonical"):
+        model = ox.load(proto)
+    assert "EditsThenFails skipped: gave up halfway" in caplog.text
+    assert "Relu" in [node.op_type for node in model.ir.graph]
+    assert len(ran) == 1  # the passes after the failing one ran, on the graph read again
+    import onnxruntime as ort
+
+    reference = ort.InferenceSession(proto.SerializeToString()).run(None, {"input": x})[0]
+    np.testing.assert_allclose(model.predict(x), reference, rtol=1e-6, atol=1e-7)
+
+
 def test_graph_queries(small_model):
     assert small_model.input_spec.shape[1:] == (3, 32, 32)
     assert small_model.num_classes == 5
