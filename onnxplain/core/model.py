@@ -61,11 +61,12 @@ class ClassifierHead:
 
     ``feature_map``: the pooled tensor (N, K, h, w), or (N, tokens, K) for a transformer or
     MLP mixer that averages its tokens; ``pool`` / ``linear``: the node names
-    of the pooling and of the Gemm/MatMul (or 1×1 Conv); ``logits``: the tensor the head computes
-    (N, classes); ``weight``: (classes, K) with Gemm's ``alpha`` and ``transB`` applied;
-    ``bias``: (classes,) or None; ``features``: the linear layer's input, the pooled
-    features (N, K); ``rounded``: a quantized model rounds the pooled features before the
-    linear layer (so the formula holds up to that rounding).
+    of the pooling and of the Gemm/MatMul (or 1×1 Conv) layers, joined by ``+`` where several
+    heads are summed ("" where the pooled maps are the scores); ``logits``: the tensor the head
+    computes (N, classes); ``weight``: (classes, K), every affine map on the way folded in;
+    ``bias``: (classes,) or None; ``features``: the pooled features (N, K) the head reads;
+    ``rounded``: a quantized model rounds on the way (so the formula holds up to that
+    rounding).
     """
 
     feature_map: str
@@ -212,6 +213,136 @@ def _affine(node: ir.Node, value: ir.Value) -> tuple[np.ndarray, np.ndarray] | N
     if node.op_type == "Add":
         return np.ones(1), c
     return (np.ones(1), -c) if first else (-np.ones(1), c)
+
+
+@dataclass(frozen=True)
+class _Affine:
+    """``y = m · f + c`` per example, for the pooled features ``f`` (K,): ``m`` is None (the
+    identity), a vector (a diagonal) or a (d, K) matrix; ``c`` has size 1 or d. ``rounded``:
+    a quantized model's rounding lies on the way; ``linears``: the linear layers on it."""
+
+    m: np.ndarray | None
+    c: np.ndarray
+    rounded: bool = False
+    linears: tuple[str, ...] = ()
+
+    def size(self, k: int | None) -> int | None:
+        """d, the number of values per example (None where unknown)."""
+        if self.m is None:
+            return k if self.c.size == 1 else self.c.size
+        return self.m.shape[0]
+
+    def dense(self, k: int | None) -> np.ndarray | None:
+        """``m`` as a (d, K) matrix (None when K is unknown and ``m`` is the identity)."""
+        if self.m is None:
+            return np.eye(k) if k is not None else None
+        return np.diag(self.m) if self.m.ndim == 1 else self.m
+
+    def scaled(self, scale: np.ndarray, shift: np.ndarray, k: int | None) -> _Affine | None:
+        """``scale · y + shift``, with ``scale`` and ``shift`` of size 1 or d."""
+        d = self.size(k)
+        if any(v.size != 1 and d is not None and v.size != d for v in (scale, shift)):
+            return None
+        if self.m is None or self.m.ndim == 1:
+            m = scale * (self.m if self.m is not None else 1.0)
+            if m.size == 1 and d is not None:
+                m = np.full(d, m.item())
+            elif m.size == 1:
+                return None
+        else:
+            m = (scale[:, None] if scale.size > 1 else scale) * self.m
+        return _Affine(m, scale * self.c + shift, self.rounded, self.linears)
+
+    def through(self, w: np.ndarray, b: np.ndarray | None, name: str, k: int | None) -> _Affine | None:
+        """``w · y + b`` for a linear layer ``w`` (out, d)."""
+        d = self.size(k)
+        if d is not None and w.shape[1] != d:
+            return None
+        m = w if self.m is None else (w * self.m if self.m.ndim == 1 else w @ self.m)
+        c = w @ np.broadcast_to(self.c, (w.shape[1],)) + (b if b is not None else 0.0)
+        return _Affine(m, c, self.rounded, (*self.linears, name))
+
+    def plus(self, other: _Affine, sign: float, k: int | None) -> _Affine | None:
+        """``y ± other``: two heads on the same features, summed."""
+        a, b = self.dense(k), other.dense(k)
+        if a is None or b is None or a.shape != b.shape:
+            return None
+        return _Affine(a + sign * b, self.c + sign * other.c, self.rounded or other.rounded,
+                       (*self.linears, *other.linears))
+
+
+def _per_example(value: ir.Value) -> int | None:
+    """The number of values per example in ``value`` (None where a dim is unknown)."""
+    dims = _dims(value)
+    if not dims or not all(isinstance(d, int) for d in dims[1:]):
+        return None
+    return math.prod(dims[1:])
+
+
+def _linear_weight(node: ir.Node) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """(W (out, in), b or None) of a Gemm, a MatMul by a matrix or a 1×1 convolution of a
+    1×1 map (no padding, one group), with constant weights; None for anything else."""
+    weight = node.inputs[1].const_value if len(node.inputs) > 1 and node.inputs[1] is not None else None
+    if weight is None:
+        return None
+    w = weight.numpy().astype(np.float64)
+    bias = node.inputs[2] if len(node.inputs) > 2 else None
+    b = bias.const_value if bias is not None else None
+    if bias is not None and b is None:
+        return None
+    b = b.numpy().astype(np.float64).reshape(-1) if b is not None else None
+    attrs = node.attributes
+    if node.op_type == "MatMul" and w.ndim == 2:
+        return w.T, None
+    if node.op_type == "Gemm" and w.ndim == 2:
+        if attrs.get("transA") is not None and attrs["transA"].as_int() != 0:
+            return None
+        trans_b = attrs["transB"].as_int() if attrs.get("transB") is not None else 0
+        alpha = attrs["alpha"].as_float() if attrs.get("alpha") is not None else 1.0
+        beta = attrs["beta"].as_float() if attrs.get("beta") is not None else 1.0
+        w = alpha * (w if trans_b else w.T)
+        return w, (beta * np.broadcast_to(b, (w.shape[0],)) if b is not None else None)
+    if node.op_type == "Conv" and w.ndim == 4 and w.shape[2:] == (1, 1):
+        group = attrs["group"].as_int() if attrs.get("group") is not None else 1
+        pads = attrs["pads"].as_ints() if attrs.get("pads") is not None else ()
+        auto_pad = attrs["auto_pad"].as_string() if attrs.get("auto_pad") is not None else "NOTSET"
+        dims = _dims(node.inputs[0])
+        if group != 1 or any(pads) or auto_pad not in ("NOTSET", "VALID") or dims is None \
+                or len(dims) != 4 or dims[2:] != (1, 1):
+            return None
+        return w.reshape(w.shape[0], -1), b
+    return None
+
+
+def _affine_step(node: ir.Node, maps: dict[int, _Affine], k: int | None) -> _Affine | None:
+    """The affine map of ``node``'s output in the pooled features, when ``node`` computes it
+    from inputs with one (``maps``, by ``id``) and constants, by an op that keeps it affine:
+    a reshape or a quantized model's rounding; a per-feature scale or shift (BatchNorm, Mul,
+    Div, Add or Sub by a constant); a linear layer (:func:`_linear_weight`); the sum or
+    difference of two such inputs. None for anything else."""
+    if node.domain not in ("", "ai.onnx"):
+        return None
+    ins = [v for v in node.inputs if v is not None]
+    tracked = [maps.get(id(v)) for v in ins]
+    if any(t is None and v.const_value is None for t, v in zip(tracked, ins)):
+        return None  # it also reads a tensor computed otherwise
+    first = tracked[0] if tracked else None
+    op = node.op_type
+    if op in _SHAPE_ONLY | {"Unsqueeze"} | ROUNDING_OPS and first is not None:
+        found = replace(first, rounded=first.rounded or op in ROUNDING_OPS)
+    elif op in ("Add", "Sub") and len(ins) == 2 and tracked[1] is not None and first is not None:
+        found = first.plus(tracked[1], 1.0 if op == "Add" else -1.0, k)
+    elif op in ("Gemm", "MatMul", "Conv") and first is not None and sum(t is not None for t in tracked) == 1:
+        linear = _linear_weight(node)
+        found = first.through(*linear, node.name or op, k) if linear is not None else None
+    else:
+        value = next(v for v, t in zip(ins, tracked) if t is not None)
+        affine = _affine(node, value) if sum(t is not None for t in tracked) == 1 else None
+        found = maps[id(value)].scaled(*affine, k) if affine is not None else None
+    if found is None:
+        return None
+    d, size = found.size(k), _per_example(node.outputs[0])
+    return found if d is None or size is None or d == size else None
 
 
 def _spec(value: ir.Value) -> LayerSpec:
@@ -645,17 +776,18 @@ class Model:
     def classifier_head(self) -> ClassifierHead | None:
         """The global-average-pooling classifier head, or None when the graph has none.
 
-        Found as GAP (GlobalAveragePool, also an AveragePool over the whole map, or a mean
-        over both spatial axes; or the mean over the tokens of a (N, tokens, C) tensor) → any of
-        Flatten/Reshape/Squeeze → Gemm, or MatMul (+ Add), or a 1×1 Conv then
-        Flatten/Reshape/Squeeze, whose weight is an initializer: ``logits = W · GAP(A) + b``.
-        When several qualify, the last one in the graph.
+        Found where the explained scores (:meth:`logits`, else the output) are
+        ``W · GAP(A) + b`` for a global average pooling (GlobalAveragePool, also an
+        AveragePool over the whole map, or a mean over both spatial axes; or the mean over the
+        tokens of a (N, tokens, C) tensor) and constants W, b: see :meth:`_linear_after` for
+        what may lie between. When several qualify, the last one in the graph.
         """
+        target = self._values.get(self.logits() or self.output_name)
         head = None
         for node in self.ir.graph:
             pools = self._global_pool_reduction(node) == "mean" or self._token_mean(node)
-            if pools and node.inputs[0].name in self._values:
-                found = self._linear_after(node)
+            if pools and node.inputs[0].name in self._values and target is not None:
+                found = self._linear_after(node, target)
                 if found is not None:
                     head = found
         return head
@@ -668,121 +800,51 @@ class Model:
 
         return find_attention_gates(self)
 
-    def _linear_after(self, pool: ir.Node) -> ClassifierHead | None:
-        value = pool.outputs[0]
-        rounded = False
-        # an affine map per feature between the pooling and the linear layer (a BatchNorm1d,
-        # as LeViT's and EfficientViT's heads): x ↦ scale · x + shift, folded into W and b
-        scale, shift, before = np.ones(1), np.zeros(1), None
-        while True:  # a Shape reads no values (the legacy exporter's x.view(x.shape[0], -1))
-            consumers = [c for c in value.consumers() if c.op_type != "Shape"]
-            if len(consumers) != 1:
-                return None
-            node = consumers[0]
-            if (node.op_type in _SHAPE_ONLY or node.op_type in ROUNDING_OPS) and node.inputs[0] is value:
-                rounded |= node.op_type in ROUNDING_OPS
-                value = node.outputs[0]
-                continue
-            affine = _affine(node, value)
-            if affine is None:
-                break
-            before = before or value
-            scale, shift = scale * affine[0], shift * affine[0] + affine[1]
-            value = node.outputs[0]
-        head = self._linear_of(pool, node, value, rounded)
-        if head is None or before is None:
-            return head
-        k = head.weight.shape[1]
-        if scale.size not in (1, k) or shift.size not in (1, k):
-            return None
-        bias = (head.bias if head.bias is not None else 0.0) + head.weight @ np.broadcast_to(shift, (k,))
-        return replace(head, weight=head.weight * np.broadcast_to(scale, (k,)), bias=bias,
-                       features=before.name)
-
-    def _linear_of(self, pool: ir.Node, node: ir.Node, value: ir.Value,
-                   rounded: bool) -> ClassifierHead | None:
-        """The head whose linear layer is ``node``, reading ``value``."""
-        if node.inputs[0] is not value or len(node.inputs) < 2 or node.inputs[1] is None:
-            return None
-        weight = node.inputs[1].const_value
-        if node.op_type == "Conv":  # a 1×1 convolution on the pooled (N, K, 1, 1) features
-            return self._conv_head(pool, node, value, rounded)
-        if weight is None or len(weight.shape) != 2:
-            return None
-        w = weight.numpy().astype(np.float64)
-        bias: np.ndarray | None = None
-        logits = node.outputs[0]
-        if node.op_type == "Gemm":
-            attrs = node.attributes
-            if attrs.get("transA") is not None and attrs["transA"].as_int() != 0:
-                return None
-            trans_b = attrs["transB"].as_int() if attrs.get("transB") is not None else 0
-            alpha = attrs["alpha"].as_float() if attrs.get("alpha") is not None else 1.0
-            beta = attrs["beta"].as_float() if attrs.get("beta") is not None else 1.0
-            w = alpha * (w if trans_b else w.T)
-            if len(node.inputs) > 2 and node.inputs[2] is not None:
-                c = node.inputs[2].const_value
-                if c is None:
-                    return None
-                bias = beta * np.broadcast_to(c.numpy().astype(np.float64), (w.shape[0],)).copy()
-        elif node.op_type == "MatMul":
-            w = w.T
-            after = list(logits.consumers())
-            if len(after) == 1 and after[0].op_type == "Add":
-                other = [v for v in after[0].inputs if v is not logits]
-                const = other[0].const_value if len(other) == 1 and other[0] is not None else None
-                if const is not None:
-                    bias = np.broadcast_to(const.numpy().astype(np.float64), (w.shape[0],)).copy()
-                    logits = after[0].outputs[0]
-        else:
-            return None
-        return self._head(pool, node, logits, w, bias, value, rounded)
-
-    def _conv_head(self, pool: ir.Node, node: ir.Node, value: ir.Value,
-                   rounded: bool) -> ClassifierHead | None:
-        """A classifier written as a 1×1 convolution on the kept-dims pooled features, then
-        Flatten/Reshape/Squeeze to (N, classes) (DLA, DPN, timm's ``use_conv`` heads)."""
-        weight = node.inputs[1].const_value
-        if weight is None or len(weight.shape) != 4 or tuple(weight.shape[2:]) != (1, 1):
-            return None
-        attrs = node.attributes
-        group = attrs["group"].as_int() if attrs.get("group") is not None else 1
-        pads = attrs["pads"].as_ints() if attrs.get("pads") is not None else ()
-        auto_pad = attrs["auto_pad"].as_string() if attrs.get("auto_pad") is not None else "NOTSET"
-        if group != 1 or any(pads) or auto_pad not in ("NOTSET", "VALID"):
-            return None
-        dims = _dims(value)
-        if dims is None or len(dims) != 4 or dims[2:] != (1, 1):
-            return None
-        bias = None
-        if len(node.inputs) > 2 and node.inputs[2] is not None:
-            c = node.inputs[2].const_value
-            if c is None:
-                return None
-            bias = c.numpy().astype(np.float64).reshape(-1)
-        logits = node.outputs[0]
-        while True:  # to the (N, classes) tensor
-            after = list(logits.consumers())
-            if len(after) != 1 or after[0].op_type not in _SHAPE_ONLY or after[0].inputs[0] is not logits:
-                break
-            logits = after[0].outputs[0]
-        if len(_dims(logits) or ()) != 2:
-            return None
-        w = weight.numpy().astype(np.float64).reshape(weight.shape[0], -1)
-        return self._head(pool, node, logits, w, bias, value, rounded)
-
-    def _head(self, pool: ir.Node, node: ir.Node, logits: ir.Value, w: np.ndarray, bias: np.ndarray | None,
-              value: ir.Value, rounded: bool) -> ClassifierHead | None:
+    def _linear_after(self, pool: ir.Node, target: ir.Value) -> ClassifierHead | None:
+        """The head from ``pool`` to ``target`` (the explained logits), when ``target`` is an
+        affine function of the pooled features alone (see :func:`_affine_step`): one linear
+        layer, maybe with per-feature affine maps around it (LeViT's and EfficientViT's
+        BatchNorm1d, a temperature), several heads on the same features summed or averaged
+        (LeViT's, EfficientFormer's and SwiftFormer's distillation heads), or none (the pooled
+        maps are the class scores, as in SqueezeNet). A monotone Sigmoid on the output is
+        looked through. None when ``target`` also depends on anything else, or on the pooled
+        features non-linearly (MobileNetV3's GAP → Linear → Hardswish → Linear)."""
         feature_map = self._pooled_map(pool)
         if feature_map is None:
             return None
         dims = _dims(feature_map) or (None, None)
         channels = dims[-1] if len(dims) == 3 else dims[1]  # tokens (N, T, C) or a map (N, C, h, w)
-        if isinstance(channels, int) and channels != w.shape[1]:
+        features, rounded = pool.outputs[0], False
+        while True:  # the pooled features as the head reads them (a Shape reads no values)
+            consumers = [c for c in features.consumers() if c.op_type != "Shape"]
+            if len(consumers) != 1 or consumers[0].inputs[0] is not features \
+                    or consumers[0].op_type not in _SHAPE_ONLY | ROUNDING_OPS:
+                break
+            rounded |= consumers[0].op_type in ROUNDING_OPS
+            features = consumers[0].outputs[0]
+        k = channels if isinstance(channels, int) else _per_example(features)
+        maps = {id(features): _Affine(None, np.zeros(1), rounded)}
+        for node in self.ir.graph:  # topological order
+            if node.outputs and any(v is not None and id(v) in maps for v in node.inputs):
+                step = _affine_step(node, maps, k)
+                if step is not None:
+                    maps[id(node.outputs[0])] = step
+        logits = target
+        producer = target.producer()
+        if id(target) not in maps and producer is not None and producer.op_type == "Sigmoid" \
+                and producer.domain in ("", "ai.onnx"):
+            logits = producer.inputs[0]
+        found = maps.get(id(logits))
+        weight = found.dense(k) if found is not None else None
+        if weight is None or (isinstance(channels, int) and weight.shape[1] != channels):
             return None
+        classes = weight.shape[0]
+        if found.c.size not in (1, classes):
+            return None
+        bias = np.broadcast_to(found.c, (classes,)).copy() if found.c.any() else None
         return ClassifierHead(
-            feature_map=feature_map.name, pool=pool.name or "", linear=node.name or "",
-            logits=logits.name, weight=w, bias=bias, features=value.name, rounded=rounded,
+            feature_map=feature_map.name, pool=pool.name or "", linear="+".join(found.linears),
+            logits=logits.name, weight=weight, bias=bias, features=features.name, rounded=found.rounded,
         )
 
     def tail(self, tensor: str, outputs: Sequence[str] | None = None) -> Model:

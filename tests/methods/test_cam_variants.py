@@ -176,8 +176,96 @@ def test_a_1x1_conv_classifier_on_the_pooled_map_is_a_cam_head(exporter, images)
     assert cam.shape == (2, 8, 8) and max_rel_err(cam, grad * 64) < TOL
     # AblationCAM's weights in closed form, y − W_ck · GAP(A^k), equal re-running the tail
     assert "_features_backend" not in vars(_ablation_weights_equal_rerunning_the_tail(model, x, [1, 2]))
+    # padded, the 1×1 Conv is no linear head of the first pooling; the scores are then the
+    # average of its (N, 4, 3, 3) output: a head whose weights are the identity (SqueezeNet's)
     padded = ox.adapters.torch.export(_ConvHead(padded=True).eval(), torch.from_numpy(x), exporter=exporter)
-    assert padded.classifier_head() is None
+    head = padded.classifier_head()
+    assert head.linear == "" and head.bias is None and padded.tensor_shape(head.feature_map)[1:] == (4, 3, 3)
+    np.testing.assert_array_equal(head.weight, np.eye(4))
+    cam = CAM(padded).attribute(x, target=[1, 2], relu_attributions=False, upsample=False)
+    grad = GradCAM(padded).attribute(x, target=[1, 2], relu_attributions=False, upsample=False)
+    assert cam.shape == (2, 3, 3) and max_rel_err(cam, grad * 9) < TOL
+
+
+class _Heads(torch.nn.Module):
+    """A small CNN whose pooled features go through the head ``kind``: ``"two"``, two
+    BatchNorm1d → Linear heads averaged, as LeViT's, EfficientFormer's and SwiftFormer's
+    distillation heads; ``"mlp"``, Linear → Hardswish → Linear, as MobileNetV3's;
+    ``"sigmoid"``, a multi-label Linear → Sigmoid; ``"temperature"``, a Linear divided by 2."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.kind = kind
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.ReLU(),
+                                        torch.nn.Conv2d(6, 5, 3, stride=2, padding=1), torch.nn.ReLU())
+        self.norms = torch.nn.ModuleList(torch.nn.BatchNorm1d(5) for _ in range(2))
+        for norm in self.norms:  # statistics and scales of their own, so that the two differ
+            for t in (norm.weight, norm.bias, norm.running_mean):
+                t.data.normal_()
+            norm.running_var.data.uniform_(0.5, 2)
+        self.fc = torch.nn.ModuleList(torch.nn.Linear(5, 4) for _ in range(2))
+
+    def forward(self, x):
+        f = self.body(x).mean((2, 3))
+        if self.kind == "two":
+            return (self.fc[0](self.norms[0](f)) + self.fc[1](self.norms[1](f))) / 2
+        if self.kind == "mlp":
+            return self.fc[1](F.hardswish(torch.nn.functional.linear(f, torch.eye(5) * 2)))
+        z = self.fc[0](f)
+        return torch.sigmoid(z) if self.kind == "sigmoid" else z / 2
+
+    def head(self) -> tuple[np.ndarray, np.ndarray]:
+        """The class scores' (W, b) in the pooled features, computed from the parameters."""
+        def linear(i, norm):
+            w, b = self.fc[i].weight.detach().double(), self.fc[i].bias.detach().double()
+            if not norm:
+                return w, b
+            n = self.norms[i]
+            scale = n.weight.detach().double() / torch.sqrt(n.running_var.double() + n.eps)
+            return w * scale, b + w @ (n.bias.detach().double() - n.running_mean.double() * scale)
+        if self.kind == "two":
+            (w0, b0), (w1, b1) = linear(0, True), linear(1, True)
+            return ((w0 + w1) / 2).numpy(), ((b0 + b1) / 2).numpy()
+        w, b = linear(0, False)
+        return ((w / 2).numpy(), (b / 2).numpy()) if self.kind == "temperature" else (w.numpy(), b.numpy())
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
+@pytest.mark.parametrize("kind", ["two", "sigmoid", "temperature"])
+def test_heads_affine_in_the_pooled_features_are_cam_heads(kind, exporter, images):
+    # whatever affine maps lie between the pooling and the scores, CAM's weights are the
+    # scores' linear part, computed here from the module's parameters
+    net = _Heads(kind).eval()
+    x = images[:, :, :16, :16]
+    model = ox.adapters.torch.export(net, torch.from_numpy(x), exporter=exporter)
+    head = model.classifier_head()
+    want_w, want_b = net.head()
+    assert head is not None and head.weight.shape == (4, 5)
+    assert max_rel_err(head.weight, want_w) < 1e-6 and max_rel_err(head.bias, want_b) < 1e-6
+    assert head.logits == (model.output_name if kind != "sigmoid" else model.ir.graph[-1].inputs[0].name)
+    cam = CAM(model).attribute(x, target=[1, 2], relu_attributions=False, upsample=False)
+    # Grad-CAM of the scores before the sigmoid: the sigmoid's slope only scales Grad-CAM
+    grad = GradCAM(model, use_logits=False).attribute(x, target=[1, 2], relu_attributions=False,
+                                                      upsample=False)
+    if kind == "sigmoid":
+        p = net(torch.from_numpy(x)).detach().numpy()[[0, 1], [1, 2]]
+        grad = grad / (p * (1 - p))[:, None, None]
+    assert cam.shape == (2, 8, 8) and max_rel_err(cam, grad * 64) < TOL
+    if kind == "two":  # AblationCAM's closed form uses the summed head
+        assert "_features_backend" not in vars(_ablation_weights_equal_rerunning_the_tail(model, x, [1, 2]))
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
+def test_a_head_non_linear_in_the_pooled_features_is_no_cam_head(exporter, images):
+    # MobileNetV3's GAP → Linear → Hardswish → Linear: the scores are no weighted sum of the
+    # pooled maps, so CAM is refused (its first linear layer's rows are no class weights)
+    x = images[:, :, :16, :16]
+    model = ox.adapters.torch.export(_Heads("mlp").eval(), torch.from_numpy(x), exporter=exporter)
+    assert model.classifier_head() is None
+    with pytest.raises(ox.InputValidationError, match="use GradCAM"):
+        CAM(model).attribute(x, target=1)
+    assert np.isfinite(AblationCAM(model).attribute(x, target=1, show_progress=False)).all()
 
 
 class _PoolHead(torch.nn.Module):
@@ -256,7 +344,7 @@ def test_an_affine_map_between_pooling_and_classifier_is_folded_into_the_head(ex
 
 def test_cam_without_a_gap_fc_head_says_so_and_suggests_gradcam(headless_model):
     assert headless_model.classifier_head() is None
-    with pytest.raises(ox.InputValidationError, match="fully-connected head.*GradCAM"):
+    with pytest.raises(ox.InputValidationError, match="weighted sum.*GradCAM"):
         CAM(headless_model)
 
 
@@ -473,7 +561,8 @@ def test_a_channels_last_map_pooled_by_the_head_is_read_channels_first(exporter,
     model = ox.adapters.torch.export(net, torch.from_numpy(x), exporter=exporter)  # checked
     head = model.classifier_head()
     assert head is not None and head.feature_map.endswith("__nchw")
-    assert model.find_layer("auto").name == head.feature_map and model.find_layer("auto").shape[1:] == (5, 8, 8)
+    auto = model.find_layer("auto")
+    assert auto.name == head.feature_map and auto.shape[1:] == (5, 8, 8)
     cam = CAM(model).attribute(x, target=[1, 2], relu_attributions=False, upsample=False)
     grad = GradCAM(model).attribute(x, target=[1, 2], relu_attributions=False, upsample=False)
     assert cam.shape == (2, 8, 8) and max_rel_err(cam, grad * 64) < TOL

@@ -4,8 +4,8 @@ For a network whose scores are a linear layer on globally average-pooled feature
 
     y^c = Σ_k W_ck · GAP(A^k) + b_c,      w_k^c = W_ck,      L^c = ReLU( Σ_k W_ck A^k )
 
-The IR finds the GAP → (Flatten/Reshape) → Gemm/MatMul (or 1×1 Conv) head
-(:meth:`onnxplain.Model.classifier_head`) and reads W from its initializer, so CAM needs
+The IR finds the head, the scores as an affine function of the pooled features
+(:meth:`onnxplain.Model.classifier_head`), and reads W from its initializers, so CAM needs
 only forward passes and runs on ONNX Runtime. On such a network Grad-CAM's weights are
 W_ck / (h·w): CAM is Grad-CAM times h·w (the identity the Grad-CAM paper proves).
 """
@@ -30,9 +30,9 @@ class CAM(CAMBase):
         head = self.model.classifier_head()
         if head is None:
             raise InputValidationError(
-                "CAM needs a global-average-pooling → fully-connected head (GAP, then "
-                "Flatten/Reshape, then Gemm/MatMul, or a 1×1 Conv, with constant weights), and "
-                "this model has none; use GradCAM, which needs no such head"
+                "CAM needs class scores that are a weighted sum of globally average-pooled "
+                "feature maps (GAP → linear layers with constant weights, no activation in "
+                "between), and this model has none; use GradCAM, which needs no such head"
             )
         spec = self.model.find_layer(head.feature_map)
         if layer != "auto" and self.model.find_layer(layer).name != spec.name:
