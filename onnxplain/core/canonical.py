@@ -594,6 +594,60 @@ class WholeMapAveragePoolPass(ir.passes.InPlacePass):
         return all(k == n or (ceil and 0 < k - n < s) for k, n, s in zip(kernel, sizes, strides))
 
 
+class FlattenedMapPoolPass(ir.passes.InPlacePass):
+    """Pool a map whose positions a graph flattens before pooling as the pooling over its
+    spatial axes it is: ``x (N, C, H, W) → Reshape (N, C, H·W) → ReduceMean(axes=[2])`` (the
+    idiom ``x.flatten(2).mean(-1)``, as Hugging Face's SwiftFormer ends) becomes ``x →
+    ReduceMean(axes=[2, 3])``, followed by a Reshape to (N, C, 1) where the mean kept its
+    axis. Then CAM's head finder and ``layer="auto"`` see the map. Only where C, H and W are
+    known (ReduceMax likewise)."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph = model.graph
+        modified = any([self._rewrite(graph, node) for node in list(graph)])
+        return ir.passes.PassResult(model, modified=modified)
+
+    @staticmethod
+    def _rewrite(graph: ir.Graph, node: ir.Node) -> bool:
+        if node.op_type not in ("ReduceMean", "ReduceMax") or node.domain not in ("", "ai.onnx"):
+            return False
+        flat, out = (node.inputs[0] if node.inputs else None), node.outputs[0]
+        reshape = flat.producer() if flat is not None else None
+        if reshape is None or reshape.op_type != "Reshape" or flat.shape is None or len(flat.shape) != 3:
+            return False
+        x = reshape.inputs[0]
+        dims = list(x.shape) if x is not None and x.shape is not None else []
+        if len(dims) != 4 or not all(isinstance(d, int) for d in dims[1:]):
+            return False
+        # the same batch (a size or a named symbol) and C: the last dim is then H·W, known or
+        # not (legacy exports compute the shape)
+        batch, last = dims[0], flat.shape[2]
+        if batch is None or (not isinstance(batch, int) and batch.value is None) or flat.shape[0] != batch:
+            return False
+        if flat.shape[1] != dims[1] or (isinstance(last, int) and last != dims[2] * dims[3]):
+            return False
+        by_input = len(node.inputs) > 1 and node.inputs[1] is not None
+        axes = _const_array(node.inputs[1]) if by_input else (
+            np.asarray(node.attributes["axes"].as_ints()) if "axes" in node.attributes else None)
+        if axes is None or {int(a) % 3 for a in axes.reshape(-1)} != {2}:
+            return False
+        keep = node.attributes.get("keepdims")
+        pool = _spatial_pool(graph, node, x, by_input)
+        nodes = [pool]
+        if keep is None or keep.as_int() == 1:  # (N, C, 1, 1) → (N, C, 1)
+            name = f"{node.name}__shape"
+            shape = ir.Value(name=name, const_value=ir.tensor(np.array([0, dims[1], 1], np.int64), name=name))
+            shape.shape, shape.dtype = ir.Shape([3]), ir.DataType.INT64
+            graph.register_initializer(shape)
+            nodes.append(ir.Node("", "Reshape", [pool.outputs[0], shape], name=f"{node.name}__unflatten"))
+            pool.outputs[0].shape = ir.Shape([dims[0], dims[1], 1, 1])
+        nodes[-1].outputs[0].shape, nodes[-1].outputs[0].dtype = out.shape, out.dtype
+        graph.insert_before(node, nodes)
+        take_place(out, nodes[-1].outputs[0])
+        graph.remove(node, safe=True)
+        return True
+
+
 class UnfuseContribOpsPass(ir.passes.InPlacePass):
     """ONNX Runtime's fused operators written out (:mod:`onnxplain.core.contrib`)."""
 
@@ -634,6 +688,7 @@ def _steps() -> list[ir.passes.PassBase]:
         ExplicitSamePadsPass(),
         NoOpCastPass(),
         WholeMapAveragePoolPass(),
+        FlattenedMapPoolPass(),
         ChannelsFirstPoolPass(),
         ChannelsLastHeadPoolPass(),
         IdentityGatherPass(),

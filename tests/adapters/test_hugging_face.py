@@ -31,7 +31,8 @@ def _build(config) -> torch.nn.Module:
     initialisation, BatchNorms random statistics."""
     torch.manual_seed(0)
     name = {"vit": "ViTForImageClassification", "cvt": "CvtForImageClassification",
-            "bit": "BitForImageClassification", "efficientnet": "EfficientNetForImageClassification"}
+            "bit": "BitForImageClassification", "efficientnet": "EfficientNetForImageClassification",
+            "swiftformer": "SwiftFormerForImageClassification"}
     net = getattr(transformers, name[config.model_type])(config).eval()
     with torch.no_grad():
         for module in net.modules():
@@ -54,6 +55,8 @@ CONFIGS = {
     "efficientnet": lambda: transformers.EfficientNetConfig(image_size=64, width_coefficient=1.0,
                                                             depth_coefficient=0.5, hidden_dim=1280,
                                                             num_labels=5),
+    "swiftformer": lambda: transformers.SwiftFormerConfig(depths=[1, 1, 1, 1], embed_dims=[16, 24, 32, 48],
+                                                          num_labels=5),
 }
 
 
@@ -88,19 +91,24 @@ def test_lrp_runs_through_attention_einsum_and_padding(hf):
     """ViT's masked SDPA (a NaN guard after the softmax) and CvT's einsum attention get the
     attention rule; no node is left without a rule."""
     name, _, x, model = hf
+    if name == "swiftformer":  # its additive attention multiplies two computed tensors
+        with pytest.raises(ox.UnsupportedOperatorError, match=r"Uniform\(\)"):
+            ox.LRP(model).attribute(x.numpy(), target=1)
+        return
     relevance = ox.LRP(model).attribute(x.numpy(), target=1)
     assert relevance.shape == x.shape and np.isfinite(relevance).all() and relevance.any()
     if name == "cvt":
         assert "Einsum" not in {node.op_type for node in model.ir.graph}
 
 
-def test_cam_on_efficientnets_whole_map_average_pool_equals_pytorch_grad_cams_gradcam_times_hw(hf):
-    """EfficientNet pools with AvgPool2d(1280, ceil_mode=True) over its last map: a GAP, so
-    CAM finds its head and equals h·w × Grad-CAM (pytorch-grad-cam on the module, its map
+def test_cam_on_pooled_heads_as_hugging_face_writes_them_equals_pytorch_grad_cams_gradcam_times_hw(hf):
+    """EfficientNet pools with AvgPool2d(1280, ceil_mode=True) over its last map, SwiftFormer
+    with ``flatten(2).mean(-1)`` and averages two linear heads: each is a GAP → linear head,
+    so CAM finds it and equals h·w × Grad-CAM (pytorch-grad-cam on the module, its map
     before ReLU, resizing and scaling)."""
     name, net, x, model = hf
-    if name != "efficientnet":
-        pytest.skip("the whole-map average pool is EfficientNet's")
+    if name not in ("efficientnet", "swiftformer"):
+        pytest.skip("EfficientNet's and SwiftFormer's pooling")
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -109,9 +117,13 @@ def test_cam_on_efficientnets_whole_map_average_pool_equals_pytorch_grad_cams_gr
             self.raw = super().get_cam_image(*args, **kwargs)
             return self.raw
 
-    assert "GlobalAveragePool" in {node.op_type for node in model.ir.graph}
+    layer = net.efficientnet.encoder.top_activation if name == "efficientnet" else net.norm
+    if name == "efficientnet":
+        assert "GlobalAveragePool" in {node.op_type for node in model.ir.graph}
+    else:
+        assert "+" in model.classifier_head().linear  # the two heads, summed
     cam = ox.CAM(model).attribute(x.numpy(), target=1, relu_attributions=False, upsample=False)
-    with Raw(_Logits(net), target_layers=[net.efficientnet.encoder.top_activation]) as reference:
+    with Raw(_Logits(net), target_layers=[layer]) as reference:
         reference(input_tensor=x, targets=[ClassifierOutputTarget(1)] * len(x))
     ref = reference.raw
     assert cam.shape == ref.shape and max_rel_err(cam, ref * ref.shape[1] * ref.shape[2]) < 1e-4
