@@ -281,6 +281,29 @@ class CancelTransposePairsPass(ir.passes.InPlacePass):
         return ir.passes.PassResult(model, modified=modified)
 
 
+class _RewriteEachNode(ir.passes.InPlacePass):
+    """A pass that offers each node of the graph to ``_rewrite(graph, node)``, which returns
+    whether it rewrote it."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph = model.graph
+        modified = any([self._rewrite(graph, node) for node in list(graph)])
+        return ir.passes.PassResult(model, modified=modified)
+
+    @staticmethod
+    def _rewrite(graph: ir.Graph, node: ir.Node) -> bool:
+        raise NotImplementedError
+
+
+def _reduction_axes(node: ir.Node) -> tuple[np.ndarray | None, bool]:
+    """A Reduce node's constant axes (None where it has none or they are computed), and
+    whether it takes them as an input (opset 18 on) rather than an attribute."""
+    by_input = len(node.inputs) > 1 and node.inputs[1] is not None
+    axes = _const_array(node.inputs[1]) if by_input else (
+        np.asarray(node.attributes["axes"].as_ints()) if "axes" in node.attributes else None)
+    return axes, by_input
+
+
 def _nchw_twin(node: ir.Node, x: ir.Value) -> ir.Node:
     """``Transpose(x, [0, 3, 1, 2])``: the channels-last map ``x`` channels first, named
     ``<x>__nchw``, for ``node`` to pool."""
@@ -312,18 +335,13 @@ def _spatial_pool(graph: ir.Graph, node: ir.Node, nchw: ir.Value, by_input: bool
     return pool
 
 
-class ChannelsLastHeadPoolPass(ir.passes.InPlacePass):
+class ChannelsLastHeadPoolPass(_RewriteEachNode):
     """Pool channels first a channels-last map that a classifier pools with no transpose to
     say so: timm's Sequencer ends ``X (N, H, W, C) → ReduceMean(axes=[1, 2], keepdims=0) →
     Linear``, X a LayerNorm's output. The axes alone do not tell channels from rows; the
     linear layer does: it takes C = X's last dim, which is not X's second (else the graph is
     left as it is). Written as ``X → Transpose(0, 3, 1, 2)`` (``<X>__nchw``, the map CAMs
     read) ``→ ReduceMean(axes=[2, 3])``: the same values, summed in another order."""
-
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        graph = model.graph
-        modified = any([self._rewrite(graph, node) for node in list(graph)])
-        return ir.passes.PassResult(model, modified=modified)
 
     @staticmethod
     def _linear_inputs(value: ir.Value) -> int | None:
@@ -354,9 +372,7 @@ class ChannelsLastHeadPoolPass(ir.passes.InPlacePass):
             return False
         if out.is_graph_output() or _nhwc_source(x) is not None:
             return False  # a map moved channels last: ChannelsFirstPoolPass's and CAM's own reading
-        by_input = len(node.inputs) > 1 and node.inputs[1] is not None
-        axes = _const_array(node.inputs[1]) if by_input else (
-            np.asarray(node.attributes["axes"].as_ints()) if "axes" in node.attributes else None)
+        axes, by_input = _reduction_axes(node)
         dims = list(x.shape)
         if axes is None or {int(a) % 4 for a in axes.reshape(-1)} != {1, 2}:
             return False
@@ -373,7 +389,7 @@ class ChannelsLastHeadPoolPass(ir.passes.InPlacePass):
         return True
 
 
-class ChannelsFirstPoolPass(ir.passes.InPlacePass):
+class ChannelsFirstPoolPass(_RewriteEachNode):
     """Pool channels first what a graph pools channels last and then moves channels first.
 
     ONNX Runtime's transpose optimiser (its offline optimisation, and
@@ -385,11 +401,6 @@ class ChannelsFirstPoolPass(ir.passes.InPlacePass):
     named ``<X>__nchw``, the pooled vector keeping the transpose's output name.
     """
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        graph = model.graph
-        modified = any([self._rewrite(graph, node) for node in list(graph)])
-        return ir.passes.PassResult(model, modified=modified)
-
     @staticmethod
     def _rewrite(graph: ir.Graph, node: ir.Node) -> bool:
         if node.op_type not in ("ReduceMean", "ReduceMax") or node.domain not in ("", "ai.onnx"):
@@ -398,9 +409,7 @@ class ChannelsFirstPoolPass(ir.passes.InPlacePass):
         keep = node.attributes.get("keepdims")
         if x is None or x.shape is None or len(x.shape) != 4 or (keep is not None and keep.as_int() == 0):
             return False
-        by_input = len(node.inputs) > 1 and node.inputs[1] is not None
-        axes = _const_array(node.inputs[1]) if by_input else (
-            np.asarray(node.attributes["axes"].as_ints()) if "axes" in node.attributes else None)
+        axes, by_input = _reduction_axes(node)
         uses = list(out.consumers())
         if axes is None or {int(a) % 4 for a in axes.reshape(-1)} != {1, 2} or len(uses) != 1:
             return False
@@ -422,7 +431,7 @@ class ChannelsFirstPoolPass(ir.passes.InPlacePass):
         return True
 
 
-class EinsumAsMatMulPass(ir.passes.InPlacePass):
+class EinsumAsMatMulPass(_RewriteEachNode):
     """Write a two-operand ``Einsum`` that is a matrix product as ``Transpose → MatMul →
     Transpose``: CvT's attention (``bhlk,bhtk->bhlt``, ``bhlt,bhtv->bhlv``) and dense layers
     written as ``bld,dk->blk``. Then LRP's rules for MatMul (the attention rule among them),
@@ -430,11 +439,6 @@ class EinsumAsMatMulPass(ir.passes.InPlacePass):
     letters in both operands and the output, one contracted letter, one letter free in B
     and one free in A (or, without batch letters, any number free in A); each letter once
     per operand, no ellipsis. Other equations stay Einsums."""
-
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        graph = model.graph
-        modified = any([self._rewrite(graph, node) for node in list(graph)])
-        return ir.passes.PassResult(model, modified=modified)
 
     @staticmethod
     def _plan(equation: str) -> tuple[list[int], list[int], list[int]] | None:
@@ -594,18 +598,13 @@ class WholeMapAveragePoolPass(ir.passes.InPlacePass):
         return all(k == n or (ceil and 0 < k - n < s) for k, n, s in zip(kernel, sizes, strides))
 
 
-class FlattenedMapPoolPass(ir.passes.InPlacePass):
+class FlattenedMapPoolPass(_RewriteEachNode):
     """Pool a map whose positions a graph flattens before pooling as the pooling over its
     spatial axes it is: ``x (N, C, H, W) → Reshape (N, C, H·W) → ReduceMean(axes=[2])`` (the
     idiom ``x.flatten(2).mean(-1)``, as Hugging Face's SwiftFormer ends) becomes ``x →
     ReduceMean(axes=[2, 3])``, followed by a Reshape to (N, C, 1) where the mean kept its
     axis. Then CAM's head finder and ``layer="auto"`` see the map. Only where C, H and W are
     known (ReduceMax likewise)."""
-
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        graph = model.graph
-        modified = any([self._rewrite(graph, node) for node in list(graph)])
-        return ir.passes.PassResult(model, modified=modified)
 
     @staticmethod
     def _rewrite(graph: ir.Graph, node: ir.Node) -> bool:
@@ -626,9 +625,7 @@ class FlattenedMapPoolPass(ir.passes.InPlacePass):
             return False
         if flat.shape[1] != dims[1] or (isinstance(last, int) and last != dims[2] * dims[3]):
             return False
-        by_input = len(node.inputs) > 1 and node.inputs[1] is not None
-        axes = _const_array(node.inputs[1]) if by_input else (
-            np.asarray(node.attributes["axes"].as_ints()) if "axes" in node.attributes else None)
+        axes, by_input = _reduction_axes(node)
         if axes is None or {int(a) % 3 for a in axes.reshape(-1)} != {2}:
             return False
         keep = node.attributes.get("keepdims")
