@@ -101,7 +101,8 @@ def export(
 ) -> Model:
     """Export ``module`` (in eval mode) to ONNX and return the loaded :class:`Model`.
 
-    ``example``: an input batch (torch tensor or numpy array), N ≥ 1. ``exporter``:
+    ``example``: an input batch (torch tensor or numpy array), N ≥ 1; float, or integer
+    images for a module that converts them itself (see :func:`onnxplain.load`). ``exporter``:
     ``"dynamo"`` (torch.export based), ``"legacy"`` (TorchScript based) or ``"auto"``
     (dynamo, falling back to legacy when it fails or disagrees). The export is run on
     ``example`` and must match the module: max |Δ| ≤ ``rtol`` × max |output|. A module
@@ -116,8 +117,9 @@ def export(
     if exporter not in ("auto", "dynamo", "legacy"):
         raise InputValidationError(f"exporter must be 'auto', 'dynamo' or 'legacy', got {exporter!r}")
     x = torch.as_tensor(np.asarray(example) if not isinstance(example, torch.Tensor) else example)
-    if not torch.is_floating_point(x) or x.dim() < 2:
-        raise InputValidationError("example must be a floating-point batch (N, ...)")
+    integer = x.dtype in (torch.uint8, torch.int8, torch.int16)  # images as they are stored
+    if not (torch.is_floating_point(x) or integer) or x.dim() < 2:
+        raise InputValidationError("example must be a floating-point (or uint8, int8, int16) batch (N, ...)")
     module = module.eval()
     # torch's exporter needs an example batch of at least 2 to keep the batch dynamic.
     trace_x = torch.cat([x, x]) if dynamic_batch and len(x) == 1 else x

@@ -126,6 +126,82 @@ def upcast_float16(proto: onnx.ModelProto) -> bool:
     return changed
 
 
+#: Integer input types whose every value float32 holds exactly, by name (float_input).
+INTEGER_INPUTS = {onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.INT8: "int8",
+                  onnx.TensorProto.UINT16: "uint16", onnx.TensorProto.INT16: "int16"}
+_FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+           onnx.TensorProto.BFLOAT16}
+
+
+def float_input(proto: onnx.ModelProto) -> str | None:
+    """Give a model that takes integer images (uint8, int8, uint16, int16) and only turns them
+    into floats a float32 input, in place; returns the integer type's name, or None when the
+    model has no such input (it is then left as it is).
+
+    The input must be read only by ``Cast`` to a float type (a preprocessing export's
+    ``x.float()``, tf2onnx's uint8 serving signatures) or by a per-tensor
+    ``DequantizeLinear`` (a fully quantized model's input), which becomes ``(x − zero
+    point) · scale`` in float. On integer values the model computes what it did; between
+    them, the same formula, which gradients and perturbations need.
+    """
+    inits = {t.name for t in proto.graph.initializer}
+    inputs = [v for v in proto.graph.input if v.name not in inits]
+    if len(inputs) != 1 or inputs[0].type.tensor_type.elem_type not in INTEGER_INPUTS:
+        return None
+    value, graph = inputs[0], proto.graph
+    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    readers = [n for n in graph.node if value.name in n.input]
+    if not readers or value.name in {o.name for o in graph.output} or _read_in_subgraphs(graph, value.name):
+        return None
+    for node in readers:
+        if node.domain not in ("", "ai.onnx") or node.input[0] != value.name or value.name in node.input[1:]:
+            return None
+        to = next((a.i for a in node.attribute if a.name == "to"), None)
+        if node.op_type == "Cast" and to in _FLOATS:
+            continue
+        if node.op_type != "DequantizeLinear" or any(a.name == "block_size" and a.i for a in node.attribute):
+            return None
+        params = [consts.get(name) for name in node.input[1:3]] + [None] * (3 - len(node.input))
+        if params[0] is None or params[0].size != 1 or (len(node.input) > 2 and node.input[2] and
+                                                        (params[1] is None or params[1].size != 1)):
+            return None
+    name = INTEGER_INPUTS[value.type.tensor_type.elem_type]
+    for node in readers:
+        if node.op_type == "DequantizeLinear":
+            _dequantize_as_float(graph, node, consts)
+    value.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    return name
+
+
+def _read_in_subgraphs(graph: onnx.GraphProto, name: str) -> bool:
+    """Whether a subgraph (If, Loop, Scan) of ``graph`` reads ``name`` from the outer scope."""
+    for node in graph.node:
+        for attr in node.attribute:
+            subgraphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+            for sub in subgraphs:
+                if any(name in n.input for n in sub.node) or _read_in_subgraphs(sub, name):
+                    return True
+    return False
+
+
+def _dequantize_as_float(graph: onnx.GraphProto, node: onnx.NodeProto, consts: dict) -> None:
+    """``DequantizeLinear(x, scale, zero_point)`` of a per-tensor quantized input rewritten
+    in place as ``Mul(Sub(x, zero_point), scale)`` with float constants."""
+    scale = consts[node.input[1]].astype(np.float32).reshape(())
+    zero = consts[node.input[2]] if len(node.input) > 2 and node.input[2] else np.zeros(())
+    base = node.name or node.output[0]
+    names = (f"{base}__zero_point_float", f"{base}__scale_float", f"{base}__centred")
+    graph.initializer.extend([numpy_helper.from_array(np.asarray(zero, np.float32).reshape(()), names[0]),
+                              numpy_helper.from_array(scale, names[1])])
+    sub = onnx.helper.make_node("Sub", [node.input[0], names[0]], [names[2]], name=f"{base}__sub")
+    index = list(graph.node).index(node)
+    node.op_type = "Mul"
+    del node.input[:]
+    node.input.extend([names[2], names[1]])
+    del node.attribute[:]
+    graph.node.insert(index, sub)
+
+
 _UNARY = {"Relu", "LeakyRelu", "PRelu", "Sigmoid", "Tanh", "Clip", "Elu", "Selu", "Celu", "HardSigmoid",
           "HardSwish", "Softplus", "Gelu", "Mish", "Cast", "Identity", "Neg", "Abs", "Exp", "Erf", "Sqrt"}
 _BINARY = {"Add", "Sub", "Mul", "Div"}

@@ -13,7 +13,7 @@ import onnx
 import onnx_ir as ir
 
 from onnxplain.core.batch import fixed_batch_size, make_batch_dynamic, onnx_batch_note
-from onnxplain.core.canonical import canonicalize, upcast_float16
+from onnxplain.core.canonical import canonicalize, float_input, upcast_float16
 from onnxplain.core.errors import InputValidationError, ModelLoadError
 from onnxplain.core.layout import check_layout, detect_layout, make_input_channels_first
 from onnxplain.core.model import GRAPH_LAYOUT_KEY, LAYOUT_KEY, Model
@@ -336,6 +336,11 @@ def load(
       converted down to its newest (:func:`runtime_limits`); the others load as they are.
     - float16 models are computed in float32 (weights upcast exactly, results within
       float16 rounding of the float16 model; ``model.converted_from == "float16"``).
+    - a model that takes integer images (uint8, int8, uint16, int16) and only casts them to
+      float, or dequantizes them per tensor, takes float32 instead: the same results on
+      integer values, the same formula between them, which gradients and perturbations
+      need (``model.converted_from == "uint8"``, ...; methods take integer arrays too).
+      An integer input read any other way is refused.
     - a :class:`~onnxplain.preprocess.Preprocess` spec stored in the metadata
       (``"onnxplain.preprocess"``, JSON) becomes ``model.preprocess``.
 
@@ -360,6 +365,7 @@ def load(
     proto, where = _read(source, max_model_bytes, max_external_bytes)
     _validate(proto, domains)
     proto = _drop_zipmap(_fit_runtime(_upgrade_opset(proto)))
+    integer = float_input(proto)
     was_float16 = _input_dtype(proto) == onnx.TensorProto.FLOAT16
     upcast = upcast_float16(proto)
     try:  # canonicalize raises only what reading the graph raises
@@ -386,6 +392,8 @@ def load(
     model.batch_note = note
     if upcast and was_float16:
         model.converted_from = "float16"
+    if integer is not None:
+        model.converted_from = integer
     return model
 
 

@@ -395,8 +395,10 @@ class Model:
         self.layout = layout
         #: Why the batch dimension stayed fixed (None when it is dynamic or was made so).
         self.batch_note: str | None = None
-        #: The float type the exported graph computed in, when load() changed it (float16
-        #: models are computed in float32, see :func:`onnxplain.load`).
+        #: The type the exported graph computed in or took its input as, when load() changed
+        #: it: ``"float16"`` (computed in float32), or an integer input type such as
+        #: ``"uint8"`` (the input is float32; integer arrays are taken too; see
+        #: :func:`onnxplain.load`).
         self.converted_from: str | None = None
         self._preprocess = _read_preprocess(dict(ir_model.metadata_props))
         self._derived: dict[tuple, tuple[Model, str]] = {}

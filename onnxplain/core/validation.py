@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 import pydantic
 
+from onnxplain.core.canonical import INTEGER_INPUTS
 from onnxplain.core.errors import InputValidationError
 
 if TYPE_CHECKING:
@@ -37,7 +38,8 @@ def check_input(model: Model | None, x: Any, name: str = "inputs") -> np.ndarray
     """Return ``x`` as a contiguous array of the model's input dtype, or raise.
 
     Accepts any floating-point array of shape (N, ...) matching the model input's rank
-    and static dims. Integer, boolean, NaN and Inf inputs are refused. Other float dtypes
+    and static dims. Integer, boolean, NaN and Inf inputs are refused (integers are taken
+    where the model's file takes integer images: ``model.converted_from``). Other float dtypes
     are converted to the model's input dtype; a conversion that loses precision (float64
     to float32) warns once per call site.
     """
@@ -48,6 +50,9 @@ def check_input(model: Model | None, x: Any, name: str = "inputs") -> np.ndarray
             raise InputValidationError(
                 f"{name} must be a numpy array of shape (N, C, H, W), got {type(x).__name__}"
             )
+    integer = model is not None and model.converted_from in INTEGER_INPUTS.values()
+    if integer and np.issubdtype(x.dtype, np.integer):  # the model's own input type, as the file says
+        x = x.astype(np.float32)
     if not np.issubdtype(x.dtype, np.floating):
         raise InputValidationError(
             f"{name} must hold floating-point values, got dtype {x.dtype}; convert and "
