@@ -149,15 +149,22 @@ def float_input(proto: onnx.ModelProto) -> str | None:
     if len(inputs) != 1 or inputs[0].type.tensor_type.elem_type not in INTEGER_INPUTS:
         return None
     value, graph = inputs[0], proto.graph
+    dtype = value.type.tensor_type.elem_type
     consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    readers = [n for n in graph.node if value.name in n.input]
-    if not readers or value.name in {o.name for o in graph.output} or _read_in_subgraphs(graph, value.name):
+    # the input and its casts to its own type (Keras' torch backend casts uint8 to uint8 first)
+    names, same = {value.name}, []
+    for node in graph.node:
+        if node.op_type == "Cast" and node.input and node.input[0] in names and _cast_to(node) == dtype:
+            names.add(node.output[0])
+            same.append(node)
+    readers = [n for n in graph.node if set(n.input) & names and n not in same]
+    outputs = {o.name for o in graph.output}
+    if not readers or names & outputs or any(_read_in_subgraphs(graph, name) for name in names):
         return None
     for node in readers:
-        if node.domain not in ("", "ai.onnx") or node.input[0] != value.name or value.name in node.input[1:]:
+        if node.domain not in ("", "ai.onnx") or node.input[0] not in names or set(node.input[1:]) & names:
             return None
-        to = next((a.i for a in node.attribute if a.name == "to"), None)
-        if node.op_type == "Cast" and to in _FLOATS:
+        if node.op_type == "Cast" and _cast_to(node) in _FLOATS:
             continue
         if node.op_type != "DequantizeLinear" or any(a.name == "block_size" and a.i for a in node.attribute):
             return None
@@ -165,12 +172,18 @@ def float_input(proto: onnx.ModelProto) -> str | None:
         if params[0] is None or params[0].size != 1 or (len(node.input) > 2 and node.input[2] and
                                                         (params[1] is None or params[1].size != 1)):
             return None
-    name = INTEGER_INPUTS[value.type.tensor_type.elem_type]
     for node in readers:
         if node.op_type == "DequantizeLinear":
             _dequantize_as_float(graph, node, consts)
-    value.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
-    return name
+    for node in same:  # now casts of floats to float32, which keep their values
+        next(a for a in node.attribute if a.name == "to").i = onnx.TensorProto.FLOAT
+    for info in (value, *(v for v in graph.value_info if v.name in names)):
+        info.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    return INTEGER_INPUTS[dtype]
+
+
+def _cast_to(node: onnx.NodeProto) -> int | None:
+    return next((a.i for a in node.attribute if a.name == "to"), None)
 
 
 def _read_in_subgraphs(graph: onnx.GraphProto, name: str) -> bool:

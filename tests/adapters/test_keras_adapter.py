@@ -183,3 +183,20 @@ def test_a_keras_se_block_and_gap_head_are_found_in_the_torch_backends_export():
     grad = ox.GradCAM(model).attribute(x, target=1, relu_attributions=False, upsample=False)
     assert max_rel_err(cam, grad * SIZE * SIZE) < TOL
     assert np.isfinite(ox.lrp.LRP(model).attribute(x, target=1)).all()
+
+
+def test_a_keras_model_that_takes_uint8_images_takes_them_and_floats():
+    """Rescaling inside the model, the input uint8 (as Keras serving models take images): the
+    export's input becomes float32, channels last stays, and gradients run."""
+    keras.utils.set_random_seed(2)
+    inputs = keras.Input((SIZE, SIZE, 3), dtype="uint8")
+    x = keras.layers.Conv2D(4, 3, activation="relu")(keras.layers.Rescaling(1 / 255)(inputs))
+    net = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x)))
+    x = np.random.default_rng(5).integers(0, 256, (2, SIZE, SIZE, 3), dtype=np.uint8)
+    model = ox.adapters.keras.export(net, x)
+    assert model.converted_from == "uint8" and model.layout == "NHWC"
+    want = keras.ops.convert_to_numpy(net(x))
+    assert max_rel_err(model.predict(x), want) < TOL
+    cam = ox.CAM(model).attribute(x, target=1, relu_attributions=False, upsample=False)
+    grad = ox.GradCAM(model).attribute(x, target=1, relu_attributions=False, upsample=False)
+    assert max_rel_err(cam, grad * (SIZE - 2) ** 2) < TOL
