@@ -499,6 +499,25 @@ def _avg_pool(old):
     return convert
 
 
+def _layer_norm(old):
+    """onnx2torch's LayerNormalization takes the normalised shape from the input's declared
+    shape, and builds ``nn.LayerNorm([0])`` where a dim is unknown there (timm's SAM ViT,
+    legacy export): the normalised shape is then read from the input at run time."""
+    from onnx2torch.node_converters.layer_norm import OnnxLayerNorm
+    from onnx2torch.utils.common import get_shape_from_value_info
+
+    def convert(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+        axis = node.attributes.get("axis", -1)
+        info = graph.value_info.get(node.input_values[0])
+        shape = get_shape_from_value_info(info) if info is not None else None
+        if shape and all(isinstance(d, int) and d > 0 for d in shape[axis:]):
+            return old(node, graph)
+        module = OnnxLayerNorm(axis=axis, epsilon=node.attributes.get("epsilon", 1e-5))
+        return OperationConverterResult(torch_module=module, onnx_mapping=onnx_mapping_from_node(node))
+
+    return convert
+
+
 def install() -> None:
     """Register every missing converter once per process (the registry is global)."""
     global _INSTALLED
@@ -534,6 +553,9 @@ def install() -> None:
             _register("LSTM", version, _lstm)
         for version in _versions("Col2Im"):
             _register("Col2Im", version, _col2im)
+        for version in _registered("LayerNormalization"):  # wraps onnx2torch's: unknown dims
+            key = OperationDescription("", "LayerNormalization", version)
+            _CONVERTER_REGISTRY[key] = _layer_norm(_CONVERTER_REGISTRY[key])
         for version in _registered("AveragePool"):  # wraps onnx2torch's: asymmetric pads
             key = OperationDescription("", "AveragePool", version)
             _CONVERTER_REGISTRY[key] = _avg_pool(_CONVERTER_REGISTRY[key])

@@ -133,3 +133,32 @@ def test_a_reverse_lstm_with_initial_states_computes_what_onnx_runtime_does():
     ours = model.backend("torch", verify=False).forward(x, outputs=names)
     for name in names:
         np.testing.assert_allclose(ours[name], ort[name], rtol=1e-5, atol=1e-5)
+
+
+class _ReshapedNorm(torch.nn.Module):
+    """A LayerNorm over a dim the legacy exporter leaves unknown: the map reshaped to
+    (N, 4, -1) with N read from the tensor (timm's SAM ViT windows)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.norm = torch.nn.LayerNorm(16)
+        torch.nn.init.normal_(self.norm.weight)
+        self.fc = torch.nn.Linear(16, 3)
+
+    def forward(self, x):
+        f = self.conv(x)
+        return self.fc(self.norm(f.reshape(f.shape[0], 4, -1)).mean(1))
+
+
+def test_a_layer_norm_over_a_dim_the_export_leaves_unknown_converts_and_its_gradient_is_captums():
+    from captum.attr import Saliency
+
+    net, x = _ReshapedNorm().eval(), torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    model = ox.adapters.torch.export(net, x, exporter="legacy")
+    norm = next(n for n in model.ir.graph if n.op_type == "LayerNormalization")
+    assert not isinstance(norm.inputs[0].shape[-1], int)  # the case at hand: onnx2torch built LayerNorm([0])
+    ref = Saliency(net).attribute(x.clone().requires_grad_(True), target=1, abs=False).numpy()
+    ours = ox.Saliency(model).attribute(x.numpy(), target=1, abs=False)
+    np.testing.assert_allclose(ours, ref, atol=1e-6 * np.abs(ref).max())
