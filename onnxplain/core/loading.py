@@ -13,10 +13,10 @@ import onnx
 import onnx_ir as ir
 
 from onnxplain.core.batch import fixed_batch_size, make_batch_dynamic, onnx_batch_note
-from onnxplain.core.canonical import canonicalize, float_input, upcast_float16
+from onnxplain.core.canonical import INTEGER_INPUTS, canonicalize, float_input, upcast_float16
 from onnxplain.core.errors import InputValidationError, ModelLoadError
 from onnxplain.core.layout import check_layout, detect_layout, make_input_channels_first
-from onnxplain.core.model import GRAPH_LAYOUT_KEY, LAYOUT_KEY, Model
+from onnxplain.core.model import CONVERTED_KEY, GRAPH_LAYOUT_KEY, LAYOUT_KEY, Model
 from onnxplain.core.quantized import is_quantized, simulate
 
 logger = logging.getLogger(__name__)
@@ -390,6 +390,9 @@ def load(
     model = Model(ir_model, source=where, custom_op_libraries=libraries, layout=user_layout,
                   runtime=runtime)
     model.batch_note = note
+    saved = dict(ir_model.metadata_props).get(CONVERTED_KEY)  # a model Model.save wrote
+    if saved in ("float16", *INTEGER_INPUTS.values()):
+        model.converted_from = saved
     if upcast and was_float16:
         model.converted_from = "float16"
     if integer is not None:

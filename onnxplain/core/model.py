@@ -98,6 +98,7 @@ MAX_DERIVED = 8
 PREPROCESS_KEY = "onnxplain.preprocess"
 LAYOUT_KEY = "onnxplain.layout"
 GRAPH_LAYOUT_KEY = "onnxplain.graph_layout"
+CONVERTED_KEY = "onnxplain.converted_from"
 
 
 def _read_preprocess(props: dict[str, str]) -> Preprocess | None:
@@ -121,6 +122,8 @@ def save_metadata(model: Model) -> dict[str, str]:
     props = {LAYOUT_KEY: model.layout, GRAPH_LAYOUT_KEY: "NCHW" if model.layout == "NHWC" else model.layout}
     if model.preprocess is not None:
         props[PREPROCESS_KEY] = model.preprocess.model_dump_json()
+    if model.converted_from is not None:
+        props[CONVERTED_KEY] = model.converted_from
     return props
 
 
@@ -985,9 +988,10 @@ class Model:
         """Write the canonical model, with its metadata, to ``path``.
 
         The metadata records the user's layout (``onnxplain.layout``), that the graph input
-        is already channels first (``onnxplain.graph_layout``) and the :attr:`preprocess`
-        spec (``onnxplain.preprocess``, JSON), so ``onnxplain.load(path)`` gives back the
-        same model. Weights go to ``<path>.data`` beside it when the model exceeds 1.5 GiB.
+        is already channels first (``onnxplain.graph_layout``), the :attr:`preprocess`
+        spec (``onnxplain.preprocess``, JSON) and :attr:`converted_from`
+        (``onnxplain.converted_from``), so ``onnxplain.load(path)`` gives back the same model.
+        Weights go to ``<path>.data`` beside it when the model exceeds 1.5 GiB.
         """
         path = Path(path)
         proto = ir.to_proto(self.ir if self.runtime_ir is None else self.runtime_ir)

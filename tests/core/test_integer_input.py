@@ -56,6 +56,14 @@ def test_a_uint8_input_becomes_float_and_predicts_the_same(uint8_model):
         assert max_rel_err(model.backend(backend).predict(x.astype(np.float32)), want) < 1e-5
 
 
+def test_a_saved_uint8_model_still_takes_integer_arrays(uint8_model, tmp_path):
+    net, model = uint8_model
+    again = ox.load(model.save(tmp_path / "uint8.onnx"))
+    assert again.converted_from == "uint8"
+    x = RNG.integers(0, 256, (2, 3, 16, 16), dtype=np.uint8)
+    assert max_rel_err(again.predict(x), net(torch.from_numpy(x)).detach().numpy()) < 1e-5
+
+
 def test_gradients_and_perturbations_equal_captums_on_the_float_function(uint8_model):
     from captum.attr import Occlusion, Saliency
 
