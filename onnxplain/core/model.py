@@ -230,10 +230,9 @@ class _Affine:
     linears: tuple[str, ...] = ()
 
     def size(self, k: int | None) -> int | None:
-        """d, the number of values per example (None where unknown)."""
-        if self.m is None:
-            return k if self.c.size == 1 else self.c.size
-        return self.m.shape[0]
+        """d, the number of values per example (None where unknown): K while ``m`` is
+        still the identity (``c`` is then 0, set only with ``m``)."""
+        return k if self.m is None else self.m.shape[0]
 
     def dense(self, k: int | None) -> np.ndarray | None:
         """``m`` as a (d, K) matrix (None when K is unknown and ``m`` is the identity)."""
