@@ -18,6 +18,26 @@ import onnxplain as ox  # noqa: E402
 torch.set_num_threads(2)
 
 
+def _build_the_torchlib_table_once() -> None:
+    """The dynamo exporter rebuilds onnxscript's table of ATen translations on every export,
+    reading the source of its ~550 functions again (0.7 s of each export here, where a small
+    CNN's export takes 2 s). The table depends only on the installed onnxscript: the suite
+    builds it once. What an export writes is unchanged."""
+    import functools
+    import importlib
+
+    try:
+        from torch.onnx._internal import _lazy_import
+
+        apis = importlib.import_module(_lazy_import.onnxscript_apis._name)
+        apis.get_torchlib_ops = functools.cache(apis.get_torchlib_ops)
+    except (ImportError, AttributeError):  # another torch or onnxscript: exports take their time
+        pass
+
+
+_build_the_torchlib_table_once()
+
+
 @pytest.fixture(scope="session")
 def rng():
     return np.random.default_rng(0)
