@@ -215,6 +215,65 @@ def _dequantize_as_float(graph: onnx.GraphProto, node: onnx.NodeProto, consts: d
     graph.node.insert(index, sub)
 
 
+#: The inputs of each quantizing operator that hold its output's scale and zero point (float_outputs).
+_OUTPUT_QUANTIZATION = {
+    "QuantizeLinear": (1, 2), "QLinearConv": (6, 7), "QLinearMatMul": (6, 7), "QLinearAdd": (6, 7),
+    "QLinearMul": (6, 7), "QGemm": (7, 8), "QLinearConcat": (0, 1), "QLinearGlobalAveragePool": (3, 4),
+    "QLinearAveragePool": (3, 4), "QLinearSigmoid": (3, 4), "QLinearLeakyRelu": (3, 4),
+    "QLinearSoftmax": (3, 4), "QLinearReduceMean": (3, 4),
+}
+#: Operators that move integer values without changing them.
+_MOVES_VALUES = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity"})
+
+
+def float_outputs(proto: onnx.ModelProto) -> list[str]:
+    """Dequantize, in place, the outputs of a quantized model that returns integer scores
+    (uint8, int8, uint16, int16: a fully quantized model's ``QuantizeLinear`` or ``QLinear*``
+    output, perhaps reshaped); returns their names.
+
+    Each such output becomes ``DequantizeLinear`` of the integers, under the output's name:
+    the real scores ``(q − zero point) · scale`` the integers stand for, which differences,
+    softmaxes and gradients are about. ONNX Runtime computes the integers as the file does;
+    the float simulation sees a rounding followed by its dequantization, whose gradient is
+    the straight-through one. Outputs with a per-channel scale, or whose scale is not a
+    constant, are left as they are.
+    """
+    graph = proto.graph
+    producer = {name: node for node in graph.node for name in node.output}
+    consts = {t.name: t for t in graph.initializer}
+    consts.update({n.output[0]: n.attribute[0].t for n in graph.node
+                   if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
+    version = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    done = []
+    for out in graph.output:
+        dtype = out.type.tensor_type.elem_type
+        if dtype not in INTEGER_INPUTS or (dtype in (onnx.TensorProto.UINT16, onnx.TensorProto.INT16)
+                                           and version < 21):
+            continue
+        node = producer.get(out.name)
+        while node is not None and node.op_type in _MOVES_VALUES and node.domain in ("", "ai.onnx"):
+            node = producer.get(node.input[0])
+        if node is None or node.op_type not in _OUTPUT_QUANTIZATION:
+            continue
+        if node.domain not in ("", "ai.onnx", "com.microsoft") or _read_in_subgraphs(graph, out.name):
+            continue
+        i, j = _OUTPUT_QUANTIZATION[node.op_type]
+        scale = node.input[i] if len(node.input) > i else ""
+        zero = node.input[j] if len(node.input) > j else ""
+        if scale not in consts or numpy_helper.to_array(consts[scale]).size != 1:
+            continue
+        quantized = f"{out.name}/quantized"
+        for reader in graph.node:
+            reader.input[:] = [quantized if name == out.name else name for name in reader.input]
+            reader.output[:] = [quantized if name == out.name else name for name in reader.output]
+        graph.node.append(onnx.helper.make_node(
+            "DequantizeLinear", [quantized, scale, *([zero] if zero else [])], [out.name],
+            name=f"{out.name}/dequantize"))
+        out.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+        done.append(out.name)
+    return done
+
+
 _UNARY = {"Relu", "LeakyRelu", "PRelu", "Sigmoid", "Tanh", "Clip", "Elu", "Selu", "Celu", "HardSigmoid",
           "HardSwish", "Softplus", "Gelu", "Mish", "Cast", "Identity", "Neg", "Abs", "Exp", "Erf", "Sqrt"}
 _BINARY = {"Add", "Sub", "Mul", "Div"}

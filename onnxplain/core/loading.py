@@ -13,7 +13,7 @@ import onnx
 import onnx_ir as ir
 
 from onnxplain.core.batch import fixed_batch_size, make_batch_dynamic, onnx_batch_note
-from onnxplain.core.canonical import INTEGER_INPUTS, canonicalize, float_input, upcast_float16
+from onnxplain.core.canonical import INTEGER_INPUTS, canonicalize, float_input, float_outputs, upcast_float16
 from onnxplain.core.errors import InputValidationError, ModelLoadError
 from onnxplain.core.layout import check_layout, detect_layout, make_input_channels_first
 from onnxplain.core.model import CONVERTED_KEY, GRAPH_LAYOUT_KEY, LAYOUT_KEY, Model
@@ -341,6 +341,10 @@ def load(
       integer values, the same formula between them, which gradients and perturbations
       need (``model.converted_from == "uint8"``, ...; methods take integer arrays too).
       An integer input read any other way is refused.
+    - a quantized model that returns integer scores (its last ``QuantizeLinear`` or
+      ``QLinear*`` operator's uint8, int8, ...; per-tensor scale) returns the real scores
+      they stand for, ``(q − zero point) · scale``, in float32: the same ranking, and the
+      differences, softmaxes and gradients that methods take are those of the scores.
     - a :class:`~onnxplain.preprocess.Preprocess` spec stored in the metadata
       (``"onnxplain.preprocess"``, JSON) becomes ``model.preprocess``.
 
@@ -366,6 +370,8 @@ def load(
     _validate(proto, domains)
     proto = _drop_zipmap(_fit_runtime(_upgrade_opset(proto)))
     integer = float_input(proto)
+    for name in float_outputs(proto):
+        logger.info("the model's integer output %r is dequantized: its scores are the real values", name)
     was_float16 = _input_dtype(proto) == onnx.TensorProto.FLOAT16
     upcast = upcast_float16(proto)
     try:  # canonicalize raises only what reading the graph raises

@@ -21,6 +21,11 @@ LRP and the graph queries (``layers()``, ``classifier_head()``) see the simulati
 weights are float tensors. Rounding there has the straight-through gradient of PyTorch's
 ``fake_quantize`` (1 where the rounded value is inside the integer range, 0 outside).
 
+A fully quantized model may return its integer scores (its last ``QuantizeLinear`` or
+``QLinear*`` output, not dequantized); :func:`onnxplain.load` appends the
+``DequantizeLinear`` they stand for (:func:`onnxplain.core.canonical.float_outputs`), so
+methods compare, soften and differentiate real scores, not integers.
+
 The simulation and ONNX Runtime's integer kernels agree up to rounding: a value that
 lands on the other side of a rounding boundary moves by one quantization step, and the
 layers after it carry that on. Measured on a trained CNN quantized by

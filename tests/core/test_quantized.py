@@ -282,6 +282,92 @@ def test_every_family_explains_a_model_quantized_by_onnx_runtime(ort_quantized, 
     assert out.shape[0] == 3 and np.isfinite(out).all() and np.abs(out).max() > 0
 
 
+def _integer_scores(path, folder):
+    """The model at ``path`` without its last ``DequantizeLinear``: it returns the integer scores."""
+    proto = onnx.load(str(path))
+    last = proto.graph.node[-1]
+    assert last.op_type == "DequantizeLinear" and last.output[0] == proto.graph.output[0].name
+    zero = next(t for t in proto.graph.initializer if t.name == last.input[2])
+    producer = next(n for n in proto.graph.node if last.input[0] in n.output)
+    producer.output[:] = [last.output[0] if name == last.input[0] else name for name in producer.output]
+    proto.graph.node.remove(last)
+    proto.graph.output[0].type.tensor_type.elem_type = zero.data_type
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(folder / path.name))
+    scale = next(t for t in proto.graph.initializer if t.name == last.input[1])
+    return folder / path.name, onnx.numpy_helper.to_array(scale), onnx.numpy_helper.to_array(zero)
+
+
+@pytest.mark.parametrize("form", ["qdq", "qoperator"])
+def test_a_model_that_returns_integer_scores_is_explained_on_the_scores_they_stand_for(
+        ort_quantized, images, tmp_path, form):
+    """The file without its last DequantizeLinear returns 8-bit scores. Loaded, it returns
+    (q − zero point)·scale, what the file with it returns, and every family explains it as
+    that file: one computation."""
+    path, scale, zero = _integer_scores(ort_quantized[form], tmp_path)
+    q = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": images})[0]
+    assert q.dtype in (np.int8, np.uint8)  # int8 with this ONNX Runtime's defaults
+    model, full = _load({form: path}, form), _load(ort_quantized, form)
+    got = model.predict(images)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, (q.astype(np.float32) - np.float32(zero)) * scale)
+    np.testing.assert_array_equal(got, full.predict(images))
+    kwargs = {"Occlusion": {"sliding_window_shapes": (3, 4, 4)}, "KernelShap": {"n_samples": 32}}
+    for method in ("Saliency", "GradCAM", "LRP", "Occlusion", "KernelShap"):
+        ours = getattr(ox, method)(model).attribute(images, target=1, **kwargs.get(method, {}))
+        want = getattr(ox, method)(full).attribute(images, target=1, **kwargs.get(method, {}))
+        assert np.abs(want).max() > 0, method
+        np.testing.assert_allclose(ours, want, rtol=1e-6, atol=1e-7 * np.abs(want).max(), err_msg=method)
+
+
+def test_integer_scores_behind_a_reshape_are_dequantized_with_the_rounding_they_hold():
+    """float CNN → Gemm → QuantizeLinear (int8, scale 0.05) → Reshape, written by hand. The
+    scores are ONNX Runtime's integers dequantized; Saliency is the float model's gradient
+    (the rounding's straight-through gradient, no score saturates); an occluded patch
+    changes the score by what the integers say."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(5)
+    consts = {"w": rng.standard_normal((4, 3, 3, 3)).astype(np.float32) * 0.3,
+              "fc": rng.standard_normal((5, 4)).astype(np.float32),
+              "s": np.array(0.05, np.float32), "zp": np.array(3, np.int8), "shape": np.array([-1, 5])}
+
+    def build(quantized: bool) -> onnx.ModelProto:
+        nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+                 helper.make_node("Relu", ["c"], ["r"]),
+                 helper.make_node("GlobalAveragePool", ["r"], ["g"]),
+                 helper.make_node("Flatten", ["g"], ["f"]),
+                 helper.make_node("Gemm", ["f", "fc"], ["y"], transB=1)]
+        if quantized:
+            nodes += [helper.make_node("QuantizeLinear", ["y", "s", "zp"], ["q"]),
+                      helper.make_node("Reshape", ["q", "shape"], ["scores"])]
+        else:
+            nodes += [helper.make_node("Reshape", ["y", "shape"], ["scores"])]
+        kind = TensorProto.INT8 if quantized else TensorProto.FLOAT
+        x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])
+        graph = helper.make_graph(nodes, "g", [x_info],
+                                  [helper.make_tensor_value_info("scores", kind, ["N", 5])],
+                                  [numpy_helper.from_array(v, k) for k, v in consts.items()])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    file = build(True)
+    session = ort.InferenceSession(file.SerializeToString(), providers=["CPUExecutionProvider"])
+    q = session.run(None, {"x": x})[0]
+    assert q.dtype == np.int8 and np.abs(q).max() < 127  # none saturates
+    model, plain = ox.load(file), ox.load(build(False))
+    np.testing.assert_array_equal(model.predict(x), (q.astype(np.float32) - 3) * np.float32(0.05))
+    assert np.abs(model.predict(x) - plain.predict(x)).max() <= 0.025 + 1e-6  # half a step
+    ref = ox.Saliency(plain).attribute(x, target=2, abs=False)
+    ours = ox.Saliency(model).attribute(x, target=2, abs=False)
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-7)
+    occlusion = ox.Occlusion(model).attribute(x, target=2, sliding_window_shapes=(3, 4, 4), strides=(3, 4, 4))
+    hidden = x.copy()
+    hidden[:, :, :4, :4] = 0
+    by_hand = (q[:, 2].astype(np.float32) - session.run(None, {"x": hidden})[0][:, 2]) * np.float32(0.05)
+    np.testing.assert_allclose(occlusion[:, 0, 0, 0], by_hand, rtol=1e-6, atol=1e-7)
+
+
 def test_quantize_and_dequantize_follow_the_onnx_definitions():
     x = np.array([-1.0, -0.25, 0.125, 0.375, 100.0], dtype=np.float32)
     # round half to even: 0.125 / 0.25 = 0.5 → 0, 0.375 / 0.25 = 1.5 → 2; saturate at 127
