@@ -125,6 +125,8 @@ class Preprocess(pydantic.BaseModel):
         height and width, a layout from where the 1- or 3-channel axis is, pixels scaled to
         [0, 1], no mean/std. Store a real spec next to the model when it differs."""
         shape = getattr(model, "user_input_shape", None) or model.input_spec.shape or ()
+        if getattr(model, "layout", None) == "NHW":  # one-channel images, taken as (N, 1, H, W) too
+            shape = model.input_spec.shape
         if len(shape) != 4:
             raise InputValidationError(
                 f"the model input {model.input_name!r} has shape {shape}, not an image batch "

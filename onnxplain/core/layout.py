@@ -17,6 +17,13 @@ boundary (:func:`onnxplain.methods.base.user_layout`):
 - what comes back is in the model's layout: input-shaped attributions are
   (N, H, W, C) for an NHWC model, so that they overlay the user's images; maps without a
   channel axis (CAMs, RISE) are (N, H, W) in both layouts.
+
+A model whose input is (N, H, W) (one-channel images without their channel axis, as
+Keras MNIST models take them) has the layout ``"NHW"``: the canonical graph gets an
+(N, 1, H, W) input followed by a ``Squeeze`` of that axis. Its users pass (N, H, W)
+arrays, with baselines and feature masks (H, W) or (N, H, W) and windows (h, w), and get
+(N, H, W) attributions back; (N, 1, H, W) arrays (what a one-channel
+:class:`~onnxplain.preprocess.Preprocess` gives) are taken as they are.
 """
 
 from __future__ import annotations
@@ -29,8 +36,8 @@ import onnx_ir as ir
 
 from onnxplain.core.errors import InputValidationError
 
-Layout = Literal["NCHW", "NHWC"]
-LAYOUTS: tuple[str, ...] = ("NCHW", "NHWC")
+Layout = Literal["NCHW", "NHWC", "NHW"]
+LAYOUTS: tuple[str, ...] = ("NCHW", "NHWC", "NHW")
 
 #: The transpose that turns an NHWC tensor into NCHW, and its inverse.
 TO_NCHW = (0, 3, 1, 2)
@@ -46,7 +53,7 @@ def check_layout(layout: Any, name: str = "layout") -> str | None:
         return None
     if isinstance(layout, str) and layout.upper() in LAYOUTS:
         return layout.upper()
-    raise InputValidationError(f"{name} must be 'auto', 'NCHW' or 'NHWC', got {layout!r}")
+    raise InputValidationError(f"{name} must be 'auto', 'NCHW', 'NHWC' or 'NHW', got {layout!r}")
 
 
 def _perm(node: ir.Node) -> tuple[int, ...] | None:
@@ -62,7 +69,8 @@ def _float_input(model: ir.Model) -> ir.Value | None:
 
 
 def detect_layout(model: ir.Model) -> str:
-    """``"NHWC"`` when the graph's image input is channels-last, else ``"NCHW"``.
+    """``"NHWC"`` when the graph's image input is channels-last, ``"NHW"`` when it has rank 3
+    (one-channel images without a channel axis), else ``"NCHW"``.
 
     Channels-last means: a rank-4 input that reaches a ``Transpose(perm=[0, 3, 1, 2])``
     directly or through element-wise normalisation ops (Mul/Add/Sub/Div/Cast), as
@@ -70,6 +78,8 @@ def detect_layout(model: ir.Model) -> str:
     is channels-first.
     """
     value = _float_input(model)
+    if value is not None and value.shape is not None and len(value.shape) == 3:
+        return "NHW"
     if value is None or value.shape is None or len(value.shape) != 4:
         return "NCHW"
     frontier = [value]
@@ -91,27 +101,40 @@ def detect_layout(model: ir.Model) -> str:
     return "NCHW"
 
 
-def make_input_channels_first(model: ir.Model) -> ir.Model:
-    """Give the channels-last image input of ``model`` a channels-first replacement.
+def make_input_channels_first(model: ir.Model, layout: str = "NHWC") -> ir.Model:
+    """Give the channels-last (``layout="NHWC"``) or channel-less (``"NHW"``) image input of
+    ``model`` a channels-first replacement.
 
-    The new graph input keeps the name and dtype, has shape (N, C, H, W), and feeds a
-    ``Transpose(perm=[0, 2, 3, 1])`` whose output takes every use of the old input. In
-    place; returns ``model``.
+    The new graph input keeps the name and dtype, has shape (N, C, H, W) (C = 1 for NHW),
+    and feeds a ``Transpose(perm=[0, 2, 3, 1])`` (NHW: a ``Squeeze`` of axis 1) whose output
+    takes every use of the old input. In place; returns ``model``.
     """
     graph = model.graph
     old = _float_input(model)
-    if old is None or old.shape is None or len(old.shape) != 4:
+    rank = 3 if layout == "NHW" else 4
+    if old is None or old.shape is None or len(old.shape) != rank:
         raise InputValidationError(
-            "layout='NHWC' needs a rank-4 image input (N, H, W, C); this model's input has shape "
-            f"{None if old is None else old.shape}"
+            f"layout={layout!r} needs a rank-{rank} image input ({', '.join(layout)}); this model's input "
+            f"has shape {None if old is None else old.shape}"
         )
-    n, h, w, c = old.shape
     name = old.name
-    old.name = f"{name}__nhwc"
-    new = ir.Value(name=name, shape=ir.Shape([n, c, h, w]), type=old.type)
-    node = ir.node("Transpose", inputs=[new], attributes={"perm": list(TO_NHWC)}, name=f"{name}__to_nhwc")
+    old.name = f"{name}__{layout.lower()}"
+    if layout == "NHW":
+        n, h, w = old.shape
+        new = ir.Value(name=name, shape=ir.Shape([n, 1, h, w]), type=old.type)
+        if model.opset_imports.get("", 13) >= 13:
+            axes = ir.Value(name=f"{name}__channel_axis", const_value=ir.tensor(np.array([1], np.int64)),
+                            shape=ir.Shape([1]), type=ir.TensorType(ir.DataType.INT64))
+            graph.register_initializer(axes)
+            node = ir.node("Squeeze", inputs=[new, axes], name=f"{name}__to_nhw")
+        else:
+            node = ir.node("Squeeze", inputs=[new], attributes={"axes": [1]}, name=f"{name}__to_nhw")
+    else:
+        n, h, w, c = old.shape
+        new = ir.Value(name=name, shape=ir.Shape([n, c, h, w]), type=old.type)
+        node = ir.node("Transpose", inputs=[new], attributes={"perm": list(TO_NHWC)}, name=f"{name}__to_nhwc")
     node.outputs[0].name = old.name
-    node.outputs[0].shape = ir.Shape([n, h, w, c])
+    node.outputs[0].shape = ir.Shape(list(old.shape))
     node.outputs[0].type = old.type
     old.replace_all_uses_with(node.outputs[0])
     index = list(graph.inputs).index(old)
@@ -121,7 +144,7 @@ def make_input_channels_first(model: ir.Model) -> ir.Model:
 
 
 # -- arrays at the boundary -------------------------------------------------------------
-def _as_array(value: Any) -> Any:
+def as_array(value: Any) -> Any:
     if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor
         return value.detach().cpu().numpy()
     return value
@@ -129,7 +152,7 @@ def _as_array(value: Any) -> Any:
 
 def to_channels_first(x: Any) -> Any:
     """(N, H, W, C) → (N, C, H, W) and (H, W, C) → (C, H, W); other ranks unchanged."""
-    x = _as_array(x)
+    x = as_array(x)
     if isinstance(x, (int, float, np.number)) or x is None:
         return x
     arr = np.asarray(x)
@@ -159,7 +182,7 @@ def mask_to_channels_first(mask: Any, n: int, size: tuple[int, int]) -> Any:
     (H, W) and segmentations (1 or N, H, W) have no channel axis and stay; (H, W, C)
     becomes (C, H, W); (1 or N, H, W, C) becomes (1 or N, C, H, W).
     """
-    mask = _as_array(mask)
+    mask = as_array(mask)
     if mask is None:
         return None
     m = np.asarray(mask)

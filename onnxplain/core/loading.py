@@ -15,7 +15,7 @@ import onnx_ir as ir
 from onnxplain.core.batch import fixed_batch_size, make_batch_dynamic, onnx_batch_note
 from onnxplain.core.canonical import INTEGER_INPUTS, canonicalize, float_input, float_outputs, upcast_float16
 from onnxplain.core.errors import InputValidationError, ModelLoadError
-from onnxplain.core.layout import check_layout, detect_layout, make_input_channels_first
+from onnxplain.core.layout import LAYOUTS, check_layout, detect_layout, make_input_channels_first
 from onnxplain.core.model import CONVERTED_KEY, GRAPH_LAYOUT_KEY, LAYOUT_KEY, Model
 from onnxplain.core.quantized import is_quantized, simulate
 
@@ -323,10 +323,11 @@ def load(
     What exporters leave is made uniform:
 
     - ``layout``: ``"auto"`` detects a channels-last input (Keras, tf2onnx, jax2onnx: an
-      (N, H, W, C) input followed by ``Transpose(perm=[0, 3, 1, 2])``); ``"NCHW"`` or
-      ``"NHWC"`` say it. A model saved by :meth:`Model.save` records its layout. An NHWC
-      model takes and returns arrays in NHWC while methods compute channels first (see
-      :mod:`onnxplain.core.layout`); ``model.layout`` says which.
+      (N, H, W, C) input followed by ``Transpose(perm=[0, 3, 1, 2])``) and one-channel
+      images without a channel axis (an (N, H, W) input: ``"NHW"``); ``"NCHW"``, ``"NHWC"``
+      or ``"NHW"`` say it. A model saved by :meth:`Model.save` records its layout. An NHWC
+      (NHW) model takes and returns arrays in NHWC (NHW) while methods compute channels
+      first (see :mod:`onnxplain.core.layout`); ``model.layout`` says which.
     - ``dynamic_batch``: a batch dim fixed by the export is made dynamic when that provably
       keeps the outputs (see :mod:`onnxplain.core.batch`); otherwise a warning says why and
       the backends run the fixed batch size per call (always for models with custom
@@ -409,13 +410,13 @@ def load(
 def _channels_first(ir_model: ir.Model, wanted: str | None) -> tuple[ir.Model, str]:
     """The model with a channels-first input, and the user's layout (see ``load``)."""
     props = dict(ir_model.metadata_props)
-    saved = check_layout(props.get(LAYOUT_KEY)) if props.get(LAYOUT_KEY) in ("NCHW", "NHWC") else None
+    saved = check_layout(props.get(LAYOUT_KEY)) if props.get(LAYOUT_KEY) in LAYOUTS else None
     user_layout = wanted or saved or detect_layout(ir_model)
     # a model written by Model.save already has its channels-first input
     already = props.get(GRAPH_LAYOUT_KEY) == "NCHW" and saved is not None and user_layout == saved
-    if user_layout == "NHWC" and not already:
+    if user_layout != "NCHW" and not already:
         try:
-            ir_model = make_input_channels_first(ir_model)
+            ir_model = make_input_channels_first(ir_model, user_layout)
         except InputValidationError as exc:
             raise ModelLoadError(str(exc)) from None
     return ir_model, user_layout

@@ -119,7 +119,7 @@ def _read_preprocess(props: dict[str, str]) -> Preprocess | None:
 
 def save_metadata(model: Model) -> dict[str, str]:
     """The metadata_props :meth:`Model.save` writes."""
-    props = {LAYOUT_KEY: model.layout, GRAPH_LAYOUT_KEY: "NCHW" if model.layout == "NHWC" else model.layout}
+    props = {LAYOUT_KEY: model.layout, GRAPH_LAYOUT_KEY: "NCHW"}  # load() made the graph's input NCHW
     if model.preprocess is not None:
         props[PREPROCESS_KEY] = model.preprocess.model_dump_json()
     if model.converted_from is not None:
@@ -392,8 +392,8 @@ class Model:
             v.name for node in runtime.graph for v in node.outputs if v.name} | {
             v.name for v in runtime.graph.inputs}
         self.source = source
-        #: The layout of the user's arrays: ``"NCHW"`` or ``"NHWC"`` (the graph's input is
-        #: channels first either way; see :mod:`onnxplain.core.layout`).
+        #: The layout of the user's arrays: ``"NCHW"``, ``"NHWC"`` or ``"NHW"`` (the graph's
+        #: input is channels first either way; see :mod:`onnxplain.core.layout`).
         self.layout = layout
         #: Why the batch dimension stayed fixed (None when it is dynamic or was made so).
         self.batch_note: str | None = None
@@ -504,10 +504,13 @@ class Model:
 
     @property
     def user_input_shape(self) -> tuple[Dim, ...] | None:
-        """The input shape in the user's layout: (N, H, W, C) for an NHWC model."""
+        """The input shape in the user's layout: (N, H, W, C) for an NHWC model, (N, H, W)
+        for an NHW one."""
         shape = self.input_spec.shape
-        if shape is None or self.layout != "NHWC" or len(shape) != 4:
+        if shape is None or self.layout == "NCHW" or len(shape) != 4:
             return shape
+        if self.layout == "NHW":
+            return (shape[0], shape[2], shape[3])
         return (shape[0], shape[2], shape[3], shape[1])
 
     def __repr__(self) -> str:
@@ -520,31 +523,42 @@ class Model:
     # -- layout ------------------------------------------------------------------------
     def to_internal(self, x: Any, name: str = "inputs") -> Any:
         """``x`` from the user's layout to the channels-first one methods compute in
-        ((N, H, W, C) → (N, C, H, W) for an NHWC model; unchanged otherwise). The shape is
-        checked against the model's input in the user's layout first."""
-        if self.layout != "NHWC":
+        ((N, H, W, C) → (N, C, H, W) for an NHWC model, (N, H, W) → (N, 1, H, W) for an NHW
+        one, which takes (N, 1, H, W) as it is; unchanged otherwise). The shape is checked
+        against the model's input in the user's layout first."""
+        if self.layout == "NCHW":
             return x
         if hasattr(x, "detach") and hasattr(x, "cpu"):
             x = x.detach().cpu().numpy()
         if not isinstance(x, np.ndarray):
             return x  # check_input names the problem
         want = self.user_input_shape
-        if x.ndim != 4:
+        if self.layout == "NHW" and x.ndim == 4 and x.shape[1] == 1:
+            return x
+        if x.ndim != len(self.layout):
+            nhw = self.layout == "NHW"
+            also = " (or (N, 1, H, W)): one-channel images without a channel axis" if nhw else ""
             raise InputValidationError(
-                f"{name} has shape {x.shape}; this NHWC model takes (N, H, W, C) batches {want}"
+                f"{name} has shape {x.shape}; this {self.layout} model takes "
+                f"({', '.join(self.layout)}) batches {want}{also}"
             )
         for axis, (got, need) in enumerate(zip(x.shape[1:], (want or ())[1:]), start=1):
             if isinstance(need, int) and need > 0 and got != need:
                 raise InputValidationError(
                     f"{name} has shape {x.shape} but the model input {self.input_name!r} expects "
-                    f"{want} in its NHWC layout (axis {axis}: {got} != {need})"
+                    f"{want} in its {self.layout} layout (axis {axis}: {got} != {need})"
                 )
+        if self.layout == "NHW":
+            return x[:, None]
         return np.moveaxis(x, -1, 1)
 
     def to_user(self, a: np.ndarray) -> np.ndarray:
-        """An input-shaped (N, C, H, W) array back to the user's layout."""
-        if self.layout != "NHWC" or np.ndim(a) != 4:
+        """An input-shaped (N, C, H, W) array back to the user's layout (NHW: (N, 1, H, W)
+        → (N, H, W))."""
+        if self.layout == "NCHW" or np.ndim(a) != 4:
             return a
+        if self.layout == "NHW":
+            return a[:, 0] if a.shape[1] == 1 else a
         return np.ascontiguousarray(np.moveaxis(a, 1, -1))
 
     # -- outputs -----------------------------------------------------------------------

@@ -6,7 +6,7 @@ import contextlib
 import contextvars
 import functools
 import inspect
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -28,8 +28,25 @@ T = TypeVar("T")
 _INSIDE: contextvars.ContextVar[bool] = contextvars.ContextVar("onnxplain_attribute", default=False)
 
 
-def _convert_arguments(model: Model, args: dict[str, Any]) -> None:
-    """The user's NHWC arguments of one ``attribute`` call, channels first (in place)."""
+def _convert_arguments(model: Model, args: dict[str, Any], inputs: Any) -> None:
+    """The user's arguments of one ``attribute`` call, channels first (in place): NHWC
+    ones, or an NHW model's, when ``inputs`` (the user's) are (N, H, W)."""
+    if model.layout == "NHW":
+        if "inputs" in args:
+            args["inputs"] = model.to_internal(inputs)
+        for name in ("baselines", "background"):
+            value = layout.as_array(args.get(name))
+            if isinstance(value, (list, tuple)):
+                value = np.asarray(value)
+            if isinstance(value, np.ndarray) and value.ndim in (2, 3):  # (H, W), (N, H, W)
+                args[name] = value[..., None, :, :]
+        if isinstance(args.get("noise"), np.ndarray) and args["noise"].ndim == 4:  # (samples, N, H, W)
+            args["noise"] = args["noise"][:, :, None]
+        for name in ("sliding_window_shapes", "strides"):  # (h, w); masks have no channel axis
+            value = args.get(name)
+            if isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2:
+                args[name] = (1, *value)
+        return
     x = args.get("inputs")
     if "inputs" in args:
         args["inputs"] = x = model.to_internal(x)
@@ -93,17 +110,21 @@ def user_layout(fn: Callable[..., Any]) -> Callable[..., Any]:
                 method, arguments["target"], reduced = self._with_output_targets(arguments["target"])
                 arguments["self"] = method
             model = method.model
-            nhwc = model is not None and model.layout == "NHWC"
-            if nhwc:
-                _convert_arguments(model, arguments)
+            user = arguments.get("inputs")
+            # an NHW model's (N, 1, H, W) inputs, and the arguments with them, are already channels first
+            shape = np.shape(layout.as_array(user)) if user is not None else ()
+            convert = model is not None and model.layout != "NCHW" and not (
+                model.layout == "NHW" and len(shape) == 4 and shape[1] == 1)
+            if convert:
+                _convert_arguments(model, arguments, user)
                 if extra is not None and arguments.get(extra):
                     arguments[extra] = dict(arguments[extra])
-                    _convert_arguments(model, arguments[extra])
+                    _convert_arguments(model, arguments[extra], user)
             method._explained = None
             backend = getattr(method, "backend", None)
             with backend.computing() if backend is not None else contextlib.nullcontext():
                 result = fn(*bound.args, **bound.kwargs)
-            if nhwc and method._input_shaped:
+            if convert and method._input_shaped:
                 result = _convert_result(model, result, arguments.get("inputs"))
             self.last_metadata = method._metadata()
             if reduced is not None:  # what the compiled targets reduce, not their own output

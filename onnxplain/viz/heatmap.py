@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 Sign = Literal["absolute", "positive", "negative", "all"]
 ChannelReduce = Literal["sum", "mean", "max_abs", "l2"]
-Layout = Literal["NCHW", "NHWC"]
+Layout = Literal["NCHW", "NHWC", "NHW"]
 
 SIGNS: tuple[str, ...] = ("absolute", "positive", "negative", "all")
 #: Colour map used per sign when none is given: jet for magnitudes, as CAM papers show
@@ -50,15 +50,16 @@ def _sign(sign: str) -> str:
 
 
 def _check_layout(layout: str) -> None:
-    if layout not in ("NCHW", "NHWC"):
-        raise InputValidationError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
+    if layout not in ("NCHW", "NHWC", "NHW"):
+        raise InputValidationError(f"layout must be 'NCHW', 'NHWC' or 'NHW', got {layout!r}")
 
 
 def to_nhwc(x: np.ndarray, layout: Layout = "NCHW") -> np.ndarray:
     """A batch of samples as (N, H, W, C): from (N, C, H, W) or (N, H, W, C).
 
     A single sample (C, H, W) / (H, W, C) gets a batch axis; a batch of 2-D maps
-    (N, H, W), such as CAM outputs, gets a channel axis of size 1.
+    (N, H, W), such as CAM outputs or an ``"NHW"`` model's images, gets a channel axis of
+    size 1 (an NHW model's (N, 1, H, W) arrays are read as NCHW).
     """
     _check_layout(layout)
     x = np.asarray(x)
@@ -68,7 +69,7 @@ def to_nhwc(x: np.ndarray, layout: Layout = "NCHW") -> np.ndarray:
         raise InputValidationError(
             f"expected a batch (N, C, H, W) / (N, H, W, C) or maps (N, H, W), got shape {x.shape}"
         )
-    return x.transpose(0, 2, 3, 1) if layout == "NCHW" else x
+    return x if layout == "NHWC" else x.transpose(0, 2, 3, 1)
 
 
 def image_to_uint8(
@@ -76,8 +77,8 @@ def image_to_uint8(
 ) -> np.ndarray:
     """Model inputs → displayable (N, H, W, 3) uint8.
 
-    ``x``: a batch (N, C, H, W) / (N, H, W, C) as ``layout`` says, or one image
-    (C, H, W) / (H, W, C).
+    ``x``: a batch (N, C, H, W) / (N, H, W, C) / (N, H, W) as ``layout`` says, or one
+    image (C, H, W) / (H, W, C) / (H, W).
 
     With ``preprocess``, its arithmetic is undone exactly. Without, uint8 passes through,
     floats already in [0, 1] are scaled by 255, and anything else is stretched per image
@@ -87,7 +88,7 @@ def image_to_uint8(
     if preprocess is not None:
         return preprocess.to_display(np.asarray(x))
     arr = np.asarray(x)
-    if arr.ndim == 3:  # one image, (C, H, W) or (H, W, C)
+    if arr.ndim == (2 if layout == "NHW" else 3):  # one image
         arr = arr[None]
     arr = to_nhwc(arr, layout)
     if arr.dtype == np.uint8:

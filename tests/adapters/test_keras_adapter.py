@@ -200,3 +200,27 @@ def test_a_keras_model_that_takes_uint8_images_takes_them_and_floats():
     cam = ox.CAM(model).attribute(x, target=1, relu_attributions=False, upsample=False)
     grad = ox.GradCAM(model).attribute(x, target=1, relu_attributions=False, upsample=False)
     assert max_rel_err(cam, grad * (SIZE - 2) ** 2) < TOL
+
+
+def test_a_keras_model_that_takes_images_without_a_channel_axis_takes_them():
+    """``Input((H, W))`` then ``Reshape((H, W, 1))``, as Keras' MNIST examples write it: the
+    layout is NHW, arrays go in and come out (N, H, W), and an occluded patch changes the
+    score by what Keras computes."""
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((SIZE, SIZE))
+    image = keras.layers.Reshape((SIZE, SIZE, 1))(inputs)
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(image)
+    net = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x)))
+    x = np.random.default_rng(6).random((2, SIZE, SIZE), dtype=np.float32)
+    model = ox.adapters.keras.export(net, x)
+    assert model.layout == "NHW" and model.user_input_shape[1:] == (SIZE, SIZE)
+    want = keras.ops.convert_to_numpy(net(x))
+    assert max_rel_err(model.predict(x), want) < TOL
+    occlusion = ox.Occlusion(model).attribute(x, target=1, sliding_window_shapes=(8, 8), strides=(8, 8))
+    hidden = x.copy()
+    hidden[:, :8, :8] = 0
+    by_hand = want[:, 1] - keras.ops.convert_to_numpy(net(hidden))[:, 1]
+    assert occlusion.shape == x.shape
+    np.testing.assert_allclose(occlusion[:, 0, 0], by_hand, rtol=1e-4, atol=1e-6)
+    cam = ox.GradCAM(model).attribute(x, target=1)
+    assert cam.shape == x.shape and np.isfinite(cam).all()
