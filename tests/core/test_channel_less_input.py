@@ -126,3 +126,13 @@ def test_a_preprocessing_spec_is_guessed_for_one_channel_images(models):
     _, model, _ = models
     spec = ox.Preprocess.for_model(model)
     assert (spec.color, spec.size, spec.layout) == ("L", (SIZE, SIZE), "NCHW")
+
+
+def test_overlays_draw_the_images_in_grey_under_their_maps(models, x):
+    from onnxplain import viz
+
+    _, model, _ = models
+    pictures, panels = viz.overlays(x, {"gradcam": ox.GradCAM(model).attribute(x, target=1)}, layout="NHW")
+    assert pictures.shape == panels["gradcam"].shape == (3, SIZE, SIZE, 3)
+    assert (pictures[..., 0] == pictures[..., 2]).all() and pictures.std() > 0
+    np.testing.assert_array_equal(pictures, viz.image_to_uint8(x[:, None], "NCHW"))
