@@ -273,6 +273,30 @@ class _Affine:
                        (*self.linears, *other.linears))
 
 
+def _keeps_the_elements(node: ir.Node) -> bool:
+    """Whether ``node`` only reshapes its first input: shape-only operators, or a ``Gather``
+    of one index along an axis of size 1 (``y[:, 0]`` of (N, 1) scores)."""
+    if node.domain not in ("", "ai.onnx") or not node.inputs or node.inputs[0] is None:
+        return False
+    if node.op_type in _SHAPE_ONLY or node.op_type == "Unsqueeze":
+        return True
+    if node.op_type != "Gather" or len(node.inputs) < 2 or node.inputs[1] is None:
+        return False
+    index = node.inputs[1].const_value
+    axis = node.attributes["axis"].as_int() if "axis" in node.attributes else 0
+    dims = _dims(node.inputs[0])
+    return index is not None and index.numpy().size == 1 and dims is not None \
+        and -len(dims) <= axis < len(dims) and dims[axis] == 1
+
+
+def _elements(value: ir.Value) -> int | None:
+    """The number of elements per example of ``value`` (None where a dim is unknown)."""
+    dims = _dims(value)
+    if dims is None or not all(isinstance(d, int) for d in dims[1:]):
+        return None
+    return int(np.prod(dims[1:]))
+
+
 def _per_example(value: ir.Value) -> int | None:
     """The number of values per example in ``value`` (None where a dim is unknown)."""
     dims = _dims(value)
@@ -825,7 +849,7 @@ class Model:
         BatchNorm1d, a temperature), several heads on the same features summed or averaged
         (LeViT's, EfficientFormer's and SwiftFormer's distillation heads), or none (the pooled
         maps are the class scores, as in SqueezeNet). A monotone Sigmoid on the output is
-        looked through. None when ``target`` also depends on anything else, or on the pooled
+        looked through, also before a binary classifier's squeeze of its one score to (N,). None when ``target`` also depends on anything else, or on the pooled
         features non-linearly (MobileNetV3's GAP → Linear → Hardswish → Linear)."""
         feature_map = self._pooled_map(pool)
         if feature_map is None:
@@ -848,10 +872,13 @@ class Model:
                 if step is not None:
                     maps[id(node.outputs[0])] = step
         logits = target
-        producer = target.producer()
-        if id(target) not in maps and producer is not None and producer.op_type == "Sigmoid" \
-                and producer.domain in ("", "ai.onnx"):
-            logits = producer.inputs[0]
+        if id(target) not in maps:  # a Sigmoid, maybe before the single score's squeeze: y[:, 0]
+            behind, producer = target, target.producer()
+            while producer is not None and _keeps_the_elements(producer):
+                behind, producer = producer.inputs[0], producer.inputs[0].producer()
+            if producer is not None and producer.op_type == "Sigmoid" and producer.domain in ("", "ai.onnx") \
+                    and (behind is target or _elements(producer.inputs[0]) == 1):
+                logits = producer.inputs[0]
         found = maps.get(id(logits))
         weight = found.dense(k) if found is not None else None
         if weight is None or (isinstance(channels, int) and weight.shape[1] != channels):

@@ -256,6 +256,38 @@ def test_heads_affine_in_the_pooled_features_are_cam_heads(kind, exporter, image
         assert "_features_backend" not in vars(_ablation_weights_equal_rerunning_the_tail(model, x, [1, 2]))
 
 
+class _Binary(torch.nn.Module):
+    """A binary classifier's one score: Linear(5, 1) → Sigmoid, then (N,) by ``squeeze(1)``
+    or by ``[:, 0]``."""
+
+    def __init__(self, select: str) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.select = select
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.ReLU(),
+                                        torch.nn.Conv2d(6, 5, 3, stride=2, padding=1), torch.nn.ReLU())
+        self.fc = torch.nn.Linear(5, 1)
+
+    def forward(self, x):
+        p = torch.sigmoid(self.fc(self.body(x).mean((2, 3))))
+        return p.squeeze(1) if self.select == "squeeze" else p[:, 0]
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
+@pytest.mark.parametrize("select", ["squeeze", "index"])
+def test_a_binary_classifiers_squeezed_sigmoid_score_has_a_cam_head(select, exporter, images):
+    net = _Binary(select).eval()
+    x = images[:, :, :16, :16]
+    model = ox.adapters.torch.export(net, torch.from_numpy(x), exporter=exporter)
+    assert len(model.output_spec.shape) == 1
+    head = model.classifier_head()
+    assert head is not None and max_rel_err(head.weight, net.fc.weight.detach().numpy()) < 1e-6
+    cam = CAM(model).attribute(x, target=0, relu_attributions=False, upsample=False)
+    grad = GradCAM(model, use_logits=False).attribute(x, target=0, relu_attributions=False, upsample=False)
+    p = net(torch.from_numpy(x)).detach().numpy()  # the sigmoid's slope only scales Grad-CAM
+    assert cam.shape == (2, 8, 8) and max_rel_err(cam, grad / (p * (1 - p))[:, None, None] * 64) < TOL
+
+
 @pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
 def test_a_head_non_linear_in_the_pooled_features_is_no_cam_head(exporter, images):
     # MobileNetV3's GAP → Linear → Hardswish → Linear: the scores are no weighted sum of the
