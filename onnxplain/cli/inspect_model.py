@@ -77,6 +77,9 @@ def describe(args: argparse.Namespace) -> dict[str, Any]:
         "quantized": model.quantized,
         "producer": getattr(model.ir, "producer_name", None),
         "inputs": [{"name": s.name, "dtype": str(s.dtype), "shape": s.shape} for s in model.inputs],
+        # the arrays users pass: NHWC models take (N, H, W, C), NHW ones (N, H, W)
+        "layout": model.layout,
+        "user_input_shape": model.user_input_shape,
         "outputs": [{"name": s.name, "dtype": str(s.dtype), "shape": s.shape} for s in model.outputs],
         "classes": loaded.classes,
         "preprocess": {"source": loaded.preprocess_source, **loaded.preprocess.model_dump(mode="json")},
@@ -101,7 +104,9 @@ def _print(info: dict[str, Any]) -> None:
     print(f"model    {info['model']}  (opset {info['opset']}, producer {info['producer'] or '?'}{quantized})")
     for key in ("inputs", "outputs"):
         for s in info[key]:
-            print(f"{key[:-1]:8s} {s['name']}  {s['dtype']}  {_dims(s['shape'])}")
+            yours = f"  (layout {info['layout']}: arrays {_dims(info['user_input_shape'])})" \
+                if key == "inputs" and info["layout"] != "NCHW" else ""
+            print(f"{key[:-1]:8s} {s['name']}  {s['dtype']}  {_dims(s['shape'])}{yours}")
     if info["classes"]:
         print(f"classes  {', '.join(info['classes'])}")
     pre = {k: v for k, v in info["preprocess"].items() if k != "source"}

@@ -136,3 +136,13 @@ def test_overlays_draw_the_images_in_grey_under_their_maps(models, x):
     assert pictures.shape == panels["gradcam"].shape == (3, SIZE, SIZE, 3)
     assert (pictures[..., 0] == pictures[..., 2]).all() and pictures.std() > 0
     np.testing.assert_array_equal(pictures, viz.image_to_uint8(x[:, None], "NCHW"))
+
+
+def test_inspect_names_the_layout_and_the_arrays_it_takes(models, tmp_path, capsys):
+    from onnxplain.cli import main
+
+    _, model, _ = models
+    path = model.save(tmp_path / "nhw.onnx")
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"[batch, 1, {SIZE}, {SIZE}]  (layout NHW: arrays [batch, {SIZE}, {SIZE}])" in out
