@@ -70,7 +70,7 @@ def _float_input(model: ir.Model) -> ir.Value | None:
 
 def detect_layout(model: ir.Model) -> str:
     """``"NHWC"`` when the graph's image input is channels-last, ``"NHW"`` when it has rank 3
-    (one-channel images without a channel axis), else ``"NCHW"``.
+    and the graph gives it a channel axis (one-channel images without one), else ``"NCHW"``.
 
     Channels-last means: a rank-4 input that reaches a ``Transpose(perm=[0, 3, 1, 2])``
     directly or through element-wise normalisation ops (Mul/Add/Sub/Div/Cast), as
@@ -79,7 +79,7 @@ def detect_layout(model: ir.Model) -> str:
     """
     value = _float_input(model)
     if value is not None and value.shape is not None and len(value.shape) == 3:
-        return "NHW"
+        return "NHW" if _given_a_channel_axis(value) else "NCHW"
     if value is None or value.shape is None or len(value.shape) != 4:
         return "NCHW"
     frontier = [value]
@@ -99,6 +99,27 @@ def detect_layout(model: ir.Model) -> str:
             break
         frontier = following
     return "NCHW"
+
+
+def _given_a_channel_axis(value: ir.Value) -> bool:
+    """Whether the rank-3 input ``value`` is read as images: it reaches an ``Unsqueeze`` or
+    ``Reshape`` to rank 4 (``x.unsqueeze(1)``, Keras' ``Reshape((H, W, 1))``) directly or
+    through element-wise normalisation. A sequence model's (T, N, F) input, which an LSTM
+    reads, or a flattened one is not."""
+    frontier = [value]
+    for _ in range(4):
+        following = []
+        for v in frontier:
+            for node in v.consumers():
+                out = node.outputs[0].shape if node.outputs else None
+                if node.op_type in ("Unsqueeze", "Reshape") and out is not None and len(out) == 4:
+                    return True
+                if node.op_type in _PASS_THROUGH and out is not None and len(out) == 3:
+                    following.append(node.outputs[0])
+        if not following:
+            return False
+        frontier = following
+    return False
 
 
 def make_input_channels_first(model: ir.Model, layout: str = "NHWC") -> ir.Model:

@@ -324,8 +324,9 @@ def load(
 
     - ``layout``: ``"auto"`` detects a channels-last input (Keras, tf2onnx, jax2onnx: an
       (N, H, W, C) input followed by ``Transpose(perm=[0, 3, 1, 2])``) and one-channel
-      images without a channel axis (an (N, H, W) input: ``"NHW"``); ``"NCHW"``, ``"NHWC"``
-      or ``"NHW"`` say it. A model saved by :meth:`Model.save` records its layout. An NHWC
+      images without a channel axis (an (N, H, W) input that the graph unsqueezes or
+      reshapes to rank 4: ``"NHW"``); ``"NCHW"``, ``"NHWC"`` or ``"NHW"`` say it. A model
+      saved by :meth:`Model.save` records its layout. An NHWC
       (NHW) model takes and returns arrays in NHWC (NHW) while methods compute channels
       first (see :mod:`onnxplain.core.layout`); ``model.layout`` says which.
     - ``dynamic_batch``: a batch dim fixed by the export is made dynamic when that provably

@@ -849,7 +849,8 @@ class Model:
         BatchNorm1d, a temperature), several heads on the same features summed or averaged
         (LeViT's, EfficientFormer's and SwiftFormer's distillation heads), or none (the pooled
         maps are the class scores, as in SqueezeNet). A monotone Sigmoid on the output is
-        looked through, also before a binary classifier's squeeze of its one score to (N,). None when ``target`` also depends on anything else, or on the pooled
+        looked through, also before a binary classifier's squeeze of its one score to (N,).
+        None when ``target`` also depends on anything else, or on the pooled
         features non-linearly (MobileNetV3's GAP → Linear → Hardswish → Linear)."""
         feature_map = self._pooled_map(pool)
         if feature_map is None:

@@ -146,3 +146,22 @@ def test_inspect_names_the_layout_and_the_arrays_it_takes(models, tmp_path, caps
     assert main(["inspect", str(path)]) == 0
     out = capsys.readouterr().out
     assert f"[batch, 1, {SIZE}, {SIZE}]  (layout NHW: arrays [batch, {SIZE}, {SIZE}])" in out
+
+
+def test_a_rank_3_input_the_graph_does_not_make_an_image_of_keeps_its_shape():
+    """A sequence or a flattened input, (N, T, F) read by a Flatten: no channel axis is
+    added, and methods take the arrays as they are (the LSTM case: test_conversion_coverage)."""
+
+    class Flat(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.fc = torch.nn.Linear(SIZE * SIZE, 3)
+
+        def forward(self, x):
+            return self.fc(x.flatten(1))
+
+    x = np.random.default_rng(4).standard_normal((2, SIZE, SIZE)).astype(np.float32)
+    model = ox.adapters.torch.export(Flat().eval(), torch.from_numpy(x), exporter="legacy")
+    assert model.layout == "NCHW" and model.input_spec.shape == ("batch", SIZE, SIZE)
+    assert ox.Saliency(model).attribute(x, target=1).shape == x.shape
