@@ -146,6 +146,12 @@ def _ablation_weights_equal_rerunning_the_tail(model, x: np.ndarray, targets: li
     return method
 
 
+def _body() -> torch.nn.Module:
+    """Two conv-ReLU layers, the second strided: 5 maps of 8×8 from 16×16 inputs (seed first)."""
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.ReLU(),
+                               torch.nn.Conv2d(6, 5, 3, stride=2, padding=1), torch.nn.ReLU())
+
+
 class _ConvHead(torch.nn.Module):
     """GAP (kept dims) → 1×1 Conv → Flatten, as DLA and DPN (timm) write their classifier;
     ``padded``: the 1×1 Conv pads its 1×1 input, so it is no longer a linear head."""
@@ -153,8 +159,7 @@ class _ConvHead(torch.nn.Module):
     def __init__(self, padded: bool = False) -> None:
         super().__init__()
         torch.manual_seed(0)
-        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.ReLU(),
-                                        torch.nn.Conv2d(6, 5, 3, stride=2, padding=1), torch.nn.ReLU())
+        self.body = _body()
         self.fc = torch.nn.Conv2d(5, 4, 1, padding=1 if padded else 0)
 
     def forward(self, x):
@@ -197,8 +202,7 @@ class _Heads(torch.nn.Module):
         super().__init__()
         torch.manual_seed(0)
         self.kind = kind
-        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.ReLU(),
-                                        torch.nn.Conv2d(6, 5, 3, stride=2, padding=1), torch.nn.ReLU())
+        self.body = _body()
         self.norms = torch.nn.ModuleList(torch.nn.BatchNorm1d(5) for _ in range(2))
         for norm in self.norms:  # statistics and scales of their own, so that the two differ
             for t in (norm.weight, norm.bias, norm.running_mean):
@@ -264,8 +268,7 @@ class _Binary(torch.nn.Module):
         super().__init__()
         torch.manual_seed(1)
         self.select = select
-        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.ReLU(),
-                                        torch.nn.Conv2d(6, 5, 3, stride=2, padding=1), torch.nn.ReLU())
+        self.body = _body()
         self.fc = torch.nn.Linear(5, 1)
 
     def forward(self, x):
@@ -308,8 +311,7 @@ class _PoolHead(torch.nn.Module):
     def __init__(self, pool: torch.nn.AvgPool2d, channels: int = 5) -> None:
         super().__init__()
         torch.manual_seed(0)
-        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.ReLU(),
-                                        torch.nn.Conv2d(6, 5, 3, stride=2, padding=1), torch.nn.ReLU())
+        self.body = _body()
         self.pool, self.fc = pool, torch.nn.Linear(channels, 4)
 
     def forward(self, x):
@@ -343,8 +345,7 @@ class _AffineHead(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(0)
-        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.ReLU(),
-                                        torch.nn.Conv2d(6, 5, 3, stride=2, padding=1), torch.nn.ReLU())
+        self.body = _body()
         self.bn = torch.nn.BatchNorm1d(5)
         with torch.no_grad():
             self.bn.running_mean.normal_(0, 0.5)
