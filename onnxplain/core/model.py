@@ -289,14 +289,6 @@ def _keeps_the_elements(node: ir.Node) -> bool:
         and -len(dims) <= axis < len(dims) and dims[axis] == 1
 
 
-def _elements(value: ir.Value) -> int | None:
-    """The number of elements per example of ``value`` (None where a dim is unknown)."""
-    dims = _dims(value)
-    if dims is None or not all(isinstance(d, int) for d in dims[1:]):
-        return None
-    return int(np.prod(dims[1:]))
-
-
 def _per_example(value: ir.Value) -> int | None:
     """The number of values per example in ``value`` (None where a dim is unknown)."""
     dims = _dims(value)
@@ -878,7 +870,7 @@ class Model:
             while producer is not None and _keeps_the_elements(producer):
                 behind, producer = producer.inputs[0], producer.inputs[0].producer()
             if producer is not None and producer.op_type == "Sigmoid" and producer.domain in ("", "ai.onnx") \
-                    and (behind is target or _elements(producer.inputs[0]) == 1):
+                    and (behind is target or _per_example(producer.inputs[0]) == 1):
                 logits = producer.inputs[0]
         found = maps.get(id(logits))
         weight = found.dense(k) if found is not None else None
