@@ -22,6 +22,7 @@ from onnxplain.core.errors import (
     LayerNotFoundError,
     ModelLoadError,
 )
+from onnxplain.core.layout import as_array
 from onnxplain.core.quantized import ROUNDING_OPS
 
 if TYPE_CHECKING:
@@ -549,7 +550,7 @@ class Model:
         if not isinstance(x, np.ndarray):
             return x  # check_input names the problem
         want = self.user_input_shape
-        if self.layout == "NHW" and x.ndim == 4 and x.shape[1] == 1:
+        if self.taken_as_it_is(x):
             return x
         if x.ndim != len(self.layout):
             nhw = self.layout == "NHW"
@@ -567,6 +568,12 @@ class Model:
         if self.layout == "NHW":
             return x[:, None]
         return np.moveaxis(x, -1, 1)
+
+    def taken_as_it_is(self, x: Any) -> bool:
+        """Whether ``x`` is already in the layout methods compute in although the model's is
+        another: an NHW model's (N, 1, H, W) arrays."""
+        shape = np.shape(as_array(x)) if x is not None else ()
+        return self.layout == "NHW" and len(shape) == 4 and shape[1] == 1
 
     def to_user(self, a: np.ndarray) -> np.ndarray:
         """An input-shaped (N, C, H, W) array back to the user's layout (NHW: (N, 1, H, W)

@@ -112,9 +112,7 @@ def user_layout(fn: Callable[..., Any]) -> Callable[..., Any]:
             model = method.model
             user = arguments.get("inputs")
             # an NHW model's (N, 1, H, W) inputs, and the arguments with them, are already channels first
-            shape = np.shape(layout.as_array(user)) if user is not None else ()
-            convert = model is not None and model.layout != "NCHW" and not (
-                model.layout == "NHW" and len(shape) == 4 and shape[1] == 1)
+            convert = model is not None and model.layout != "NCHW" and not model.taken_as_it_is(user)
             if convert:
                 _convert_arguments(model, arguments, user)
                 if extra is not None and arguments.get(extra):

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from onnxplain.core.errors import InputValidationError
+from onnxplain.core.layout import LAYOUTS
 from onnxplain.viz import colormaps
 
 if TYPE_CHECKING:
@@ -50,8 +51,8 @@ def _sign(sign: str) -> str:
 
 
 def _check_layout(layout: str) -> None:
-    if layout not in ("NCHW", "NHWC", "NHW"):
-        raise InputValidationError(f"layout must be 'NCHW', 'NHWC' or 'NHW', got {layout!r}")
+    if layout not in LAYOUTS:
+        raise InputValidationError(f"layout must be one of {', '.join(map(repr, LAYOUTS))}, got {layout!r}")
 
 
 def to_nhwc(x: np.ndarray, layout: Layout = "NCHW") -> np.ndarray:
