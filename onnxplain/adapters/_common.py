@@ -81,19 +81,25 @@ def check_rtol(rtol: float) -> float:
 
 
 def verified_model(
-    proto: onnx.ModelProto, example: np.ndarray, expected: Any, rtol: float, source: str
+    proto: onnx.ModelProto, example: np.ndarray, expected: Any, rtol: float, source: str,
+    **load_options: Any,
 ) -> Model:
-    """Load ``proto`` and check it against the framework on ``example``.
+    """Load ``proto`` (with ``load_options``) and check it against the framework on ``example``.
 
     The check: max |ONNX − framework| ≤ ``rtol`` × max |framework output| over the sample
     (the outputs compared after flattening each example). Raises :class:`ExportError`
     with the maximum difference when the export disagrees, or when it cannot be loaded or run.
+    A flattened example (N, F) is given to a model that takes the images it flattens
+    (``load``'s ``image_shape``, given or detected) as those images.
     """
     expected = np.asarray(expected, dtype=np.float64)
     try:
-        model = load(proto)
+        model = load(proto, **load_options)
     except OnnxplainError as exc:
         raise ExportError(f"the {source} export cannot be loaded by onnxplain: {exc}") from exc
+    image = model.user_input_shape
+    if example.ndim == 2 and image is not None and len(image) > 2:
+        example = example.reshape(len(example), *image[1:])
     try:
         got = np.asarray(model.predict(example), dtype=np.float64)
     except Exception as exc:

@@ -1,12 +1,13 @@
 """Export a scikit-learn estimator or pipeline on flattened images (skl2onnx) as an image model.
 
 scikit-learn models take feature vectors; an image classifier made with them was trained
-on images flattened to ``x.reshape(n, -1)``. The exported graph is prefixed with a
-``Flatten`` so that the :class:`Model` takes the images themselves, and explanations come
-back image-shaped. skl2onnx emits ``ai.onnx.ml`` operators (``Scaler``,
-``LinearClassifier``, ...) that only ONNX Runtime runs: forward-only methods (Occlusion,
-RISE, KernelShap, Lime, ...) apply; a gradient method either runs (the pipeline became
-plain ONNX operators, e.g. an MLP) or raises :class:`~onnxplain.BackendCapabilityError`.
+on images flattened to ``x.reshape(n, -1)``. The exported graph is loaded with
+``load(..., image_shape=...)``, which puts a ``Flatten`` in front of it, so that the
+:class:`Model` takes the images themselves, and explanations come back image-shaped.
+skl2onnx emits ``ai.onnx.ml`` operators (``Scaler``, ``LinearClassifier``, ...) that only
+ONNX Runtime runs: forward-only methods (Occlusion, RISE, KernelShap, Lime, ...) apply; a
+gradient method either runs (the pipeline became plain ONNX operators, e.g. an MLP) or
+raises :class:`~onnxplain.BackendCapabilityError`.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ import numpy as np
 
 from onnxplain.adapters._common import as_example, check_rtol, keep_output, require, verified_model
 from onnxplain.core.errors import ExportError, InputValidationError
+from onnxplain.core.layout import check_layout
 from onnxplain.core.model import Model
 
-_FEATURES = "features"
+_INPUT = "input"  # the images; the Flatten in front of the graph gives its features
 
 
 def _final_estimator(estimator: Any) -> Any:
@@ -34,6 +36,7 @@ def export(
     output: str | None = None,
     opset: int | None = None,
     rtol: float = 1e-4,
+    layout: str = "auto",
 ) -> Model:
     """Export a fitted scikit-learn ``estimator`` that classifies flattened images.
 
@@ -42,8 +45,9 @@ def export(
     estimator : sklearn estimator or Pipeline
         Fitted on ``images.reshape(n, -1)`` (C-order flattening of ``image_shape``).
     image_shape : sequence of int
-        The shape of one image, (C, H, W) or (H, W, C), as it was flattened for training;
-        the :class:`Model` takes (N, *image_shape).
+        The shape of one image as it was flattened for training: (C, H, W), (H, W, C) with
+        ``layout="NHWC"``, or (H, W) for one-channel images; the :class:`Model` takes
+        (N, *image_shape).
     example : array-like
         Images (N, *image_shape), N ≥ 1, to check the export on:
         max |Δ| ≤ ``rtol`` × max |output| against ``predict_proba`` (classifiers) or
@@ -57,6 +61,10 @@ def export(
     rtol : float
         Tolerance of the check, relative to the largest output (scikit-learn computes in
         float64, the export in float32).
+    layout : str
+        ``"auto"`` or ``"NCHW"``: a 3-axis ``image_shape`` is (C, H, W); ``"NHWC"``: it is
+        (H, W, C), and the model takes and returns channels-last arrays (see
+        :func:`onnxplain.load`).
 
     Needs ``pip install onnxplain[sklearn]`` (scikit-learn and skl2onnx).
 
@@ -73,7 +81,7 @@ def export(
     """
     require("sklearn", "sklearn", "scikit-learn")
     skl2onnx = require("skl2onnx", "sklearn", "skl2onnx (the scikit-learn to ONNX converter)")
-    from onnx import TensorProto, helper
+    from onnx import TensorProto
     from sklearn.base import is_classifier
 
     if not hasattr(estimator, "predict"):
@@ -86,10 +94,13 @@ def export(
         raise InputValidationError(
             f"image_shape must be a sequence of positive ints such as (3, 32, 32), got {image_shape!r}"
         ) from None
-    if not shape or any(d < 1 for d in shape):
+    if len(shape) not in (2, 3) or any(d < 1 for d in shape):
         raise InputValidationError(
-            f"image_shape must be a sequence of positive ints such as (3, 32, 32), got {image_shape!r}"
+            f"image_shape must be (C, H, W), (H, W, C) or (H, W) in positive ints, got {image_shape!r}"
         )
+    layout = check_layout(layout) or "NCHW"
+    if (layout == "NHW") != (len(shape) == 2):
+        raise InputValidationError(f"layout={layout!r} does not fit image_shape={shape}")
     if opset is not None and (not isinstance(opset, int) or isinstance(opset, bool) or opset < 7):
         raise InputValidationError(f"opset must be an int ≥ 7 or None, got {opset!r}")
     rtol = check_rtol(rtol)
@@ -119,7 +130,7 @@ def export(
     try:
         proto = skl2onnx.convert_sklearn(
             estimator,
-            initial_types=[(_FEATURES, FloatTensorType([None, features]))],
+            initial_types=[(_INPUT, FloatTensorType([None, features]))],
             target_opset=opset,
             options=options,
         )
@@ -144,14 +155,9 @@ def export(
             )
         )
     proto = keep_output(proto, output)
-    # The images input, flattened into the features skl2onnx's graph reads.
-    image = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", *shape])
-    flatten = helper.make_node("Flatten", ["input"], [_FEATURES], name="flatten_image", axis=1)
-    del proto.graph.input[:]
-    proto.graph.input.append(image)
-    proto.graph.node.insert(0, flatten)
     if classifier and output == "probabilities":
         expected = estimator.predict_proba(flat)
     else:
         expected = np.asarray(estimator.predict(flat), dtype=np.float64)
-    return verified_model(proto, x, expected, rtol, f"skl2onnx ({type(estimator).__name__})")
+    return verified_model(proto, x, expected, rtol, f"skl2onnx ({type(estimator).__name__})",
+                          image_shape=shape, layout=layout)

@@ -122,6 +122,25 @@ def _given_a_channel_axis(value: ir.Value) -> bool:
     return False
 
 
+def _replace_input(graph: ir.Graph, old: ir.Value, shape: Sequence[Any], op_type: str,
+                   suffix: str, extra: Sequence[ir.Value] = (), **attributes: Any) -> None:
+    """Replace the graph input ``old`` by one of the same name and dtype and shape ``shape``
+    that feeds ``op_type(new, *extra, **attributes)``, whose output (named
+    ``<name>__<suffix>``, with ``old``'s shape) takes every use of ``old``. The node goes
+    first in the graph."""
+    name = old.name
+    old.name = f"{name}__{suffix}"
+    new = ir.Value(name=name, shape=ir.Shape(list(shape)), type=old.type)
+    node = ir.node(op_type, inputs=[new, *extra], attributes=attributes, name=f"{name}__to_{suffix}")
+    node.outputs[0].name = old.name
+    node.outputs[0].shape = ir.Shape(list(old.shape))
+    node.outputs[0].type = old.type
+    old.replace_all_uses_with(node.outputs[0])
+    index = list(graph.inputs).index(old)
+    graph.inputs[index] = new
+    graph.insert_before(graph.node(0), node) if graph.num_nodes() else graph.append(node)
+
+
 def make_input_channels_first(model: ir.Model, layout: str = "NHWC") -> ir.Model:
     """Give the channels-last (``layout="NHWC"``) or channel-less (``"NHW"``) image input of
     ``model`` a channels-first replacement.
@@ -139,28 +158,114 @@ def make_input_channels_first(model: ir.Model, layout: str = "NHWC") -> ir.Model
             f"has shape {None if old is None else old.shape}"
         )
     name = old.name
-    old.name = f"{name}__{layout.lower()}"
-    if layout == "NHW":
-        n, h, w = old.shape
-        new = ir.Value(name=name, shape=ir.Shape([n, 1, h, w]), type=old.type)
-        if model.opset_imports.get("", 13) >= 13:
-            axes = ir.Value(name=f"{name}__channel_axis", const_value=ir.tensor(np.array([1], np.int64)),
-                            shape=ir.Shape([1]), type=ir.TensorType(ir.DataType.INT64))
-            graph.register_initializer(axes)
-            node = ir.node("Squeeze", inputs=[new, axes], name=f"{name}__to_nhw")
-        else:
-            node = ir.node("Squeeze", inputs=[new], attributes={"axes": [1]}, name=f"{name}__to_nhw")
-    else:
+    if layout != "NHW":
         n, h, w, c = old.shape
-        new = ir.Value(name=name, shape=ir.Shape([n, c, h, w]), type=old.type)
-        node = ir.node("Transpose", inputs=[new], attributes={"perm": list(TO_NHWC)}, name=f"{name}__to_nhwc")
-    node.outputs[0].name = old.name
-    node.outputs[0].shape = ir.Shape(list(old.shape))
-    node.outputs[0].type = old.type
-    old.replace_all_uses_with(node.outputs[0])
-    index = list(graph.inputs).index(old)
-    graph.inputs[index] = new
-    graph.insert_before(graph.node(0), node) if graph.num_nodes() else graph.append(node)
+        _replace_input(graph, old, [n, c, h, w], "Transpose", "nhwc", perm=list(TO_NHWC))
+    elif model.opset_imports.get("", 13) >= 13:
+        axes = ir.Value(name=f"{name}__channel_axis", const_value=ir.tensor(np.array([1], np.int64)),
+                        shape=ir.Shape([1]), type=ir.TensorType(ir.DataType.INT64))
+        graph.register_initializer(axes)
+        n, h, w = old.shape
+        _replace_input(graph, old, [n, 1, h, w], "Squeeze", "nhw", extra=[axes])
+    else:
+        n, h, w = old.shape
+        _replace_input(graph, old, [n, 1, h, w], "Squeeze", "nhw", axes=[1])
+    return model
+
+
+# -- flattened images ------------------------------------------------------------------
+def check_image_shape(image_shape: Any) -> tuple[int, ...] | None:
+    """``image_shape`` as a tuple of 2 or 3 positive ints, or None; anything else is an error."""
+    if image_shape is None:
+        return None
+    try:
+        shape = tuple(int(d) for d in image_shape)
+        ok = all(float(d) == int(d) for d in image_shape)
+    except (TypeError, ValueError):
+        shape, ok = (), False
+    if not ok or len(shape) not in (2, 3) or any(d < 1 for d in shape):
+        raise InputValidationError(
+            f"image_shape must be the shape of one image: (C, H, W), (H, W, C) with layout='NHWC', or "
+            f"(H, W) for one channel; got {image_shape!r}"
+        )
+    return shape
+
+
+def _image_layout(out: ir.Value) -> str:
+    """``"NHWC"`` when the rank-4 ``out`` reaches a ``Transpose(perm=[0, 3, 1, 2])`` (directly or
+    through element-wise normalisation), else ``"NCHW"``."""
+    frontier = [out]
+    for _ in range(4):
+        following = []
+        for v in frontier:
+            for node in v.consumers():
+                shape = node.outputs[0].shape if node.outputs else None
+                if node.op_type == "Transpose" and _perm(node) == TO_NCHW:
+                    return "NHWC"
+                if node.op_type in _PASS_THROUGH and shape is not None and len(shape) == 4:
+                    following.append(node.outputs[0])
+        frontier = following
+    return "NCHW"
+
+
+def detect_flattened_image(model: ir.Model) -> tuple[tuple[int, ...], str] | None:
+    """The image shape and layout of a flattened image input, or None.
+
+    A flattened input is a rank-2 (N, F) input that the graph itself reshapes into images:
+    a ``Reshape`` to (N, C, H, W), or to (N, H, W, C) followed by the ``Transpose`` into
+    channels first, directly or through element-wise normalisation (``x.view(-1, 1, 28, 28)``
+    in torch, Keras' ``Input((784,))`` then ``Reshape((28, 28, 1))``). The image axes must be
+    static and hold the F features. A tabular or pixel-MLP input, which nothing reshapes,
+    is not detected: ``load(..., image_shape=...)`` says its shape.
+    """
+    value = _float_input(model)
+    if value is None or value.shape is None or len(value.shape) != 2:
+        return None
+    features = value.shape[1]
+    frontier = [value]
+    for _ in range(4):
+        following = []
+        for v in frontier:
+            for node in v.consumers():
+                out = node.outputs[0] if node.outputs else None
+                shape = out.shape if out is not None else None
+                if node.op_type == "Reshape" and shape is not None and len(shape) == 4:
+                    image = tuple(shape[1:])
+                    if all(isinstance(d, int) and d > 0 for d in image) and (
+                        not isinstance(features, int) or features == int(np.prod(image))
+                    ):
+                        layout = _image_layout(out)
+                        return (image, layout)
+                if node.op_type in _PASS_THROUGH and shape is not None and len(shape) == 2:
+                    following.append(out)
+        if not following:
+            return None
+        frontier = following
+    return None
+
+
+def make_input_images(model: ir.Model, image_shape: Sequence[int]) -> ir.Model:
+    """Give the flattened (N, F) image input of ``model`` an image-shaped replacement.
+
+    The new graph input keeps the name and dtype, has shape (N, *image_shape), and feeds a
+    ``Flatten(axis=1)`` whose output takes every use of the old input: the C-order
+    flattening ``images.reshape(n, -1)`` that gave the features. In place; returns ``model``.
+    """
+    graph = model.graph
+    old = _float_input(model)
+    shape = tuple(int(d) for d in image_shape)
+    if old is None or old.shape is None or len(old.shape) != 2:
+        raise InputValidationError(
+            f"image_shape={shape} is for a model whose input is flattened images (N, F); this model's "
+            f"input has shape {None if old is None else old.shape}"
+        )
+    features = old.shape[1]
+    if isinstance(features, int) and features != int(np.prod(shape)):
+        raise InputValidationError(
+            f"image_shape={shape} holds {int(np.prod(shape))} values, but the model's input "
+            f"{old.name!r} takes {features} features per example"
+        )
+    _replace_input(graph, old, [old.shape[0], *shape], "Flatten", "flat", axis=1)
     return model
 
 

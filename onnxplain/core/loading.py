@@ -6,7 +6,7 @@ import functools
 import logging
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import onnx
@@ -15,7 +15,15 @@ import onnx_ir as ir
 from onnxplain.core.batch import fixed_batch_size, make_batch_dynamic, onnx_batch_note
 from onnxplain.core.canonical import INTEGER_INPUTS, canonicalize, float_input, float_outputs, upcast_float16
 from onnxplain.core.errors import InputValidationError, ModelLoadError
-from onnxplain.core.layout import LAYOUTS, check_layout, detect_layout, make_input_channels_first
+from onnxplain.core.layout import (
+    LAYOUTS,
+    check_image_shape,
+    check_layout,
+    detect_flattened_image,
+    detect_layout,
+    make_input_channels_first,
+    make_input_images,
+)
 from onnxplain.core.model import CONVERTED_KEY, GRAPH_LAYOUT_KEY, LAYOUT_KEY, Model
 from onnxplain.core.quantized import is_quantized, simulate
 
@@ -295,6 +303,7 @@ def load(
     allowed_domains: str | Iterable[str] = (),
     custom_op_libraries: str | os.PathLike | Iterable[str | os.PathLike] = (),
     layout: str = "auto",
+    image_shape: Sequence[int] | None = None,
     dynamic_batch: bool = True,
 ) -> Model:
     """Load an ONNX model from a file path, bytes or an ``onnx.ModelProto``.
@@ -329,6 +338,13 @@ def load(
       saved by :meth:`Model.save` records its layout. An NHWC
       (NHW) model takes and returns arrays in NHWC (NHW) while methods compute channels
       first (see :mod:`onnxplain.core.layout`); ``model.layout`` says which.
+    - ``image_shape``: a model whose input is flattened images, (N, F) (scikit-learn
+      pipelines, pixel MLPs, ``x.view(-1, 1, 28, 28)`` inside the model), takes the images
+      instead, (N, *image_shape), flattened in C order by a ``Flatten`` the graph gets in
+      front: ``(C, H, W)``, ``(H, W, C)`` with ``layout="NHWC"``, or ``(H, W)`` (layout
+      ``"NHW"``). A flattened input that the graph itself reshapes into (N, C, H, W), or
+      into (N, H, W, C) and then transposes, is detected without it. A model whose input
+      is flattened images loads as (N, F) otherwise, and image methods need the images.
     - ``dynamic_batch``: a batch dim fixed by the export is made dynamic when that provably
       keeps the outputs (see :mod:`onnxplain.core.batch`); otherwise a warning says why and
       the backends run the fixed batch size per call (always for models with custom
@@ -368,6 +384,7 @@ def load(
     """
     domains, libraries = _custom_options(allowed_domains, custom_op_libraries)
     wanted = check_layout(layout)
+    image = check_image_shape(image_shape)
     proto, where = _read(source, max_model_bytes, max_external_bytes)
     _validate(proto, domains)
     proto = _drop_zipmap(_fit_runtime(_upgrade_opset(proto)))
@@ -380,6 +397,7 @@ def load(
         ir_model = canonicalize(lambda: ir.from_proto(proto))
     except Exception as exc:
         raise ModelLoadError(f"cannot read the graph of {where}: {exc}") from None
+    ir_model, wanted = _unflattened(ir_model, image, wanted)
     ir_model, user_layout = _channels_first(ir_model, wanted)
     note = None
     fixed = fixed_batch_size(ir_model)
@@ -406,6 +424,37 @@ def load(
     if integer is not None:
         model.converted_from = integer
     return model
+
+
+def _unflattened(ir_model: ir.Model, image: tuple[int, ...] | None,
+                 wanted: str | None) -> tuple[ir.Model, str | None]:
+    """The model with image input (N, *image) in front of its flattened (N, F) one, and the
+    layout of those images (see ``load``): ``image`` given, or detected in the graph."""
+    if image is None:
+        found = detect_flattened_image(ir_model)
+        if found is None:
+            return ir_model, wanted
+        image, detected = found
+        if wanted not in (None, detected):
+            raise ModelLoadError(
+                f"the model's flattened input is reshaped into {detected} images {image}, not "
+                f"layout={wanted!r}; pass image_shape to read the features another way"
+            )
+        wanted = detected
+    elif len(image) == 2:
+        if wanted not in (None, "NHW"):
+            raise ModelLoadError(f"image_shape={image} is one-channel images (H, W), layout 'NHW', "
+                                 f"not layout={wanted!r}")
+        wanted = "NHW"
+    else:
+        if wanted == "NHW":
+            raise ModelLoadError(f"layout='NHW' takes image_shape=(H, W), got {image}")
+        wanted = wanted or "NCHW"
+    try:
+        make_input_images(ir_model, image)
+    except InputValidationError as exc:
+        raise ModelLoadError(str(exc)) from None
+    return ir_model, wanted
 
 
 def _channels_first(ir_model: ir.Model, wanted: str | None) -> tuple[ir.Model, str]:

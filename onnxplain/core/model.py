@@ -24,6 +24,7 @@ from onnxplain.core.errors import (
 )
 from onnxplain.core.layout import as_array
 from onnxplain.core.quantized import ROUNDING_OPS
+from onnxplain.core.validation import rank_hint
 
 if TYPE_CHECKING:
     from onnxplain.backends.base import Backend, Capability
@@ -555,9 +556,10 @@ class Model:
         if x.ndim != len(self.layout):
             nhw = self.layout == "NHW"
             also = " (or (N, 1, H, W)): one-channel images without a channel axis" if nhw else ""
+            hint = rank_hint(x.shape, want) if x.ndim == 2 else ""
             raise InputValidationError(
                 f"{name} has shape {x.shape}; this {self.layout} model takes "
-                f"({', '.join(self.layout)}) batches {want}{also}"
+                f"({', '.join(self.layout)}) batches {want}{also}{hint}"
             )
         for axis, (got, need) in enumerate(zip(x.shape[1:], (want or ())[1:]), start=1):
             if isinstance(need, int) and need > 0 and got != need:

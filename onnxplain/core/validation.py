@@ -34,6 +34,16 @@ def validate_params(cls: type[P], what: str, **values: Any) -> P:
         raise InputValidationError(f"{what}: {problems}") from None
 
 
+def rank_hint(shape: tuple[int, ...], want: tuple[Any, ...] | None) -> str:
+    """What to do about an array of ``shape`` whose rank is not that of ``want``, the model
+    input's shape: reshape flattened images (N, F) into the images, or add the batch axis."""
+    image = tuple(want[1:]) if want else ()
+    if len(shape) == 2 and len(image) >= 2 and all(isinstance(d, int) and d > 0 for d in image) \
+            and shape[1] == int(np.prod(image)):
+        return f"; these look like flattened images: pass x.reshape(-1, {', '.join(map(str, image))})"
+    return "; add the batch axis if it is missing"
+
+
 def check_input(model: Model | None, x: Any, name: str = "inputs") -> np.ndarray:
     """Return ``x`` as a contiguous array of the model's input dtype, or raise.
 
@@ -71,7 +81,7 @@ def check_input(model: Model | None, x: Any, name: str = "inputs") -> np.ndarray
         if x.ndim != len(spec.shape):
             raise InputValidationError(
                 f"{name} has shape {x.shape} but the model input {spec.name!r} has rank "
-                f"{len(spec.shape)} {spec.shape}; add the batch axis if it is missing"
+                f"{len(spec.shape)} {spec.shape}{rank_hint(x.shape, spec.shape)}"
             )
         for axis, (got, want) in enumerate(zip(x.shape[1:], spec.shape[1:]), start=1):
             if isinstance(want, int) and want > 0 and got != want:

@@ -224,3 +224,26 @@ def test_a_keras_model_that_takes_images_without_a_channel_axis_takes_them():
     np.testing.assert_allclose(occlusion[:, 0, 0], by_hand, rtol=1e-4, atol=1e-6)
     cam = ox.GradCAM(model).attribute(x, target=1)
     assert cam.shape == x.shape and np.isfinite(cam).all()
+
+
+def test_a_keras_model_on_flattened_images_takes_the_images():
+    """``Input((H·W·C,))`` then ``Reshape((H, W, C))``: the images it flattens are what the
+    model takes, channels last; predictions and an occluded patch's score change are
+    Keras's on the flattened arrays."""
+    keras.utils.set_random_seed(4)
+    inputs = keras.Input((SIZE * SIZE * 3,))
+    image = keras.layers.Reshape((SIZE, SIZE, 3))(inputs)
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(image)
+    net = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x)))
+    flat = np.random.default_rng(7).random((2, SIZE * SIZE * 3), dtype=np.float32)
+    model = ox.adapters.keras.export(net, flat)
+    assert model.layout == "NHWC" and model.user_input_shape[1:] == (SIZE, SIZE, 3)
+    x = flat.reshape(2, SIZE, SIZE, 3)
+    want = keras.ops.convert_to_numpy(net(flat))
+    assert max_rel_err(model.predict(x), want) < TOL
+    occlusion = ox.Occlusion(model).attribute(x, target=1, sliding_window_shapes=(8, 8, 3), strides=(8, 8, 3))
+    hidden = x.copy()
+    hidden[:, :8, 8:16] = 0
+    by_hand = want[:, 1] - keras.ops.convert_to_numpy(net(hidden.reshape(2, -1)))[:, 1]
+    np.testing.assert_allclose(occlusion[:, 0, 8, 0], by_hand, rtol=1e-4, atol=1e-6)
+    assert ox.GradCAM(model).attribute(x, target=1).shape == x.shape[:3]

@@ -119,6 +119,25 @@ def test_saliency_of_a_plain_mlp_equals_the_analytic_gradient_of_its_logit(data)
     np.testing.assert_allclose(ours.reshape(2, -1), ref, atol=TOL * np.abs(ref).max())
 
 
+def test_channels_last_images_flattened_for_fitting_take_channels_last_arrays(data):
+    """Images flattened as (H, W, C): with layout="NHWC" the model takes them channels last,
+    and a window over pixels (and every channel) occludes exactly those pixels' features."""
+    x, y = data
+    hwc = np.ascontiguousarray(np.moveaxis(x, 1, -1))  # (60, 8, 8, 3)
+    pipe = LogisticRegression(max_iter=300).fit(hwc.reshape(len(hwc), -1), y)
+    model = ox.adapters.sklearn.export(pipe, (8, 8, 3), hwc[:4], layout="NHWC")
+    assert model.layout == "NHWC" and model.user_input_shape[1:] == (8, 8, 3)
+    np.testing.assert_allclose(model.predict(hwc[:5]), proba(pipe, hwc[:5]), atol=1e-5)
+    window = {"sliding_window_shapes": (4, 4, 3), "strides": (4, 4, 3)}
+    ours = ox.Occlusion(model).attribute(hwc[:2], target=1, **window)
+    hidden = hwc[:2].copy()
+    hidden[:, 4:, :4] = 0
+    change = proba(pipe, hwc[:2])[:, 1] - proba(pipe, hidden)[:, 1]
+    np.testing.assert_allclose(ours[:, 4, 0, 0], change, atol=TOL)
+    cam = ox.RISE(model).attribute(hwc[:1], target=1, n_masks=64, show_progress=False)
+    assert cam.shape == (1, 8, 8)
+
+
 def test_bad_arguments_are_named(data, logistic):
     x, _ = data
     pipe, _ = logistic
@@ -130,3 +149,5 @@ def test_bad_arguments_are_named(data, logistic):
         ox.adapters.sklearn.export(pipe, (3, 4, 4), x[:2, :, :4, :4])
     with pytest.raises(ox.InputValidationError, match="output"):
         ox.adapters.sklearn.export(pipe, SHAPE, x[:2], output="scores")
+    with pytest.raises(ox.InputValidationError, match="layout='NHW' does not fit"):
+        ox.adapters.sklearn.export(pipe, SHAPE, x[:2], layout="NHW")
