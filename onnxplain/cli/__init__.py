@@ -77,9 +77,9 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
                         help="preprocessing spec (see onnxplain.preprocess.Preprocess); default: the "
                              "one stored next to the model, else a guess from its input shape")
     parser.add_argument("--layer", help="feature map for CAM methods (default: auto)")
-    from onnxplain.cli.common import add_domain_arg
+    from onnxplain.cli.common import add_load_args
 
-    add_domain_arg(parser)
+    add_load_args(parser)
 
 
 def _int_at_least(minimum: int, words: str):
@@ -143,9 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--preprocess", metavar="JSON",
                    help="preprocessing spec to report instead of the stored one")
-    from onnxplain.cli.common import add_domain_arg
+    from onnxplain.cli.common import add_load_args
 
-    add_domain_arg(p)
+    add_load_args(p)
     _common(p, run=False)
     p.set_defaults(func="inspect")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -48,10 +49,27 @@ def _card(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def add_domain_arg(parser) -> None:
-    """``--allow-domain`` (repeatable) for a command that loads a model."""
+def add_load_args(parser) -> None:
+    """What :func:`onnxplain.load` takes besides the file, for a command that loads a model:
+    ``--allow-domain`` (repeatable), ``--image-shape`` and ``--layout``."""
     parser.add_argument("--allow-domain", action="append", default=[], metavar="DOMAIN",
                         help=ALLOW_DOMAIN_HELP)
+    parser.add_argument("--image-shape", type=_image_shape, metavar="C,H,W",
+                        help="the images a model with a flattened (N, F) input was fitted on, e.g. "
+                             "3,32,32 (C,H,W), 32,32,3 with --layout NHWC, or 28,28; not needed when "
+                             "the graph reshapes its input into images itself")
+    parser.add_argument("--layout", default="auto", choices=["auto", "NCHW", "NHWC", "NHW"],
+                        help="the layout of the model's images (default: read from the graph)")
+
+
+def _image_shape(text: str) -> tuple[int, ...]:
+    """An argparse type: '3,32,32' or '28x28' → a tuple of ints."""
+    import argparse
+
+    try:
+        return tuple(int(part) for part in re.split(r"[,x]", text.strip()))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers such as 3,32,32, got {text!r}") from None
 
 
 ALLOW_DOMAIN_HELP = ("an operator domain to allow besides the standard ones, repeatable: "
@@ -59,14 +77,15 @@ ALLOW_DOMAIN_HELP = ("an operator domain to allow besides the standard ones, rep
                      "models use them); other domains also need a custom-op library")
 
 
-def load_model(path: str, preprocess: str | None = None, allowed_domains: Sequence[str] | None = None
-               ) -> LoadedModel:
+def load_model(path: str, preprocess: str | None = None, allowed_domains: Sequence[str] | None = None,
+               image_shape: Sequence[int] | None = None, layout: str = "auto") -> LoadedModel:
     """Load ``path`` with :func:`onnxplain.load`, and find how to feed it: ``preprocess``
     (a JSON file), else a spec stored next to the model, else a guess from its input.
-    ``allowed_domains``: see :func:`onnxplain.load`."""
+    ``allowed_domains``, ``image_shape``, ``layout``: see :func:`onnxplain.load`."""
     import onnxplain as ox
 
-    model = ox.load(path, allowed_domains=tuple(allowed_domains or ()))
+    model = ox.load(path, allowed_domains=tuple(allowed_domains or ()), image_shape=image_shape,
+                    layout=layout)
     card = _card(Path(path))
     if preprocess is not None:
         spec, source = Preprocess.from_json(preprocess), preprocess

@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
             f"--out {args.out!r}: the figure is a PNG; give a file name ending in .png"
         )
     methods = resolve(args.methods)
-    loaded = load_model(args.model, args.preprocess, args.allow_domain)
+    loaded = load_model(args.model, args.preprocess, args.allow_domain, args.image_shape, args.layout)
     x = read_images(loaded, args.images)
     probs = softmax(loaded.model.predict(x, batch_size=args.batch_size))
     preds = probs.argmax(axis=1)

@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     if len(method) != 1:
         raise InputValidationError("explain takes one --method; use compare for several")
     method = method[0]
-    loaded = load_model(args.model, args.preprocess, args.allow_domain)
+    loaded = load_model(args.model, args.preprocess, args.allow_domain, args.image_shape, args.layout)
     x = read_images(loaded, args.images)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ import argparse
 import itertools
 from collections import Counter
 
-from onnxplain.cli.common import add_domain_arg
+from onnxplain.cli.common import add_load_args
 from onnxplain.core.errors import InputValidationError
 
 
@@ -28,7 +28,7 @@ def add_parser(sub, common, positive) -> None:
         "--target", default="pred", help="pred (the predicted class) or a class index (default: pred)"
     )
     p.add_argument("--layer", help="feature map for CAM methods (default: auto)")
-    add_domain_arg(p)
+    add_load_args(p)
     p.add_argument(
         "--preprocess",
         metavar="JSON",
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from onnxplain.dataset import explain_dataset
     from onnxplain.dataset.sources import as_source
 
-    loaded = load_model(args.model, args.preprocess, args.allow_domain)
+    loaded = load_model(args.model, args.preprocess, args.allow_domain, args.image_shape, args.layout)
     source = as_source(args.folder)
     images = source.paths[: args.limit] if args.limit else source.paths
     if args.target in (None, "pred"):

@@ -48,7 +48,7 @@ def attention_gates(model: Any) -> list[dict[str, Any]]:
 def describe(args: argparse.Namespace) -> dict[str, Any]:
     from onnxplain.backends import registry
 
-    loaded = load_model(args.model, args.preprocess, args.allow_domain)
+    loaded = load_model(args.model, args.preprocess, args.allow_domain, args.image_shape, args.layout)
     model = loaded.model
     try:
         auto = model.find_layer("auto").name

@@ -154,6 +154,28 @@ def test_mistakes_are_one_line_errors_without_traceback(workdir, case):
         assert_one_line_error(out, "hexagon")
 
 
+def test_a_model_on_flattened_images_is_explained_with_image_shape(workdir, tmp_path, capsys):
+    """A pixel MLP's file takes (N, 64·64·3) features: --image-shape makes it an image model
+    (an error names a shape that does not hold its features)."""
+    import torch
+
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(3 * 64 * 64, 8), torch.nn.ReLU(), torch.nn.Linear(8, 5)).eval()
+    path = tmp_path / "mlp.onnx"
+    torch.onnx.export(mlp, (torch.rand(1, 3 * 64 * 64),), str(path), dynamo=False, input_names=["x"],
+                      dynamic_axes={"x": {0: "n"}})
+    assert main(["inspect", str(path), "--image-shape", "3,64,64", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["preprocess"]["size"] == [64, 64]
+    out_dir = tmp_path / "explained"
+    assert main(["explain", str(path), workdir["images"][0], "--method", "occlusion", "--image-shape",
+                 "3,64,64", "--out", str(out_dir)]) == 0
+    record = json.loads((out_dir / "explain.json").read_text())
+    assert np.load(out_dir / record["images"][0]["attribution"]).shape[-2:] == (64, 64)
+    assert main(["inspect", str(path), "--image-shape", "3x32x32"]) != 0
+    assert "holds 3072 values" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("command", [[], ["demo"], ["inspect"], ["explain"], ["compare"]])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_:
