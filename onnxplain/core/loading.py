@@ -6,8 +6,9 @@ import functools
 import logging
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import onnx
 import onnx_ir as ir
@@ -15,6 +16,7 @@ import onnx_ir as ir
 from onnxplain.core.batch import fixed_batch_size, make_batch_dynamic, onnx_batch_note
 from onnxplain.core.canonical import INTEGER_INPUTS, canonicalize, float_input, float_outputs, upcast_float16
 from onnxplain.core.errors import InputValidationError, ModelLoadError
+from onnxplain.core.fixed_inputs import fix_inputs
 from onnxplain.core.layout import (
     LAYOUTS,
     check_image_shape,
@@ -304,6 +306,7 @@ def load(
     custom_op_libraries: str | os.PathLike | Iterable[str | os.PathLike] = (),
     layout: str = "auto",
     image_shape: Sequence[int] | None = None,
+    fixed_inputs: Mapping[str, Any] | None = None,
     dynamic_batch: bool = True,
 ) -> Model:
     """Load an ONNX model from a file path, bytes or an ``onnx.ModelProto``.
@@ -345,6 +348,10 @@ def load(
       ``"NHW"``). A flattened input that the graph itself reshapes into (N, C, H, W), or
       into (N, H, W, C) and then transposes, is detected without it. A model whose input
       is flattened images loads as (N, F) otherwise, and image methods need the images.
+    - ``fixed_inputs``: a model that takes more than the image (side information, a flag,
+      a detection export's image size) is explained with every other input held at the
+      value given here by name; one with a batch axis takes one example's value, repeated
+      for every image (see :mod:`onnxplain.core.fixed_inputs`).
     - ``dynamic_batch``: a batch dim fixed by the export is made dynamic when that provably
       keeps the outputs (see :mod:`onnxplain.core.batch`); otherwise a warning says why and
       the backends run the fixed batch size per call (always for models with custom
@@ -388,6 +395,8 @@ def load(
     proto, where = _read(source, max_model_bytes, max_external_bytes)
     _validate(proto, domains)
     proto = _drop_zipmap(_fit_runtime(_upgrade_opset(proto)))
+    for name in fix_inputs(proto, fixed_inputs or {}):
+        logger.info("the model's input %r is held at the value fixed_inputs gives", name)
     integer = float_input(proto)
     for name in float_outputs(proto):
         logger.info("the model's integer output %r is dequantized: its scores are the real values", name)

@@ -443,7 +443,8 @@ class Model:
         if len(self.inputs) > 1:
             raise ModelLoadError(
                 f"the model has {len(self.inputs)} inputs {[s.name for s in self.inputs]}; "
-                "onnxplain explains models with one input tensor"
+                "onnxplain explains one input, the image: hold the others at values with "
+                "load(..., fixed_inputs={name: value})"
             )
         if not self.outputs:
             raise ModelLoadError("the model has no outputs")
