@@ -60,6 +60,24 @@ def add_load_args(parser) -> None:
                              "the graph reshapes its input into images itself")
     parser.add_argument("--layout", default="auto", choices=["auto", "NCHW", "NHWC", "NHW"],
                         help="the layout of the model's images (default: read from the graph)")
+    parser.add_argument("--fixed-input", action="append", default=[], type=_fixed_input,
+                        metavar="NAME=V[,V...]",
+                        help="hold an input besides the image at a value, repeatable: one example's "
+                             "numbers, e.g. meta=0.7,-0.7 (a batch axis is repeated for every image)")
+
+
+def _fixed_input(text: str) -> tuple[str, list[float]]:
+    """An argparse type: 'name=0.7,-0.7' → ('name', [0.7, -0.7])."""
+    import argparse
+
+    name, _, values = text.partition("=")
+    try:
+        numbers = [float(v) for v in values.split(",")]
+    except ValueError:
+        numbers = []
+    if not name or not numbers:
+        raise argparse.ArgumentTypeError(f"expected NAME=NUMBER[,NUMBER...], got {text!r}")
+    return name, numbers
 
 
 def _image_shape(text: str) -> tuple[int, ...]:
@@ -77,15 +95,25 @@ ALLOW_DOMAIN_HELP = ("an operator domain to allow besides the standard ones, rep
                      "models use them); other domains also need a custom-op library")
 
 
+def load_from_args(args) -> LoadedModel:
+    """:func:`load_model` with a command's arguments (``model``, ``--preprocess`` and what
+    :func:`add_load_args` added)."""
+    return load_model(args.model, args.preprocess, args.allow_domain, args.image_shape, args.layout,
+                      args.fixed_input)
+
+
 def load_model(path: str, preprocess: str | None = None, allowed_domains: Sequence[str] | None = None,
-               image_shape: Sequence[int] | None = None, layout: str = "auto") -> LoadedModel:
+               image_shape: Sequence[int] | None = None, layout: str = "auto",
+               fixed_inputs: Sequence[tuple[str, list[float]]] = ()) -> LoadedModel:
     """Load ``path`` with :func:`onnxplain.load`, and find how to feed it: ``preprocess``
     (a JSON file), else a spec stored next to the model, else a guess from its input.
-    ``allowed_domains``, ``image_shape``, ``layout``: see :func:`onnxplain.load`."""
+    ``allowed_domains``, ``image_shape``, ``layout``, ``fixed_inputs`` ((name, numbers)
+    pairs; one number is a scalar): see :func:`onnxplain.load`."""
     import onnxplain as ox
 
+    fixed = {name: numbers[0] if len(numbers) == 1 else numbers for name, numbers in fixed_inputs}
     model = ox.load(path, allowed_domains=tuple(allowed_domains or ()), image_shape=image_shape,
-                    layout=layout)
+                    layout=layout, fixed_inputs=fixed)
     card = _card(Path(path))
     if preprocess is not None:
         spec, source = Preprocess.from_json(preprocess), preprocess

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from onnxplain.cli.common import load_model, parse_targets, read_images, run_methods, softmax
+from onnxplain.cli.common import load_from_args, parse_targets, read_images, run_methods, softmax
 from onnxplain.cli.explain import check_view, view_per_method
 from onnxplain.cli.methods import resolve
 from onnxplain.core.errors import InputValidationError
@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
             f"--out {args.out!r}: the figure is a PNG; give a file name ending in .png"
         )
     methods = resolve(args.methods)
-    loaded = load_model(args.model, args.preprocess, args.allow_domain, args.image_shape, args.layout)
+    loaded = load_from_args(args)
     x = read_images(loaded, args.images)
     probs = softmax(loaded.model.predict(x, batch_size=args.batch_size))
     preds = probs.argmax(axis=1)

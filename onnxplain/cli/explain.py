@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from onnxplain.cli.common import (
-    load_model,
+    load_from_args,
     parse_targets,
     read_images,
     run_method,
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     if len(method) != 1:
         raise InputValidationError("explain takes one --method; use compare for several")
     method = method[0]
-    loaded = load_model(args.model, args.preprocess, args.allow_domain, args.image_shape, args.layout)
+    loaded = load_from_args(args)
     x = read_images(loaded, args.images)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -53,11 +53,11 @@ def add_parser(sub, common, positive) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from onnxplain.cli.common import load_model
+    from onnxplain.cli.common import load_from_args
     from onnxplain.dataset import explain_dataset
     from onnxplain.dataset.sources import as_source
 
-    loaded = load_model(args.model, args.preprocess, args.allow_domain, args.image_shape, args.layout)
+    loaded = load_from_args(args)
     source = as_source(args.folder)
     images = source.paths[: args.limit] if args.limit else source.paths
     if args.target in (None, "pred"):

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from onnxplain.cli.common import backend_options, load_model
+from onnxplain.cli.common import backend_options, load_from_args
 from onnxplain.cli.methods import available
 from onnxplain.core.errors import OnnxplainError
 
@@ -48,7 +48,7 @@ def attention_gates(model: Any) -> list[dict[str, Any]]:
 def describe(args: argparse.Namespace) -> dict[str, Any]:
     from onnxplain.backends import registry
 
-    loaded = load_model(args.model, args.preprocess, args.allow_domain, args.image_shape, args.layout)
+    loaded = load_from_args(args)
     model = loaded.model
     try:
         auto = model.find_layer("auto").name

@@ -176,6 +176,30 @@ def test_a_model_on_flattened_images_is_explained_with_image_shape(workdir, tmp_
     assert "holds 3072 values" in capsys.readouterr().err
 
 
+def test_a_model_with_a_side_input_is_explained_with_it_fixed(workdir, tmp_path, capsys):
+    import torch
+
+    class Side(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv, self.fc = torch.nn.Conv2d(3, 4, 3), torch.nn.Linear(6, 5)
+
+        def forward(self, x, meta):
+            return self.fc(torch.cat([torch.relu(self.conv(x)).mean((2, 3)), meta], 1))
+
+    path = tmp_path / "side.onnx"
+    torch.onnx.export(Side().eval(), (torch.rand(1, 3, 64, 64), torch.rand(1, 2)), str(path), dynamo=False,
+                      input_names=["x", "meta"], dynamic_axes={"x": {0: "n"}, "meta": {0: "n"}})
+    assert main(["inspect", str(path)]) != 0
+    assert "fixed_inputs" in capsys.readouterr().err
+    out_dir = tmp_path / "explained"
+    assert main(["explain", str(path), workdir["images"][0], "--method", "gradcam", "--fixed-input",
+                 "meta=0.5,-1", "--out", str(out_dir)]) == 0
+    record = json.loads((out_dir / "explain.json").read_text())
+    assert np.load(out_dir / record["images"][0]["attribution"]).shape == (64, 64)
+
+
 @pytest.mark.parametrize("command", [[], ["demo"], ["inspect"], ["explain"], ["compare"]])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_:
