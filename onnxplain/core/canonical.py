@@ -63,49 +63,59 @@ class NormalizeReshapeAllowZeroPass(ir.passes.InPlacePass):
 
 _F16 = onnx.TensorProto.FLOAT16
 _F32 = onnx.TensorProto.FLOAT
+_F64 = onnx.TensorProto.DOUBLE
 
 
-def _upcast_tensor(t: onnx.TensorProto) -> bool:
-    if t.data_type != _F16:
+def _retype_tensor(t: onnx.TensorProto, source: int) -> bool:
+    if t.data_type != source:
         return False
     t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float32), t.name))
     return True
 
 
-def _upcast_type(tp: onnx.TypeProto) -> bool:
+def _retype_type(tp: onnx.TypeProto, source: int) -> bool:
     which = tp.WhichOneof("value")
-    if which == "tensor_type" and tp.tensor_type.elem_type == _F16:
+    if which == "tensor_type" and tp.tensor_type.elem_type == source:
         tp.tensor_type.elem_type = _F32
         return True
     if which in ("sequence_type", "optional_type"):
-        return _upcast_type(getattr(tp, which).elem_type)
+        return _retype_type(getattr(tp, which).elem_type, source)
     return False
 
 
-def _upcast_graph(graph: onnx.GraphProto) -> bool:
+def _retype_graph(graph: onnx.GraphProto, source: int) -> bool:
+    """Every ``source``-typed tensor, value and type target of ``graph`` made float32."""
     changed = False
     for t in graph.initializer:
-        changed |= _upcast_tensor(t)
+        changed |= _retype_tensor(t, source)
     for v in (*graph.input, *graph.output, *graph.value_info):
-        changed |= _upcast_type(v.type)
+        changed |= _retype_type(v.type, source)
     for node in graph.node:
-        changed |= _upcast_node(node)
+        changed |= _retype_node(node, source)
     return changed
 
 
-def _upcast_node(node: onnx.NodeProto) -> bool:
+def _retype_node(node: onnx.NodeProto, source: int) -> bool:
     changed = False
     for attr in node.attribute:
         if attr.type == onnx.AttributeProto.TENSOR:
-            changed |= _upcast_tensor(attr.t)
+            changed |= _retype_tensor(attr.t, source)
         elif attr.type == onnx.AttributeProto.GRAPH:
-            changed |= _upcast_graph(attr.g)
+            changed |= _retype_graph(attr.g, source)
         elif attr.type == onnx.AttributeProto.GRAPHS:
             for g in attr.graphs:
-                changed |= _upcast_graph(g)
-        elif attr.name in ("to", "dtype") and attr.type == onnx.AttributeProto.INT and attr.i == _F16:
-            attr.i = _F32  # Cast(to=float16), RandomNormal(dtype=float16), EyeLike, ...
+                changed |= _retype_graph(g, source)
+        elif attr.name in ("to", "dtype") and attr.type == onnx.AttributeProto.INT and attr.i == source:
+            attr.i = _F32  # Cast(to=source), RandomNormal(dtype=source), EyeLike, ...
             changed = True
+    return changed
+
+
+def _retype(proto: onnx.ModelProto, source: int) -> bool:
+    changed = _retype_graph(proto.graph, source)
+    for fn in proto.functions:
+        for node in fn.node:
+            changed |= _retype_node(node, source)
     return changed
 
 
@@ -119,11 +129,26 @@ def upcast_float16(proto: onnx.ModelProto) -> bool:
     (about 1e-3 relative). Both backends then run it (torch's CPU kernels and onnx2torch
     lack float16 for many ops), and users may pass float16 or float32 arrays.
     """
-    changed = _upcast_graph(proto.graph)
-    for fn in proto.functions:
-        for node in fn.node:
-            changed |= _upcast_node(node)
-    return changed
+    return _retype(proto, _F16)
+
+
+def downcast_float64(proto: onnx.ModelProto) -> bool:
+    """Turn a float64 image model into a float32 one, in place; True when it was converted.
+
+    ONNX Runtime has no float64 kernels for convolutions and pooling on CPU, so a model
+    exported in double precision (``module.double()``, Keras' ``floatx="float64"``) runs
+    nowhere as it is. Converted like :func:`upcast_float16`, every float64 tensor and type
+    becomes float32: the weights rounded to float32 (relative 6e-8), the results within
+    float32 rounding of the model's. Only a model that takes float64 and whose operators are
+    all standard ones is converted; ``ai.onnx.ml`` graphs (scikit-learn's, in double) run
+    on ONNX Runtime as they are.
+    """
+    inits = {t.name for t in proto.graph.initializer}
+    inputs = [v for v in proto.graph.input if v.name not in inits]
+    standard = all(n.domain in ("", "ai.onnx") for n in proto.graph.node) and not proto.functions
+    if not standard or not any(v.type.tensor_type.elem_type == _F64 for v in inputs):
+        return False
+    return _retype(proto, _F64)
 
 
 #: Integer input types whose every value float32 holds exactly, by name (float_input).

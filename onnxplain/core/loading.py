@@ -14,7 +14,14 @@ import onnx
 import onnx_ir as ir
 
 from onnxplain.core.batch import fixed_batch_size, make_batch_dynamic, onnx_batch_note
-from onnxplain.core.canonical import INTEGER_INPUTS, canonicalize, float_input, float_outputs, upcast_float16
+from onnxplain.core.canonical import (
+    INTEGER_INPUTS,
+    canonicalize,
+    downcast_float64,
+    float_input,
+    float_outputs,
+    upcast_float16,
+)
 from onnxplain.core.errors import InputValidationError, ModelLoadError
 from onnxplain.core.fixed_inputs import fix_inputs
 from onnxplain.core.layout import (
@@ -360,7 +367,9 @@ def load(
       than the installed ONNX Runtime runs (up to ``onnx.defs.onnx_opset_version()``) are
       converted down to its newest (:func:`runtime_limits`); the others load as they are.
     - float16 models are computed in float32 (weights upcast exactly, results within
-      float16 rounding of the float16 model; ``model.converted_from == "float16"``).
+      float16 rounding of the float16 model; ``model.converted_from == "float16"``), and so
+      are float64 models of standard operators, which ONNX Runtime has no CPU convolutions
+      for (results within float32 rounding; ``"float64"``).
     - a model that takes integer images (uint8, int8, uint16, int16) and only casts them to
       float, or dequantizes them per tensor, takes float32 instead: the same results on
       integer values, the same formula between them, which gradients and perturbations
@@ -402,6 +411,7 @@ def load(
         logger.info("the model's integer output %r is dequantized: its scores are the real values", name)
     was_float16 = _input_dtype(proto) == onnx.TensorProto.FLOAT16
     upcast = upcast_float16(proto)
+    downcast = downcast_float64(proto)
     try:  # canonicalize raises only what reading the graph raises
         ir_model = canonicalize(lambda: ir.from_proto(proto))
     except Exception as exc:
@@ -426,10 +436,12 @@ def load(
                   runtime=runtime)
     model.batch_note = note
     saved = dict(ir_model.metadata_props).get(CONVERTED_KEY)  # a model Model.save wrote
-    if saved in ("float16", *INTEGER_INPUTS.values()):
+    if saved in ("float16", "float64", *INTEGER_INPUTS.values()):
         model.converted_from = saved
     if upcast and was_float16:
         model.converted_from = "float16"
+    if downcast:
+        model.converted_from = "float64"
     if integer is not None:
         model.converted_from = integer
     return model

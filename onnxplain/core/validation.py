@@ -89,7 +89,9 @@ def check_input(model: Model | None, x: Any, name: str = "inputs") -> np.ndarray
                     f"{name} has shape {x.shape} but the model input {spec.name!r} expects "
                     f"{spec.shape} (axis {axis}: {got} != {want})"
                 )
-    if np.dtype(x.dtype).itemsize > np.dtype(spec.dtype).itemsize:
+    # a float64 model computes in float32 (load says so): its own input type is not a loss to warn of
+    own = model.converted_from is not None and np.dtype(x.dtype).name == model.converted_from
+    if np.dtype(x.dtype).itemsize > np.dtype(spec.dtype).itemsize and not own:
         warnings.warn(
             f"{name} are {x.dtype}; converted to the model's input dtype {spec.dtype}",
             UserWarning,

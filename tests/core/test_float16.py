@@ -1,4 +1,5 @@
-"""float16 exports are computed in float32, and opsets 9 to the newest load and explain.
+"""float16 and float64 exports are computed in float32, and opsets 9 to the newest load and
+explain.
 
 A float16 model's weights are the float32 model's rounded to float16 (relative error up
 to 2^-11 ≈ 4.9e-4 per weight). Upcast to float32 they are exact, so every method on the
@@ -91,6 +92,32 @@ def test_methods_on_a_float16_export_equal_float32_with_its_weights(pair, x, met
     assert max_rel_err(ours, method(rounded).attribute(x, target=1, **kwargs)) < 1e-5
     if method is not ox.Saliency:  # see the module docstring
         assert max_rel_err(ours, method(fp32).attribute(x, target=1, **kwargs)) < F16_RTOL
+
+
+def test_float64_models_are_computed_in_float32_where_onnx_runtime_has_no_double_kernels(x, tmp_path):
+    """ONNX Runtime runs no float64 Conv on CPU: the float64 export is converted, predicts
+    the double-precision module within float32 rounding, and its methods equal the float32
+    export's (the same weights rounded to float32, the graph the conversion makes)."""
+    net = small_cnn()
+    fp64 = _export(small_cnn().double(), torch.randn(2, 3, 32, 32, dtype=torch.float64))
+    with pytest.raises(Exception, match="NOT_IMPLEMENTED"):  # the file as it is
+        ort.InferenceSession(fp64.SerializeToString(), providers=["CPUExecutionProvider"])
+    model = ox.load(fp64)
+    assert model.converted_from == "float64" and model.input_dtype == np.float32
+    with torch.no_grad():
+        want = net.double()(torch.from_numpy(x.astype(np.float64))).numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # float64 arrays are the model's own: no precision warning
+        got = model.predict(x.astype(np.float64))
+    assert max_rel_err(got, want) < 1e-5
+    fp32 = ox.load(_export(small_cnn(), torch.from_numpy(x)))
+    for method, kwargs in ((ox.Saliency, {}), (ox.GradCAM, {}), (ox.LRP, {}),
+                           (ox.Occlusion, {"sliding_window_shapes": (3, 8, 8), "strides": (3, 8, 8)})):
+        ours = method(model).attribute(x, target=1, **kwargs)
+        assert ours.dtype == np.float32
+        assert max_rel_err(ours, method(fp32).attribute(x, target=1, **kwargs)) < 1e-5, method.__name__
+    again = ox.load(model.save(tmp_path / "f64.onnx"))
+    assert again.converted_from == "float64"
 
 
 @pytest.mark.parametrize("opset", [9, onnx.defs.onnx_opset_version()])
