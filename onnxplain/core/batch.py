@@ -164,6 +164,61 @@ def fixed_batch_size(model: ir.Model) -> int | None:
     return dim if isinstance(dim, int) and dim > 0 else None
 
 
+def _unsqueeze(graph: ir.Graph, value: ir.Value, name: str, opset: int) -> ir.Node:
+    """A new ``Unsqueeze`` of axis 0 of ``value`` named ``name`` (not yet in the graph)."""
+    if opset >= 13:
+        axes = ir.Value(name=f"{name}__batch_axis", const_value=ir.tensor(np.array([0], np.int64)),
+                        shape=ir.Shape([1]), type=ir.TensorType(ir.DataType.INT64))
+        graph.register_initializer(axes)
+        node = ir.node("Unsqueeze", inputs=[value, axes], name=f"{name}__batched")
+    else:
+        node = ir.node("Unsqueeze", inputs=[value], attributes={"axes": [0]}, name=f"{name}__batched")
+    out = node.outputs[0]
+    out.type = value.type
+    out.shape = ir.Shape([1, *value.shape]) if value.shape is not None else None
+    return node
+
+
+def add_batch_axis(model: ir.Model) -> list[str]:
+    """Give back the batch axis that outputs of a model exported for one image dropped.
+
+    A model whose input batch is fixed to 1 and that returns ``logits[0]`` or
+    ``softmax(logits[0], 0)`` has an output of (K,) where every method expects (1, K): an
+    output whose first dim is a fixed size other than 1 (or a scalar) has no batch axis.
+    Each such output gets an ``Unsqueeze`` of axis 0, in place, under its own name; a final
+    ``Softmax``/``LogSoftmax`` of a vector gets it on its input instead (its axis becomes 1),
+    so that its logits are found too. The names changed are returned. The batch then stays
+    fixed (the graph reads row 0), and the backends run the model one row per call, as for
+    any fixed batch.
+    """
+    if fixed_batch_size(model) != 1:
+        return []
+    graph = model.graph
+    opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 13))
+    changed = []
+    for index, out in enumerate(list(graph.outputs)):
+        shape = out.shape
+        if shape is None or (len(shape) > 0 and not (isinstance(shape[0], int) and shape[0] != 1)):
+            continue
+        name = out.name
+        producer = out.producer()
+        if producer is not None and producer.op_type in ("Softmax", "LogSoftmax") \
+                and producer.domain in ("", "ai.onnx") and len(shape) == 1 and producer.inputs[0] is not None:
+            node = _unsqueeze(graph, producer.inputs[0], f"{name}__logits", opset)
+            graph.insert_before(producer, node)
+            producer.replace_input_with(0, node.outputs[0])
+            producer.attributes["axis"] = ir.AttrInt64("axis", 1)
+            out.shape = ir.Shape([1, *shape])
+        else:
+            out.name = f"{name}__unbatched"
+            node = _unsqueeze(graph, out, name, opset)
+            node.outputs[0].name = name
+            graph.append(node)
+            graph.outputs[index] = node.outputs[0]
+        changed.append(name)
+    return changed
+
+
 def make_batch_dynamic(model: ir.Model) -> tuple[ir.Model, str | None]:
     """``(model with a dynamic batch, None)``, or ``(model unchanged, reason)``.
 

@@ -13,7 +13,7 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
-from onnxplain.core.batch import fixed_batch_size, make_batch_dynamic, onnx_batch_note
+from onnxplain.core.batch import add_batch_axis, fixed_batch_size, make_batch_dynamic, onnx_batch_note
 from onnxplain.core.canonical import (
     INTEGER_INPUTS,
     canonicalize,
@@ -418,6 +418,8 @@ def load(
         raise ModelLoadError(f"cannot read the graph of {where}: {exc}") from None
     ir_model, wanted = _unflattened(ir_model, image, wanted)
     ir_model, user_layout = _channels_first(ir_model, wanted)
+    for name in add_batch_axis(ir_model):
+        logger.info("the output %r of this one-image model has no batch axis: it gets one", name)
     note = None
     fixed = fixed_batch_size(ir_model)
     if dynamic_batch and fixed is not None and not libraries and not domains:

@@ -108,3 +108,49 @@ def test_a_graph_that_mixes_examples_stays_fixed_and_says_why():
     one = np.concatenate([model.predict(x[i : i + 1]) for i in range(3)])
     for backend in ("onnxruntime", "torch"):
         np.testing.assert_allclose(model.backend(backend).predict(x), one, atol=1e-5)
+
+
+class DropsTheBatchAxis(nn.Module):
+    """A one-image export's head: ``logits[0]``, then ``softmax(·, 0)`` or ``.sum()``."""
+
+    def __init__(self, head: str) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv, self.fc, self.head = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4, 5), head
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        row = self.logits(x)[0]
+        return {"softmax": torch.softmax(row, 0), "logits": row, "scalar": row[2]}[self.head]
+
+
+@pytest.mark.parametrize("head", ["softmax", "logits", "scalar"])
+def test_outputs_of_a_one_image_export_without_a_batch_axis_get_it_back(head):
+    """(K,) (or a scalar) from a batch-1 input: the output becomes (1, K) ((1,)), the model
+    runs one row per call, and methods equal Captum on the module's batched head; the
+    logits under a final softmax are found (gradient methods explain them)."""
+    from captum.attr import Saliency
+
+    net = DropsTheBatchAxis(head).eval()
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.randn(1, 3, 16, 16),), buffer, dynamo=False, input_names=["input"])
+    with pytest.warns(UserWarning, match="fixed to 1"):
+        model = ox.load(buffer.getvalue())
+    assert model.fixed_batch == 1
+    assert model.output_spec.shape == ((1, 5) if head != "scalar" else (1,))
+    x = np.random.default_rng(4).standard_normal((3, 3, 16, 16)).astype(np.float32)
+    batched = net.logits(torch.from_numpy(x))
+    want = {"softmax": torch.softmax(batched, 1), "logits": batched, "scalar": batched[:, 2]}[head]
+    np.testing.assert_allclose(model.predict(x), want.detach().numpy(), rtol=1e-5, atol=1e-6)
+    target = 0 if head == "scalar" else 3
+    ours = ox.Saliency(model).attribute(x, target=target, abs=False)
+    reference = (lambda t: net.logits(t)[:, 2:3]) if head == "scalar" else net.logits
+    ref = Saliency(reference).attribute(torch.from_numpy(x), target=target, abs=False).numpy()
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-6)
+    assert (model.logits() is not None) == (head == "softmax")
+    occlusion = ox.Occlusion(model).attribute(x, target=target, sliding_window_shapes=(3, 8, 8), strides=8)
+    assert occlusion.shape == x.shape and np.isfinite(occlusion).all()
