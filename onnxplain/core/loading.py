@@ -404,6 +404,9 @@ def load(
     proto, where = _read(source, max_model_bytes, max_external_bytes)
     _validate(proto, domains)
     proto = _drop_zipmap(_fit_runtime(_upgrade_opset(proto)))
+    # IR 3 (opset 7/8 exports) wants every initializer listed as an input; canonicalisation
+    # lists them no more, and a derived graph (LRP's) may leave one unused: IR 4 allows both
+    proto.ir_version = max(proto.ir_version, 4)
     for name in fix_inputs(proto, fixed_inputs or {}):
         logger.info("the model's input %r is held at the value fixed_inputs gives", name)
     integer = float_input(proto)

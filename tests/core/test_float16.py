@@ -139,3 +139,22 @@ def test_oldest_and_newest_opsets_load_and_explain(pair, x, opset):
     ]:
         ours = method(model).attribute(x, target=3, **kwargs)
         assert max_rel_err(ours, method(fp32).attribute(x, target=3, **kwargs)) < 1e-5, method.__name__
+
+
+def test_an_opset_7_export_of_ir_version_3_explains_with_every_backend(x):
+    """IR 3 lists initializers as inputs; the upgraded, canonical graph does not, and LRP's
+    derived graph (BatchNorm merged into the convolution) leaves one unused: both need IR 4."""
+    torch.manual_seed(5)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3), torch.nn.BatchNorm2d(6), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(6, 4)).eval()
+    with torch.no_grad():
+        net[1].running_mean.uniform_(-0.5, 0.5)
+        net[1].running_var.uniform_(0.5, 2.0)
+    old = _export(net, torch.from_numpy(x), opset=7)
+    assert old.ir_version == 3 and any(n.op_type == "BatchNormalization" for n in old.graph.node)
+    model, current = ox.load(old), ox.load(_export(net, torch.from_numpy(x)))
+    with torch.no_grad():
+        np.testing.assert_allclose(model.predict(x), net(torch.from_numpy(x)).numpy(), rtol=1e-5, atol=1e-6)
+    for method in (ox.LRP, ox.Saliency, ox.GradCAM):
+        ours = method(model).attribute(x, target=2)
+        assert max_rel_err(ours, method(current).attribute(x, target=2)) < 1e-5, method.__name__
