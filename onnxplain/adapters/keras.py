@@ -3,6 +3,14 @@
 Keras 3 exports through its active backend (``KERAS_BACKEND``): ``torch`` (torch.onnx;
 the lightest, no TensorFlow needed), ``jax`` (jax2onnx) or ``tensorflow`` (tf2onnx). The
 exported model keeps the Keras input layout, channels-last (N, H, W, C) for images.
+
+Keras' export calls the model without ``training=False``, so layers that differ in
+training, the random augmentation layers Keras' tutorials put inside the model
+(``RandomFlip``, ``RandomRotation``, ...), are exported as they train: with random ops the
+exporters refuse, or random outputs the check catches. When Keras' export fails or its
+model does not compute what ``model(x, training=False)`` does, the model is exported again
+in inference mode by the backend's own exporter (torch.onnx on a module that calls it with
+``training=False``, tf2onnx on the TensorFlow backend).
 """
 
 from __future__ import annotations
@@ -84,15 +92,44 @@ def export(model: Any, example: Any, opset: int | None = None, rtol: float = 1e-
         ) from exc
     import onnx
 
-    with tempfile.TemporaryDirectory(prefix="onnxplain-keras-") as folder:
-        path = Path(folder) / "model.onnx"
+    try:
+        with tempfile.TemporaryDirectory(prefix="onnxplain-keras-") as folder:
+            path = Path(folder) / "model.onnx"
+            try:
+                with quiet_export():  # the jax backend exports through jax2onnx
+                    model.export(str(path), format="onnx", verbose=False, opset_version=opset)
+                proto = onnx.load(str(path))  # with any external data, while the folder exists
+            except Exception as exc:
+                raise ExportError(
+                    f"Keras could not export the model to ONNX on the {backend} backend: "
+                    f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+                ) from exc
+        return verified_model(explicit_pads(proto), x, expected, rtol, f"keras ({backend} backend)")
+    except ExportError as first:
+        if backend == "jax":
+            raise
         try:
-            with quiet_export():  # the jax backend exports through jax2onnx
-                model.export(str(path), format="onnx", verbose=False, opset_version=opset)
-            proto = onnx.load(str(path))  # with any external data, while the folder exists
-        except Exception as exc:
-            raise ExportError(
-                f"Keras could not export the model to ONNX on the {backend} backend: "
-                f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
-            ) from exc
-    return verified_model(explicit_pads(proto), x, expected, rtol, f"keras ({backend} backend)")
+            return _export_for_inference(model, x, backend, opset, rtol)
+        except ExportError as second:
+            raise ExportError(f"{first}; exported in inference mode instead: {second}") from first
+
+
+def _export_for_inference(model: Any, x: Any, backend: str, opset: int | None, rtol: float) -> Model:
+    """``model(x, training=False)`` exported by the backend's exporter (see the module)."""
+    if backend == "tensorflow":
+        from onnxplain.adapters import tensorflow
+
+        return tensorflow.export(model, x, opset=opset, rtol=rtol)  # calls it with training=False
+    import torch
+
+    from onnxplain.adapters import torch as torch_adapter
+
+    class Inference(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            return self.model(images, training=False)
+
+    return torch_adapter.export(Inference(), x, opset=opset, rtol=rtol)

@@ -247,3 +247,28 @@ def test_a_keras_model_on_flattened_images_takes_the_images():
     by_hand = want[:, 1] - keras.ops.convert_to_numpy(net(hidden.reshape(2, -1)))[:, 1]
     np.testing.assert_allclose(occlusion[:, 0, 8, 0], by_hand, rtol=1e-4, atol=1e-6)
     assert ox.GradCAM(model).attribute(x, target=1).shape == x.shape[:3]
+
+
+def test_a_model_with_augmentation_layers_inside_is_exported_in_inference_mode():
+    """Keras' tutorials put RandomFlip/RandomRotation in the model; Keras' export calls it
+    without training=False and fails on their random ops, so the adapter exports it in
+    inference mode (where they pass images through): predictions are ``model.predict``'s
+    and an occluded patch changes the score as in Keras."""
+    keras.utils.set_random_seed(5)
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = keras.layers.RandomFlip("horizontal")(inputs)
+    x = keras.layers.RandomRotation(0.1)(x)
+    x = keras.layers.Rescaling(1 / 255)(x)
+    x = keras.layers.BatchNormalization()(keras.layers.Conv2D(4, 3, activation="relu")(x))
+    x = keras.layers.Dropout(0.5)(keras.layers.GlobalAveragePooling2D()(x))
+    net = keras.Model(inputs, keras.layers.Dense(3)(x))
+    images = np.random.default_rng(8).random((2, SIZE, SIZE, 3), dtype=np.float32) * 255
+    model = ox.adapters.keras.export(net, images)
+    want = net.predict(images, verbose=0)
+    assert max_rel_err(model.predict(images), want) < TOL
+    occlusion = ox.Occlusion(model).attribute(images, target=2, sliding_window_shapes=(16, 16, 3),
+                                              strides=(16, 16, 3))
+    hidden = images.copy()
+    hidden[:, 16:, :16] = 0
+    by_hand = want[:, 2] - net.predict(hidden, verbose=0)[:, 2]
+    np.testing.assert_allclose(occlusion[:, 16, 0, 0], by_hand, rtol=1e-4, atol=1e-5)
