@@ -818,6 +818,50 @@ class FlattenedMapPoolPass(_RewriteEachNode):
         return True
 
 
+class ConstantIfPass(ir.passes.InPlacePass):
+    """An ``If`` whose condition is a constant is the branch it takes: that branch's nodes
+    move into the graph in its place, and its results take the ``If``'s outputs.
+
+    Exports leave such ones (``torch.cond`` on a flag, tf2onnx's conditionals on a
+    training switch or on a shape known once the model is frozen). onnx2torch converts no
+    ``If``, so gradient, CAM and LRP methods were refused on them, and the graph analyses
+    (layers, heads, attention) do not look into subgraphs. Ifs nested in the branch taken
+    come up in the graph and are taken in turn.
+    """
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph, modified = model.graph, False
+        while True:
+            node = next((n for n in graph if n.op_type == "If" and n.domain in ("", "ai.onnx")
+                         and _const_array(n.inputs[0]) is not None
+                         and _const_array(n.inputs[0]).size == 1), None)
+            if node is None:
+                return ir.passes.PassResult(model, modified=modified)
+            taken = "then_branch" if bool(_const_array(node.inputs[0]).reshape(-1)[0]) else "else_branch"
+            branch = node.attributes[taken].as_graph()
+            other = node.attributes["else_branch" if taken == "then_branch" else "then_branch"].as_graph()
+            for dropped in ir.traversal.RecursiveGraphIterator(other):  # no longer a use of outer values
+                for i in range(len(dropped.inputs)):
+                    dropped.replace_input_with(i, None)
+            moved, results = list(branch), list(branch.outputs)
+            branch.outputs.clear()
+            if moved:
+                branch.remove(moved)  # still connected: they move, not go
+                graph.insert_before(node, moved)
+            for name, init in list(branch.initializers.items()):
+                branch.initializers.pop(name)
+                graph.register_initializer(init)
+            for out, result in zip(node.outputs, results):
+                if result.producer() not in moved:  # an outer value or a constant: copy it
+                    copy = ir.node("Identity", [result], name=f"{node.name or out.name}__taken")
+                    graph.insert_before(node, copy)
+                    result = copy.outputs[0]
+                    result.type, result.shape = out.type, out.shape
+                take_place(out, result)
+            graph.remove(node, safe=True)
+            modified = True
+
+
 class UnfuseContribOpsPass(ir.passes.InPlacePass):
     """ONNX Runtime's fused operators written out (:mod:`onnxplain.core.contrib`)."""
 
@@ -846,6 +890,7 @@ def _steps() -> list[ir.passes.PassBase]:
         passes.IdentityEliminationPass(),
         UnfuseContribOpsPass(),
         FoldConstantSubgraphsPass(),
+        ConstantIfPass(),
         NormalizeReshapeAllowZeroPass(),
         SinkChannelsLastTransposePass(),
         CancelTransposePairsPass(),

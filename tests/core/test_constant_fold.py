@@ -128,3 +128,70 @@ def test_what_is_never_folded(images, monkeypatch):
     y = model.backend("onnxruntime").forward(x, outputs=["y0"])["y0"]
     np.testing.assert_allclose(y, x @ w.T, rtol=1e-6)
     assert model.backend("onnxruntime").forward(x)["y"].shape == (3, 4)
+
+
+# -- If with a constant condition ----------------------------------------------------------
+def _branch(name: str, nodes: list, output: str) -> onnx.GraphProto:
+    out = helper.make_tensor_value_info(output, TensorProto.FLOAT, None)
+    return helper.make_graph(nodes, name, [], [out])
+
+
+def _conditional(flag: bool, nested: bool | None) -> onnx.ModelProto:
+    """Conv → If(flag: ReLU | Sigmoid) → mean → MatMul; ``nested`` (not None): the ReLU
+    branch holds another If(nested: the conv output itself | Tanh) after its ReLU."""
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal((4, 5)).astype(np.float32), "fc"),
+             numpy_helper.from_array(np.array(flag), "flag"),
+             numpy_helper.from_array(np.array([bool(nested)]), "inner")]
+    relu = [helper.make_node("Relu", ["c"], ["relu"])]
+    if nested is not None:
+        keep = _branch("inner_then", [helper.make_node("Identity", ["c"], ["kept"])], "kept")
+        tanh = _branch("inner_else", [helper.make_node("Tanh", ["relu"], ["t"])], "t")
+        relu.append(helper.make_node("If", ["inner"], ["then_out"], then_branch=keep, else_branch=tanh))
+    then = _branch("then", relu, "relu" if nested is None else "then_out")
+    other = _branch("else", [helper.make_node("Sigmoid", ["c"], ["sig"])], "sig")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("If", ["flag"], ["r"], then_branch=then, else_branch=other),
+             helper.make_node("ReduceMean", ["r"], ["g"], axes=[2, 3], keepdims=0),
+             helper.make_node("MatMul", ["g", "fc"], ["y"])]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 5])
+    graph = helper.make_graph(nodes, "conditional", [x], [y], inits)
+    return helper.make_model(graph, ir_version=8, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def _straight(activation: str) -> onnx.ModelProto:
+    """The same network with the branch taken written in."""
+    proto = _conditional(True, None)
+    nodes = list(proto.graph.node)
+    del proto.graph.node[:]
+    proto.graph.node.extend([nodes[0], helper.make_node(activation, ["c"], ["r"]), *nodes[2:]])
+    return proto
+
+
+@pytest.mark.parametrize(("flag", "nested", "taken"), [(True, None, "Relu"), (False, None, "Sigmoid"),
+                                                        (True, False, "Tanh"), (True, True, "Identity")])
+def test_an_if_with_a_constant_condition_is_the_branch_it_takes(flag, nested, taken):
+    """The If is gone (nested ones too), predictions are ONNX Runtime's on the file, and
+    gradients and LRP equal those of the network with the branch written in; a branch that
+    returns an outer value (the inner then: the conv output) gives it through an Identity,
+    and the ReLU only the branch not taken read is gone."""
+    import onnxruntime as ort
+
+    proto = _conditional(flag, nested)
+    onnx.checker.check_model(proto, full_check=True)
+    model = ox.load(proto)
+    straight = _straight(taken)
+    if nested is False:  # ReLU, then the inner If's else branch: Tanh of it
+        straight.graph.node.insert(1, helper.make_node("Relu", ["c"], ["relu"]))
+        straight.graph.node[2].input[0] = "relu"
+    straight = ox.load(straight)
+    ops = [n.op_type for n in model.ir.graph]
+    assert "If" not in ops and ("Relu" in ops) == (taken in ("Relu", "Tanh"))
+    x = np.random.default_rng(4).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    native = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(model.predict(x), native.run(None, {"x": x})[0], rtol=1e-5, atol=1e-6)
+    for method in (ox.Saliency, ox.GradCAM, ox.LRP):
+        ours, theirs = (method(m).attribute(x, target=2) for m in (model, straight))
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-7, err_msg=method.__name__)
