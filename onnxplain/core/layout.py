@@ -28,7 +28,7 @@ arrays, with baselines and feature masks (H, W) or (N, H, W) and windows (h, w),
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -82,23 +82,32 @@ def detect_layout(model: ir.Model) -> str:
         return "NHW" if _given_a_channel_axis(value) else "NCHW"
     if value is None or value.shape is None or len(value.shape) != 4:
         return "NCHW"
+    return _image_layout(value)
+
+
+def _rank(node: ir.Node) -> int | None:
+    """The rank of ``node``'s first output, None if unknown."""
+    shape = node.outputs[0].shape if node.outputs else None
+    return None if shape is None else len(shape)
+
+
+def _first_reader(value: ir.Value, rank: int, found: Callable[[ir.Node], bool]) -> ir.Node | None:
+    """The first node for which ``found`` holds among those reading ``value``, directly or
+    through element-wise normalisation ops that keep its ``rank`` (Keras' Rescaling and
+    Normalization, a torch export's ``(x - mean) / std``), up to 4 deep; or None."""
     frontier = [value]
     for _ in range(4):
         following = []
         for v in frontier:
             for node in v.consumers():
-                if node.op_type == "Transpose" and _perm(node) == TO_NCHW:
-                    return "NHWC"
-                if (
-                    node.op_type in _PASS_THROUGH
-                    and node.outputs[0].shape is not None
-                    and len(node.outputs[0].shape) == 4
-                ):
+                if found(node):
+                    return node
+                if node.op_type in _PASS_THROUGH and _rank(node) == rank:
                     following.append(node.outputs[0])
         if not following:
-            break
+            return None
         frontier = following
-    return "NCHW"
+    return None
 
 
 def _given_a_channel_axis(value: ir.Value) -> bool:
@@ -106,20 +115,8 @@ def _given_a_channel_axis(value: ir.Value) -> bool:
     ``Reshape`` to rank 4 (``x.unsqueeze(1)``, Keras' ``Reshape((H, W, 1))``) directly or
     through element-wise normalisation. A sequence model's (T, N, F) input, which an LSTM
     reads, or a flattened one is not."""
-    frontier = [value]
-    for _ in range(4):
-        following = []
-        for v in frontier:
-            for node in v.consumers():
-                out = node.outputs[0].shape if node.outputs else None
-                if node.op_type in ("Unsqueeze", "Reshape") and out is not None and len(out) == 4:
-                    return True
-                if node.op_type in _PASS_THROUGH and out is not None and len(out) == 3:
-                    following.append(node.outputs[0])
-        if not following:
-            return False
-        frontier = following
-    return False
+    made_image = _first_reader(value, 3, lambda n: n.op_type in ("Unsqueeze", "Reshape") and _rank(n) == 4)
+    return made_image is not None
 
 
 def _replace_input(graph: ir.Graph, old: ir.Value, shape: Sequence[Any], op_type: str,
@@ -191,21 +188,11 @@ def check_image_shape(image_shape: Any) -> tuple[int, ...] | None:
     return shape
 
 
-def _image_layout(out: ir.Value) -> str:
-    """``"NHWC"`` when the rank-4 ``out`` reaches a ``Transpose(perm=[0, 3, 1, 2])`` (directly or
-    through element-wise normalisation), else ``"NCHW"``."""
-    frontier = [out]
-    for _ in range(4):
-        following = []
-        for v in frontier:
-            for node in v.consumers():
-                shape = node.outputs[0].shape if node.outputs else None
-                if node.op_type == "Transpose" and _perm(node) == TO_NCHW:
-                    return "NHWC"
-                if node.op_type in _PASS_THROUGH and shape is not None and len(shape) == 4:
-                    following.append(node.outputs[0])
-        frontier = following
-    return "NCHW"
+def _image_layout(value: ir.Value) -> str:
+    """``"NHWC"`` when the rank-4 ``value`` reaches a ``Transpose(perm=[0, 3, 1, 2])``
+    (directly or through element-wise normalisation), else ``"NCHW"``."""
+    nhwc = _first_reader(value, 4, lambda n: n.op_type == "Transpose" and _perm(n) == TO_NCHW)
+    return "NCHW" if nhwc is None else "NHWC"
 
 
 def detect_flattened_image(model: ir.Model) -> tuple[tuple[int, ...], str] | None:
@@ -222,26 +209,16 @@ def detect_flattened_image(model: ir.Model) -> tuple[tuple[int, ...], str] | Non
     if value is None or value.shape is None or len(value.shape) != 2:
         return None
     features = value.shape[1]
-    frontier = [value]
-    for _ in range(4):
-        following = []
-        for v in frontier:
-            for node in v.consumers():
-                out = node.outputs[0] if node.outputs else None
-                shape = out.shape if out is not None else None
-                if node.op_type == "Reshape" and shape is not None and len(shape) == 4:
-                    image = tuple(shape[1:])
-                    if all(isinstance(d, int) and d > 0 for d in image) and (
-                        not isinstance(features, int) or features == int(np.prod(image))
-                    ):
-                        layout = _image_layout(out)
-                        return (image, layout)
-                if node.op_type in _PASS_THROUGH and shape is not None and len(shape) == 2:
-                    following.append(out)
-        if not following:
-            return None
-        frontier = following
-    return None
+
+    def images(node: ir.Node) -> bool:
+        image = tuple(node.outputs[0].shape[1:]) if node.op_type == "Reshape" and _rank(node) == 4 else ()
+        return bool(image) and all(isinstance(d, int) and d > 0 for d in image) and (
+            not isinstance(features, int) or features == int(np.prod(image)))
+
+    reshape = _first_reader(value, 2, images)
+    if reshape is None:
+        return None
+    return tuple(reshape.outputs[0].shape[1:]), _image_layout(reshape.outputs[0])
 
 
 def make_input_images(model: ir.Model, image_shape: Sequence[int]) -> ir.Model:
