@@ -60,6 +60,8 @@ def add_load_args(parser) -> None:
                              "the graph reshapes its input into images itself")
     parser.add_argument("--layout", default="auto", choices=["auto", "NCHW", "NHWC", "NHW"],
                         help="the layout of the model's images (default: read from the graph)")
+    parser.add_argument("--model-output", metavar="NAME",
+                        help="the model output to explain (default: its first floating-point one)")
     parser.add_argument("--fixed-input", action="append", default=[], type=_fixed_input,
                         metavar="NAME=V[,V...]",
                         help="hold an input besides the image at a value, repeatable: one example's "
@@ -99,21 +101,22 @@ def load_from_args(args) -> LoadedModel:
     """:func:`load_model` with a command's arguments (``model``, ``--preprocess`` and what
     :func:`add_load_args` added)."""
     return load_model(args.model, args.preprocess, args.allow_domain, args.image_shape, args.layout,
-                      args.fixed_input)
+                      args.fixed_input, args.model_output)
 
 
 def load_model(path: str, preprocess: str | None = None, allowed_domains: Sequence[str] | None = None,
                image_shape: Sequence[int] | None = None, layout: str = "auto",
-               fixed_inputs: Sequence[tuple[str, list[float]]] = ()) -> LoadedModel:
+               fixed_inputs: Sequence[tuple[str, list[float]]] = (), output: str | None = None
+               ) -> LoadedModel:
     """Load ``path`` with :func:`onnxplain.load`, and find how to feed it: ``preprocess``
     (a JSON file), else a spec stored next to the model, else a guess from its input.
     ``allowed_domains``, ``image_shape``, ``layout``, ``fixed_inputs`` ((name, numbers)
-    pairs; one number is a scalar): see :func:`onnxplain.load`."""
+    pairs; one number is a scalar), ``output``: see :func:`onnxplain.load`."""
     import onnxplain as ox
 
     fixed = {name: numbers[0] if len(numbers) == 1 else numbers for name, numbers in fixed_inputs}
     model = ox.load(path, allowed_domains=tuple(allowed_domains or ()), image_shape=image_shape,
-                    layout=layout, fixed_inputs=fixed)
+                    layout=layout, fixed_inputs=fixed, output=output)
     card = _card(Path(path))
     if preprocess is not None:
         spec, source = Preprocess.from_json(preprocess), preprocess

@@ -252,6 +252,29 @@ def _fit_runtime(proto: onnx.ModelProto) -> onnx.ModelProto:
     return converted
 
 
+def _explain_output(proto: onnx.ModelProto, output: str | None) -> None:
+    """Put the graph output named ``output`` first (in place): the model explains the first
+    floating-point output, in every graph derived from it too."""
+    if output is None:
+        return
+    outputs = list(proto.graph.output)
+    names = [o.name for o in outputs]
+    if not isinstance(output, str) or output not in names:
+        raise InputValidationError(f"output must be one of the model's outputs {names}, got {output!r}")
+    chosen = outputs[names.index(output)]
+    elem = chosen.type.tensor_type.elem_type
+    floats = (onnx.TensorProto.UNDEFINED, onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16,
+              onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
+    if elem not in floats:
+        raise InputValidationError(
+            f"output {output!r} holds {onnx.TensorProto.DataType.Name(elem)}, not floating-point "
+            "scores: there is nothing to explain in it"
+        )
+    reordered = [chosen, *(o for o in outputs if o.name != output)]
+    del proto.graph.output[:]
+    proto.graph.output.extend(reordered)
+
+
 def _drop_zipmap(proto: onnx.ModelProto) -> onnx.ModelProto:
     """Replace each ``ZipMap`` that makes a graph output by ``Identity`` (in place: ``proto``
     is load's own copy).
@@ -314,6 +337,7 @@ def load(
     layout: str = "auto",
     image_shape: Sequence[int] | None = None,
     fixed_inputs: Mapping[str, Any] | None = None,
+    output: str | None = None,
     dynamic_batch: bool = True,
 ) -> Model:
     """Load an ONNX model from a file path, bytes or an ``onnx.ModelProto``.
@@ -359,6 +383,10 @@ def load(
       a detection export's image size) is explained with every other input held at the
       value given here by name; one with a batch axis takes one example's value, repeated
       for every image (see :mod:`onnxplain.core.fixed_inputs`).
+    - ``output``: the graph output methods explain, by name (``model.output_names``); by
+      default the first floating-point one (a scikit-learn classifier's probabilities, not
+      its int64 label). The others stay reachable with
+      :class:`~onnxplain.OutputTarget`.
     - ``dynamic_batch``: a batch dim fixed by the export is made dynamic when that provably
       keeps the outputs (see :mod:`onnxplain.core.batch`); otherwise a warning says why and
       the backends run the fixed batch size per call (always for models with custom
@@ -407,6 +435,7 @@ def load(
     # IR 3 (opset 7/8 exports) wants every initializer listed as an input; canonicalisation
     # lists them no more, and a derived graph (LRP's) may leave one unused: IR 4 allows both
     proto.ir_version = max(proto.ir_version, 4)
+    _explain_output(proto, output)
     for name in fix_inputs(proto, fixed_inputs or {}):
         logger.info("the model's input %r is held at the value fixed_inputs gives", name)
     integer = float_input(proto)

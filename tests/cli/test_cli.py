@@ -198,6 +198,8 @@ def test_a_model_with_a_side_input_is_explained_with_it_fixed(workdir, tmp_path,
                  "meta=0.5,-1", "--out", str(out_dir)]) == 0
     record = json.loads((out_dir / "explain.json").read_text())
     assert np.load(out_dir / record["images"][0]["attribution"]).shape == (64, 64)
+    assert main(["inspect", str(path), "--fixed-input", "meta=0.5,-1", "--model-output", "nothing"]) != 0
+    assert "one of the model's outputs" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command", [[], ["demo"], ["inspect"], ["explain"], ["compare"]])

@@ -202,3 +202,54 @@ def test_old_opsets_are_upgraded_so_the_torch_backend_converts_them():
     assert model.opset == 13 and "Resize" in [n.op_type for n in model.ir.graph]
     x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
     np.testing.assert_allclose(model.backend("torch").predict(x), model.predict(x), atol=1e-5)
+
+
+def test_output_names_the_output_methods_explain(tmp_path):
+    """(features, logits): the first float output is explained by default; output="logits"
+    explains the logits in every method (LRP's derived graph too, and after save), as the
+    module returning only its logits does."""
+    import torch
+    from captum.attr import Saliency
+
+    class TwoOutputs(torch.nn.Module):
+        def __init__(self, both: bool = True) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv, self.fc, self.both = torch.nn.Conv2d(3, 6, 3), torch.nn.Linear(6, 4), both
+
+        def forward(self, x):
+            h = torch.relu(self.conv(x)).mean((2, 3))
+            return (h, self.fc(h)) if self.both else self.fc(h)
+
+    paths = {}
+    for both in (True, False):
+        paths[both] = str(tmp_path / f"{both}.onnx")
+        torch.onnx.export(TwoOutputs(both).eval(), (torch.rand(1, 3, 12, 12),), paths[both], dynamo=False,
+                          input_names=["x"], output_names=["features", "logits"] if both else ["logits"],
+                          dynamic_axes={"x": {0: "n"}})
+    assert ox.load(paths[True]).output_name == "features"
+    model, alone = ox.load(paths[True], output="logits"), ox.load(paths[False])
+    assert model.output_name == "logits" and set(model.output_names) == {"logits", "features"}
+    x = np.random.default_rng(0).random((2, 3, 12, 12), dtype=np.float32)
+    ref = Saliency(TwoOutputs(False).eval()).attribute(torch.from_numpy(x), target=3, abs=False).numpy()
+    ours = ox.Saliency(model).attribute(x, target=3, abs=False)
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-7)
+    for method in (ox.LRP, ox.GradCAM, ox.CAM):
+        np.testing.assert_allclose(method(model).attribute(x, target=3), method(alone).attribute(x, target=3),
+                                   rtol=1e-5, atol=1e-7, err_msg=method.__name__)
+    assert ox.load(model.save(tmp_path / "saved.onnx")).output_name == "logits"
+    with pytest.raises(ox.InputValidationError, match=r"one of the model's outputs \['features', 'logits'\]"):
+        ox.load(paths[True], output="scores")
+
+
+def test_an_integer_output_is_refused_as_the_explained_one():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3])
+    label = helper.make_tensor_value_info("label", TensorProto.INT64, ["n"])
+    score = helper.make_tensor_value_info("score", TensorProto.FLOAT, ["n", 3])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["score"]),
+                               helper.make_node("ArgMax", ["x"], ["label"], axis=1, keepdims=0)],
+                              "g", [x], [label, score])
+    proto = helper.make_model(graph, ir_version=8, opset_imports=[helper.make_opsetid("", 13)])
+    assert ox.load(proto).output_name == "score"
+    with pytest.raises(ox.InputValidationError, match="'label' holds INT64, not floating-point scores"):
+        ox.load(proto, output="label")
