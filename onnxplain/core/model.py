@@ -441,8 +441,10 @@ class Model:
                 f"(inputs: {[(s.name, str(s.dtype)) for s in self.inputs]})"
             )
         if len(self.inputs) > 1:
+            described = ", ".join(f"{s.name!r} {s.shape} {np.dtype(s.dtype).name if s.dtype else '?'}"
+                                  for s in self.inputs)
             raise ModelLoadError(
-                f"the model has {len(self.inputs)} inputs {[s.name for s in self.inputs]}; "
+                f"the model has {len(self.inputs)} inputs ({described}); "
                 "onnxplain explains one input, the image: hold the others at values with "
                 "load(..., fixed_inputs={name: value})"
             )
