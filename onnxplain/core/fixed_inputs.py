@@ -6,11 +6,15 @@ Some image models take more than the image: a scalar or a vector of side informa
 input is fixed, as Captum's ``additional_forward_args`` fix what is not attributed, and the
 graph is given that value in place of the input.
 
-- An input whose first axis is a batch axis (symbolic, as the image's is, or 1 in a model
+- An input whose first axis is the image's batch axis (the same symbol, or 1 in a model
   exported for one image) takes one example's value, shaped as the input without that axis
   or with it as 1; the graph repeats it for every image it is given (``Expand`` to the
   image's batch size), so methods batch their perturbed images as they do on any model.
-- Any other input (a scalar, a table without a batch axis) is the value as it is.
+  An input whose first axis is another symbolic one (exporters name batch axes apart,
+  tf2onnx's ``unk__N``) is read the same way when the value has no such axis or a size of
+  1 there.
+- Any other input (a scalar, a table without a batch axis, the T tokenised texts a CLIP
+  model compares every image with on an axis of their own) is the value as it is.
 
 The value must fit the declared shape, and the input's type must hold it exactly (an
 integer input does not take 0.5); each mismatch is an :class:`InputValidationError` that
@@ -38,15 +42,22 @@ def _dims(value: onnx.ValueInfoProto) -> list[int | str | None] | None:
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim]
 
 
-def _batched(dims: list[int | str | None] | None, image: list[int | str | None] | None) -> bool:
-    """Whether an input of ``dims`` has a batch axis first: symbolic (or unknown) when the
-    image's is, or the image's own fixed size (a model exported for one batch size)."""
+def _batched(dims: list[int | str | None] | None, image: list[int | str | None] | None,
+             shape: tuple[int, ...]) -> bool:
+    """Whether the value of ``shape`` for an input of ``dims`` is one example's, to repeat
+    along the image batch: the input's first axis is the image's batch axis (the same
+    symbol, or the image's own fixed size), or it is another symbolic axis and the value
+    has no such axis or a size of 1 there. A value whose first axis is longer, on an axis
+    of its own (the T texts a CLIP model compares the images with), is taken as it is."""
     if not dims or not image:
         return False
     first, batch = dims[0], image[0]
     if isinstance(batch, int) and batch > 0:
         return first == batch
-    return not isinstance(first, int) or first == 0
+    if isinstance(first, int) and first > 0:
+        return False
+    one_example = len(shape) == len(dims) - 1 or (len(shape) == len(dims) and shape[0] == 1)
+    return one_example or (first is not None and first == batch)
 
 
 def _as_type(name: str, value: Any, elem_type: int) -> np.ndarray:
@@ -106,7 +117,7 @@ def fix_inputs(proto: onnx.ModelProto, values: Mapping[str, Any]) -> list[str]:
             continue
         name, dims = value.name, _dims(value)
         array = _as_type(name, values[name], value.type.tensor_type.elem_type)
-        if _batched(dims, _dims(image)):
+        if _batched(dims, _dims(image), array.shape):
             one = array[None] if dims is not None and array.ndim == len(dims) - 1 else array
             if one.ndim == 0 or one.shape[0] != 1 or not _fits(dims, (1, *one.shape[1:])):
                 raise InputValidationError(

@@ -166,3 +166,55 @@ def test_the_saved_model_takes_the_image_alone(images, tmp_path):
     again = ox.load(model.save(tmp_path / "saved.onnx"))
     assert [s.name for s in again.inputs] == ["x"]
     np.testing.assert_allclose(again.predict(images), model.predict(images), rtol=1e-6, atol=1e-7)
+
+
+def test_a_side_input_named_apart_from_the_batch_takes_one_examples_value(images, tmp_path):
+    """Exporters may name each input's batch axis apart (tf2onnx: unk__N): a value without
+    that axis (or with it as 1) is one example's, repeated for every image."""
+    net = WithSideInput().eval()
+    path = tmp_path / "apart.onnx"
+    torch.onnx.export(net, (torch.rand(2, 3, SIZE, SIZE), torch.rand(2, 2)), path, dynamo=False,
+                      input_names=["x", "meta"], dynamic_axes={"x": {0: "unk__1"}, "meta": {0: "unk__2"}})
+    with torch.no_grad():
+        want = net(torch.from_numpy(images), _meta(3)).numpy()
+    for value in ([META, -META], [[META, -META]]):
+        model = ox.load(path, fixed_inputs={"meta": value})
+        np.testing.assert_allclose(model.predict(images), want, rtol=1e-5, atol=1e-6)
+
+
+def test_clip_explains_each_image_against_the_texts_held_fixed(images, tmp_path):
+    """Zero-shot CLIP: the tokenised texts (T, L) are an input on an axis of their own, taken
+    as they are; the model gives (N, T) image-text logits, and Saliency of one text's logit
+    equals Captum's with the texts as additional_forward_args."""
+    transformers = pytest.importorskip("transformers")
+    small = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
+    text = transformers.CLIPTextConfig(vocab_size=50, max_position_embeddings=16, bos_token_id=0,
+                                       eos_token_id=1, pad_token_id=1, **small)
+    vision = transformers.CLIPVisionConfig(image_size=SIZE, patch_size=4, **small)
+    config = transformers.CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(),
+                                     projection_dim=16)
+    torch.manual_seed(0)
+
+    class ImageText(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.clip = transformers.CLIPModel(config).eval()
+
+        def forward(self, pixel_values, input_ids):
+            return self.clip(pixel_values=pixel_values, input_ids=input_ids).logits_per_image
+
+    net = ImageText().eval()
+    ids = torch.randint(2, 50, (3, 7), generator=torch.Generator().manual_seed(1))
+    path = tmp_path / "clip.onnx"
+    torch.onnx.export(net, (torch.rand(2, 3, SIZE, SIZE), ids), path, dynamo=False, opset_version=17,
+                      input_names=["pixel_values", "input_ids"], output_names=["logits_per_image"],
+                      dynamic_axes={"pixel_values": {0: "images"}, "input_ids": {0: "texts"}})
+    model = ox.load(path, fixed_inputs={"input_ids": ids.numpy()})
+    x = torch.from_numpy(images)
+    with torch.no_grad():
+        want = net(x, ids).numpy()
+    assert want.shape == (3, 3)
+    np.testing.assert_allclose(model.predict(images), want, rtol=1e-4, atol=1e-5)
+    ours = ox.Saliency(model).attribute(images, target=2, abs=False)
+    ref = Saliency(net).attribute(x, target=2, abs=False, additional_forward_args=(ids,)).numpy()
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-6 * np.abs(ref).max())
