@@ -80,6 +80,13 @@ def check_rtol(rtol: float) -> float:
     return float(rtol)
 
 
+def first_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` (300 characters at most), for errors that wrap
+    what a framework raised."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:300] if lines else ''}"
+
+
 def verified_model(
     proto: onnx.ModelProto, example: np.ndarray, expected: Any, rtol: float, source: str,
     **load_options: Any,
@@ -104,8 +111,7 @@ def verified_model(
         got = np.asarray(model.predict(example), dtype=np.float64)
     except Exception as exc:
         raise ExportError(
-            f"the {source} export does not run on the example of shape {example.shape}: "
-            f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+            f"the {source} export does not run on the example of shape {example.shape}: {first_line(exc)}"
         ) from exc
     n = len(example)
     if got.size != expected.size or got.shape[0] != n:

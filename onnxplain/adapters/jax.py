@@ -13,6 +13,7 @@ from onnxplain.adapters._common import (
     as_example,
     check_rtol,
     explicit_pads,
+    first_line,
     quiet_export,
     require,
     verified_model,
@@ -106,7 +107,6 @@ def export(fn: Any, example: Any, params: Any = None, opset: int | None = None, 
             )
     except Exception as exc:
         raise ExportError(
-            f"jax2onnx could not export the {what}: {type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:300] if str(exc) else ''}"
+            f"jax2onnx could not export the {what}: {first_line(exc)}"
         ) from exc
     return verified_model(explicit_pads(proto), x, expected, rtol, f"jax2onnx ({what})")

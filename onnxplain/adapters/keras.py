@@ -24,6 +24,7 @@ from onnxplain.adapters._common import (
     as_example,
     check_rtol,
     explicit_pads,
+    first_line,
     quiet_export,
     require,
     verified_model,
@@ -101,8 +102,7 @@ def export(model: Any, example: Any, opset: int | None = None, rtol: float = 1e-
                 proto = onnx.load(str(path))  # with any external data, while the folder exists
             except Exception as exc:
                 raise ExportError(
-                    f"Keras could not export the model to ONNX on the {backend} backend: "
-                    f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+                    f"Keras could not export the model to ONNX on the {backend} backend: {first_line(exc)}"
                 ) from exc
         return verified_model(explicit_pads(proto), x, expected, rtol, f"keras ({backend} backend)")
     except ExportError as first:

@@ -17,7 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from onnxplain.adapters._common import as_example, check_rtol, keep_output, require, verified_model
+from onnxplain.adapters._common import (
+    as_example,
+    check_rtol,
+    first_line,
+    keep_output,
+    require,
+    verified_model,
+)
 from onnxplain.core.errors import ExportError, InputValidationError
 from onnxplain.core.layout import check_layout
 from onnxplain.core.model import Model
@@ -136,8 +143,7 @@ def export(
         )
     except Exception as exc:
         raise ExportError(
-            f"skl2onnx could not convert {type(estimator).__name__}: {type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:300] if str(exc) else ''}"
+            f"skl2onnx could not convert {type(estimator).__name__}: {first_line(exc)}"
         ) from exc
     names = [o.name for o in proto.graph.output]
     if output is None:

@@ -18,6 +18,7 @@ from onnxplain.adapters._common import (
     as_example,
     check_rtol,
     explicit_pads,
+    first_line,
     require,
     verified_model,
 )
@@ -192,8 +193,7 @@ def export(
             proto, _ = tf2onnx.convert.from_function(function, input_signature=[spec], **kwargs)
     except Exception as exc:
         raise ExportError(
-            f"tf2onnx could not convert the {what}: {type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:300] if str(exc) else ''}"
+            f"tf2onnx could not convert the {what}: {first_line(exc)}"
         ) from exc
     _inline_captured_constants(proto, function.get_concrete_function(spec))
     extra = [i.name for i in proto.graph.input[1:]]

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from onnxplain.adapters._common import first_line
 from onnxplain.core.errors import ExportError, InputValidationError
 from onnxplain.core.loading import load
 from onnxplain.core.model import Model
@@ -135,7 +136,7 @@ def export(
             model = load(proto)
             got = model.predict(x.detach().cpu().numpy())
         except Exception as exc:  # try the next exporter, report all at the end
-            problems.append(f"{which}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+            problems.append(f"{which}: {first_line(exc)}")
             continue
         err = float(np.abs(got - expected).max())
         scale = float(np.abs(expected).max())
