@@ -2,13 +2,22 @@
 
 TensorFlow image models are channels-last (N, H, W, C); the exported model keeps that
 layout. Keras 3 models on any backend are better served by :mod:`onnxplain.adapters.keras`.
+
+Two things tf2onnx cannot convert are written for it:
+
+- a function compiled with XLA (``tf.function(jit_compile=True)``), which grappler does not
+  inline and tf2onnx leaves as ``StatefulPartitionedCall``: Keras 3 computes grouped
+  convolutions so on CPU (ConvNeXt's depthwise ``Conv2D(groups=C)``). The function is
+  traced for the conversion with ``jit_compile`` off: the same ops, inlined;
+- ``Erfc``, which TensorFlow's exact GELU computes: written as ``1 − Erf(x)``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -34,6 +43,35 @@ def _patch_tf2onnx_for_numpy2() -> None:
     except Exception:  # an older Keras: tf2onnx works as it is for most graphs
         return
     patch_tf2onnx()
+
+
+@contextlib.contextmanager
+def _without_xla(tf: Any) -> Iterator[None]:
+    """``tf.function(jit_compile=True)`` traced as a plain ``tf.function`` meanwhile (see the
+    module): what is traced is converted, never run."""
+    original = tf.function
+
+    def function(*args: Any, **kwargs: Any) -> Any:
+        kwargs.pop("jit_compile", None)
+        return original(*args, **kwargs)
+
+    tf.function = function
+    try:
+        yield
+    finally:
+        tf.function = original
+
+
+def _erfc(ctx: Any, node: Any, name: str, args: Any) -> Any:
+    """tf2onnx's missing ``Erfc`` (a custom op handler): ``Sub(1, Erf(x))``."""
+    from tf2onnx import utils
+
+    dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.input[0]))
+    erf = ctx.make_node("Erf", [node.input[0]], name=utils.make_name(f"{node.name}_erf"))
+    one = ctx.make_const(utils.make_name(f"{node.name}_one"), np.array(1, dtype))
+    node.type = "Sub"
+    ctx.replace_inputs(node, [one.output[0], erf.output[0]])
+    return node
 
 
 def _pick_output(outputs: Any, output: str | None) -> Any:
@@ -98,7 +136,10 @@ def _callable(model: Any, signature: str, output: str | None, tf: Any) -> tuple[
         )
     if keras_model:
         return (lambda x: _pick_output(model(x, training=False), output)), what
-    return (lambda x: _pick_output(model(x), output)), what
+    # a tf.function's Python function, traced afresh (its own traces keep any XLA functions)
+    python = getattr(model, "python_function", None) if isinstance(model, functions) else None
+    call = python if python is not None else model
+    return (lambda x: _pick_output(call(x), output)), what
 
 
 def _inline_captured_constants(proto: Any, concrete: Any) -> None:
@@ -187,15 +228,18 @@ def export(
         warnings.simplefilter("ignore")
         _patch_tf2onnx_for_numpy2()
     kwargs: dict[str, Any] = {"opset": opset} if opset is not None else {}
+    traced = tf.function(forward, input_signature=[spec], autograph=False)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _without_xla(tf):
             warnings.simplefilter("ignore")
-            proto, _ = tf2onnx.convert.from_function(function, input_signature=[spec], **kwargs)
+            concrete = traced.get_concrete_function(spec)
+            proto, _ = tf2onnx.convert.from_function(traced, input_signature=[spec],
+                                                     custom_op_handlers={"Erfc": (_erfc, [])}, **kwargs)
     except Exception as exc:
         raise ExportError(
             f"tf2onnx could not convert the {what}: {first_line(exc)}"
         ) from exc
-    _inline_captured_constants(proto, function.get_concrete_function(spec))
+    _inline_captured_constants(proto, concrete)
     extra = [i.name for i in proto.graph.input[1:]]
     if extra:
         raise ExportError(

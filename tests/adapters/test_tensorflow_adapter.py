@@ -129,6 +129,40 @@ def test_a_dict_output_needs_a_name(pair):
 
 
 @pytest.mark.slow
+class GroupedGelu(tf.Module):
+    """A grouped convolution computed in an XLA-compiled function, as Keras 3 computes
+    ``Conv2D(groups=...)`` on CPU (ConvNeXt), then TensorFlow's exact GELU (``Erfc``): the
+    two things tf2onnx cannot convert as they are."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        rng = np.random.default_rng(3)
+        self.w = tf.Variable(rng.standard_normal((3, 3, 2, 8)).astype(np.float32) * 0.4)  # 4 groups
+        self.fc = tf.Variable(rng.standard_normal((8, 5)).astype(np.float32) * 0.5)
+
+    @tf.function(input_signature=[tf.TensorSpec((None, SIZE, SIZE, 8), tf.float32)])
+    def __call__(self, x):
+        @tf.function(jit_compile=True)
+        def grouped():
+            return tf.nn.conv2d(x, self.w, 1, "SAME")
+
+        return tf.reduce_mean(tf.nn.gelu(grouped(), approximate=False), axis=(1, 2)) @ self.fc
+
+
+def test_xla_compiled_functions_and_exact_gelu_are_converted():
+    net = GroupedGelu()
+    x = np.random.default_rng(4).random((2, SIZE, SIZE, 8), dtype=np.float32)
+    model = ox.adapters.tensorflow.export(net.__call__, x)  # checked against TensorFlow (XLA) at 1e-4
+    assert {n.op_type for n in model.ir.graph} >= {"Conv", "Erf"}
+    np.testing.assert_allclose(model.predict(x), net(x).numpy(), rtol=1e-5, atol=1e-6)
+    v = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(v)
+        score = tf.reduce_sum(net(v)[:, 2])
+    ours = ox.Saliency(model).attribute(x, target=2, abs=False)
+    assert max_rel_err(ours, tape.gradient(score, v).numpy()) < TOL
+
+
 def test_a_gradient_method_after_importing_tensorflow_first_does_not_crash():
     # Loading torch's triton after tensorflow segfaults; the adapter keeps triton out.
     script = """
