@@ -51,7 +51,8 @@ def _card(path: Path) -> dict:
 
 def add_load_args(parser) -> None:
     """What :func:`onnxplain.load` takes besides the file, for a command that loads a model:
-    ``--allow-domain`` (repeatable), ``--image-shape`` and ``--layout``."""
+    ``--allow-domain`` (repeatable), ``--image-shape``, ``--layout``, ``--model-output`` and
+    ``--fixed-input`` (repeatable)."""
     parser.add_argument("--allow-domain", action="append", default=[], metavar="DOMAIN",
                         help=ALLOW_DOMAIN_HELP)
     parser.add_argument("--image-shape", type=_image_shape, metavar="C,H,W",
@@ -111,10 +112,10 @@ def load_model(path: str, preprocess: str | None = None, allowed_domains: Sequen
     """Load ``path`` with :func:`onnxplain.load`, and find how to feed it: ``preprocess``
     (a JSON file), else a spec stored next to the model, else a guess from its input.
     ``allowed_domains``, ``image_shape``, ``layout``, ``fixed_inputs`` ((name, numbers)
-    pairs; one number is a scalar), ``output``: see :func:`onnxplain.load`."""
+    pairs), ``output``: see :func:`onnxplain.load`."""
     import onnxplain as ox
 
-    fixed = {name: numbers[0] if len(numbers) == 1 else numbers for name, numbers in fixed_inputs}
+    fixed = {name: numbers for name, numbers in fixed_inputs}  # load reshapes them to the input
     model = ox.load(path, allowed_domains=tuple(allowed_domains or ()), image_shape=image_shape,
                     layout=layout, fixed_inputs=fixed, output=output)
     card = _card(Path(path))

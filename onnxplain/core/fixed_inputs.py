@@ -16,7 +16,8 @@ graph is given that value in place of the input.
 - Any other input (a scalar, a table without a batch axis, the T tokenised texts a CLIP
   model compares every image with on an axis of their own) is the value as it is.
 
-The value must fit the declared shape, and the input's type must hold it exactly (an
+The value must fit the declared shape (a scalar or a flat list with exactly the values a
+fixed shape holds is reshaped to it), and the input's type must hold it exactly (an
 integer input does not take 0.5); each mismatch is an :class:`InputValidationError` that
 names the input.
 """
@@ -89,6 +90,15 @@ def _fits(dims: list[int | str | None] | None, shape: tuple[int, ...]) -> bool:
     )
 
 
+def _shaped(array: np.ndarray, dims: list[int | str | None] | None) -> np.ndarray:
+    """A scalar or a flat list (what a command line gives) in the fixed shape ``dims`` when it
+    holds exactly as many values (2.5 for a (1, 1) input, ``[2.5]`` for a scalar one); any
+    other array as it is."""
+    if array.ndim > 1 or dims is None or not all(isinstance(d, int) and d > 0 for d in dims):
+        return array
+    return array.reshape(dims) if array.size == int(np.prod(dims, dtype=np.int64)) else array
+
+
 def fix_inputs(proto: onnx.ModelProto, values: Mapping[str, Any]) -> list[str]:
     """Replace the inputs of ``proto`` named in ``values`` by those values (see the module),
     in place; the names replaced, in graph order."""
@@ -119,6 +129,7 @@ def fix_inputs(proto: onnx.ModelProto, values: Mapping[str, Any]) -> list[str]:
         array = _as_type(name, values[name], value.type.tensor_type.elem_type)
         if _batched(dims, _dims(image), array.shape):
             one = array[None] if dims is not None and array.ndim == len(dims) - 1 else array
+            one = _shaped(one, [1, *(dims or [None])[1:]])
             if one.ndim == 0 or one.shape[0] != 1 or not _fits(dims, (1, *one.shape[1:])):
                 raise InputValidationError(
                     f"fixed_inputs[{name!r}] has shape {array.shape}; the input is {tuple(dims or ())} "
@@ -138,6 +149,7 @@ def fix_inputs(proto: onnx.ModelProto, values: Mapping[str, Any]) -> list[str]:
                 helper.make_node("Expand", [f"{tag}_value", f"{tag}_shape"], [name], name=f"{tag}_expand"),
             ]
         else:
+            array = _shaped(array, dims)
             if not _fits(dims, array.shape):
                 raise InputValidationError(
                     f"fixed_inputs[{name!r}] has shape {array.shape}, the input {tuple(dims or ())}"

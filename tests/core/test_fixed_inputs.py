@@ -139,6 +139,8 @@ def test_inputs_without_a_batch_axis_and_integer_inputs_take_their_values(images
     with torch.no_grad():
         want = net(torch.from_numpy(images), torch.tensor(2.5), torch.tensor([3, 3, 3])).numpy()
     np.testing.assert_allclose(model.predict(images), want, rtol=1e-5, atol=1e-6)
+    flat = ox.load(path, fixed_inputs={"temperature": [2.5], "ident": [3]})  # as a command line gives them
+    np.testing.assert_allclose(flat.predict(images), want, rtol=1e-5, atol=1e-6)
     with pytest.raises(ox.InputValidationError, match="does not fit the input's type int64"):
         ox.load(path, fixed_inputs={"temperature": 2.5, "ident": 0.5})
     with pytest.raises(ox.InputValidationError, match=r"fixed_inputs\['temperature'\] has shape \(2,\)"):
