@@ -568,10 +568,18 @@ def _gate_rule(signal: int) -> Rule:
         if signal in _diff(ctx):
             x = ctx.inputs[signal]
             if tuple(r.shape) != tuple(x.shape):
-                raise InputValidationError(
-                    f"LRP Gate rule on node {ctx.node!r}: the signal input {signal} has shape "
-                    f"{tuple(x.shape)}, the output {tuple(r.shape)}; choose the other input as signal"
-                )
+                try:
+                    broadcast = tuple(torch.broadcast_shapes(x.shape, r.shape)) == tuple(r.shape)
+                except RuntimeError:
+                    broadcast = False
+                if not broadcast:
+                    raise InputValidationError(
+                        f"LRP Gate rule on node {ctx.node!r}: the signal input {signal} has shape "
+                        f"{tuple(x.shape)}, the output {tuple(r.shape)}; choose the other input as signal"
+                    )
+                # a broadcast signal (Keras' LayerNorm: μ times γ/σ) gets what its copies got:
+                # the ε-rule of x·g_j over the outputs j it reaches, with g held constant
+                r = r.sum_to_size(x.shape)
             values[signal] = r
         return _result(ctx, values)
 

@@ -186,3 +186,57 @@ print(ox.Saliency(model).attribute(np.ones((1, 4, 4, 3), np.float32), target=1).
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "(1, 4, 4, 3)" in done.stdout
+
+
+class KerasLayerNorm(tf.Module):
+    """Conv-ReLU, then LayerNorm over the channels as Keras computes it on TensorFlow
+    (``x·γ/σ + (β − μ·γ/σ)``; tf2onnx writes its Rsqrt as Sqrt then Reciprocal), then a
+    global average and a dense layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        rng = np.random.default_rng(5)
+        self.w = tf.Variable(rng.standard_normal((3, 3, 3, 6)).astype(np.float32) * 0.5)
+        self.gamma = tf.Variable(rng.uniform(0.5, 1.5, 6).astype(np.float32))
+        self.beta = tf.Variable(rng.standard_normal(6).astype(np.float32) * 0.1)
+        self.fc = tf.Variable(rng.standard_normal((6, 4)).astype(np.float32) * 0.5)
+
+    @tf.function(input_signature=[tf.TensorSpec((None, SIZE, SIZE, 3), tf.float32)])
+    def __call__(self, x):
+        h = tf.nn.relu(tf.nn.conv2d(x, self.w, 1, "VALID"))
+        mean, variance = tf.nn.moments(h, axes=[-1], keepdims=True)
+        inv = tf.math.rsqrt(variance + 1e-6) * self.gamma
+        return tf.reduce_mean(h * inv + (-mean * inv + self.beta), axis=(1, 2)) @ self.fc
+
+
+def test_lrp_through_a_layer_norm_written_as_keras_writes_it_is_the_ln_rule():
+    """LRP of the decomposed LayerNorm (1/σ a gate, the broadcast mean its signal) equals
+    LRP of the same network with a LayerNormalization node (the ε LN-rule), exported by torch."""
+    import torch
+
+    net = KerasLayerNorm()
+    x = np.random.default_rng(6).random((2, SIZE, SIZE, 3), dtype=np.float32)
+    model = ox.adapters.tensorflow.export(net.__call__, x)
+    assert "LayerNormalization" not in {n.op_type for n in model.ir.graph}
+
+    class Fused(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 6, 3, bias=False)
+            self.norm = torch.nn.LayerNorm(6, eps=1e-6)
+            self.fc = torch.nn.Linear(6, 4, bias=False)
+            with torch.no_grad():
+                self.conv.weight.copy_(torch.from_numpy(net.w.numpy().transpose(3, 2, 0, 1)))
+                self.norm.weight.copy_(torch.from_numpy(net.gamma.numpy()))
+                self.norm.bias.copy_(torch.from_numpy(net.beta.numpy()))
+                self.fc.weight.copy_(torch.from_numpy(net.fc.numpy().T))
+
+        def forward(self, images):
+            h = torch.relu(self.conv(images.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
+            return self.fc(self.norm(h).mean((1, 2)))
+
+    fused = ox.adapters.torch.export(Fused().eval(), torch.from_numpy(x), exporter="legacy", opset=17)
+    assert "LayerNormalization" in {n.op_type for n in fused.ir.graph}
+    np.testing.assert_allclose(model.predict(x), fused.predict(x), rtol=1e-5, atol=1e-6)
+    ours, reference = (ox.LRP(m).attribute(x, target=1) for m in (model, fused))
+    assert max_rel_err(ours, reference) < 1e-4

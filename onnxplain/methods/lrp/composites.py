@@ -91,6 +91,8 @@ ACTIVATION_OPS = frozenset(
         # local response normalisation (AlexNet, GoogLeNet as Caffe trained them): the LRP
         # toolbox passes relevance through it unchanged (Lapuschkin et al., JMLR 2016)
         "LRN",
+        # a sign flip (Keras' LayerNorm: −μ·γ/σ): the ε-rule of −x gives x·(−1)/(−x) · R = R
+        "Neg",
     }
     # a quantized model's rounding (a staircase Clip): relevance passes through
     | ROUNDING_OPS
@@ -422,7 +424,8 @@ def _gate_signal(node: ir.Node, live: set[int]) -> int | None:
 
     A Div by a computed, broadcast divisor (a decomposed LayerNorm's (x − μ) / σ, an L2
     normalisation) passes all relevance to the numerator: with the divisor held constant it
-    scales the numerator, the LN-rule. A Mul's gate is the broadcast input (SE blocks), else
+    scales the numerator, the LN-rule. A Mul by a reciprocal (1/σ, scaled by constants) is
+    that Div. A Mul's gate is the broadcast input (SE blocks), else
     the one computed by a squashing function, possibly scaled and shifted by constants (a
     decomposed GELU's 0.5 · (1 + erf(x / √2)))."""
     ins = list(node.inputs)
@@ -431,6 +434,9 @@ def _gate_signal(node: ir.Node, live: set[int]) -> int | None:
         return computed[0] if node.op_type == "Mul" or computed[0] == 0 else None
     if len(computed) != 2:
         return None
+    inverses = [i for i in range(2) if node.op_type == "Mul" and _inverse(ins[i], live)]
+    if len(inverses) == 1:  # a product by 1/σ is the Div by σ (below), whatever broadcasts
+        return 1 - inverses[0]
     full = [i for i in range(2) if _same_shape(_unexpanded(ins[i]), node.outputs[0])]
     if len(full) == 1:  # the gate is the broadcast one
         if node.op_type == "Div":
@@ -440,6 +446,20 @@ def _gate_signal(node: ir.Node, live: set[int]) -> int | None:
         return None
     gates = [i for i in range(2) if _squashed(ins[i], live)]
     return 1 - gates[0] if len(gates) == 1 else None
+
+
+def _inverse(value: ir.Value, live: set[int]) -> bool:
+    """``value`` is a ``Reciprocal``'s output, possibly scaled by constants or reshaped: the
+    1/σ of a LayerNorm written as products (Keras' ``x·γ/σ − μ·γ/σ + β``, whose ``Rsqrt``
+    tf2onnx writes as ``Sqrt`` then ``Reciprocal``)."""
+    producer = value.producer()
+    while producer is not None and producer.op_type in ("Mul", *_RESHAPING):
+        computed = [v for v in producer.inputs[:2] if not _is_const(v, live)]
+        if producer.op_type == "Mul" and len(computed) != 1:
+            return False
+        following = computed[0] if producer.op_type == "Mul" else producer.inputs[0]
+        producer = following.producer() if following is not None else None
+    return producer is not None and producer.op_type == "Reciprocal"
 
 
 def _unexpanded(value: ir.Value) -> ir.Value:
