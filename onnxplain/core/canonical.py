@@ -154,8 +154,9 @@ def downcast_float64(proto: onnx.ModelProto) -> bool:
 #: Integer input types whose every value float32 holds exactly, by name (float_input).
 INTEGER_INPUTS = {onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.INT8: "int8",
                   onnx.TensorProto.UINT16: "uint16", onnx.TensorProto.INT16: "int16"}
-_FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
-           onnx.TensorProto.BFLOAT16}
+#: The floating-point element types.
+FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+               onnx.TensorProto.BFLOAT16}
 
 
 def float_input(proto: onnx.ModelProto) -> str | None:
@@ -189,7 +190,7 @@ def float_input(proto: onnx.ModelProto) -> str | None:
     for node in readers:
         if node.domain not in ("", "ai.onnx") or node.input[0] not in names or set(node.input[1:]) & names:
             return None
-        if node.op_type == "Cast" and _cast_to(node) in _FLOATS:
+        if node.op_type == "Cast" and _cast_to(node) in FLOAT_TYPES:
             continue
         if node.op_type != "DequantizeLinear" or any(a.name == "block_size" and a.i for a in node.attribute):
             return None

@@ -32,6 +32,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxplain.core.errors import InputValidationError
+from onnxplain.core.layout import as_array
 
 __all__ = ["fix_inputs"]
 
@@ -64,9 +65,7 @@ def _batched(dims: list[int | str | None] | None, image: list[int | str | None] 
 def _as_type(name: str, value: Any, elem_type: int) -> np.ndarray:
     """``value`` as the input's numpy type, refused when that changes a value."""
     dtype = helper.tensor_dtype_to_np_dtype(elem_type)
-    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor
-        value = value.detach().cpu().numpy()
-    given = np.asarray(value)
+    given = np.asarray(as_array(value))  # a torch tensor too
     if given.dtype == object or not (np.issubdtype(given.dtype, np.number) or given.dtype == bool):
         raise InputValidationError(f"fixed_inputs[{name!r}] must be numbers, got {given.dtype}")
     if np.issubdtype(dtype, np.floating):

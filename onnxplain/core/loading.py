@@ -15,6 +15,7 @@ import onnx_ir as ir
 
 from onnxplain.core.batch import add_batch_axis, fixed_batch_size, make_batch_dynamic, onnx_batch_note
 from onnxplain.core.canonical import (
+    FLOAT_TYPES,
     INTEGER_INPUTS,
     canonicalize,
     downcast_float64,
@@ -263,9 +264,7 @@ def _explain_output(proto: onnx.ModelProto, output: str | None) -> None:
         raise InputValidationError(f"output must be one of the model's outputs {names}, got {output!r}")
     chosen = outputs[names.index(output)]
     elem = chosen.type.tensor_type.elem_type
-    floats = (onnx.TensorProto.UNDEFINED, onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16,
-              onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
-    if elem not in floats:
+    if elem not in FLOAT_TYPES | {onnx.TensorProto.UNDEFINED}:  # undefined: not known to be integer
         raise InputValidationError(
             f"output {output!r} holds {onnx.TensorProto.DataType.Name(elem)}, not floating-point "
             "scores: there is nothing to explain in it"
