@@ -26,7 +26,7 @@ from onnxplain.adapters._common import (
     verified_model,
 )
 from onnxplain.core.errors import ExportError, InputValidationError
-from onnxplain.core.layout import check_layout
+from onnxplain.core.layout import check_image_shape, check_layout
 from onnxplain.core.model import Model
 
 _INPUT = "input"  # the images; the Flatten in front of the graph gives its features
@@ -95,16 +95,7 @@ def export(
         raise InputValidationError(
             f"export() takes a fitted scikit-learn estimator or Pipeline, got {type(estimator).__name__}"
         )
-    try:
-        shape = tuple(int(d) for d in image_shape)
-    except (TypeError, ValueError):
-        raise InputValidationError(
-            f"image_shape must be a sequence of positive ints such as (3, 32, 32), got {image_shape!r}"
-        ) from None
-    if len(shape) not in (2, 3) or any(d < 1 for d in shape):
-        raise InputValidationError(
-            f"image_shape must be (C, H, W), (H, W, C) or (H, W) in positive ints, got {image_shape!r}"
-        )
+    shape = check_image_shape(image_shape if image_shape is not None else ())  # load's own check
     layout = check_layout(layout) or "NCHW"
     if (layout == "NHW") != (len(shape) == 2):
         raise InputValidationError(f"layout={layout!r} does not fit image_shape={shape}")
