@@ -96,7 +96,7 @@ def export(
             f"export() takes a fitted scikit-learn estimator or Pipeline, got {type(estimator).__name__}"
         )
     shape = check_image_shape(image_shape if image_shape is not None else ())  # load's own check
-    layout = check_layout(layout) or "NCHW"
+    layout = check_layout(layout) or ("NHW" if len(shape) == 2 else "NCHW")
     if (layout == "NHW") != (len(shape) == 2):
         raise InputValidationError(f"layout={layout!r} does not fit image_shape={shape}")
     if opset is not None and (not isinstance(opset, int) or isinstance(opset, bool) or opset < 7):

@@ -138,6 +138,15 @@ def test_channels_last_images_flattened_for_fitting_take_channels_last_arrays(da
     assert cam.shape == (1, 8, 8)
 
 
+def test_one_channel_images_flattened_for_fitting_take_h_w_arrays(data):
+    x, y = data
+    grey = np.ascontiguousarray(x.mean(1))  # (60, 8, 8)
+    pipe = LogisticRegression(max_iter=300).fit(grey.reshape(len(grey), -1), y)
+    model = ox.adapters.sklearn.export(pipe, (8, 8), grey[:4])
+    assert model.layout == "NHW" and model.user_input_shape[1:] == (8, 8)
+    np.testing.assert_allclose(model.predict(grey[:5]), proba(pipe, grey[:5]), atol=1e-5)
+
+
 def test_bad_arguments_are_named(data, logistic):
     x, _ = data
     pipe, _ = logistic
