@@ -25,12 +25,17 @@ InstanceNormalization (GroupNorm: PoolFormer, NF and ResNet-GN variants) gets th
 Ali et al., "XAI for Transformers", ICML 2022). A MatMul of a Softmax's output and a
 computed tensor (attention weights A and values V) gets :class:`Norm` with ``signal`` V
 whatever the composite maps to MatMul, as A is no constant weight: the ε rule of a linear
-layer whose weights are A (the same paper's attention rule). The named composites then
-add the rules for layers with weights, exactly as zennit's composites of the same name.
+layer whose weights are A (the same paper's attention rule), also when the heads mix A by
+constant weights before it weights V (CaiT's talking heads). A product of two computed
+tensors neither of which is a gate — an element-wise Mul (gMLP's spatial gating, FocalNet's
+modulation, gated MLPs, StarNet) or a MatMul without a softmax (linear attention) — gets
+:class:`Uniform`, AttnLRP's uniform rule (each factor half), whatever the composite maps to
+Mul or MatMul. The named composites then add the rules for layers with weights, exactly as
+zennit's composites of the same name.
 
 Unsupported nodes — anything on the relevance path from the input to the target that no
-entry maps (ConvTranspose, Softmax, a Mul of two same-shaped computed tensors,
-...) — raise :class:`~onnxplain.UnsupportedOperatorError` listing all of them before any
+entry maps (ConvTranspose, Softmax, a Div of two computed tensors that is no
+normalisation, ...) — raise :class:`~onnxplain.UnsupportedOperatorError` listing all of them before any
 computation; map a rule to them (e.g. ``(Select(op_type="ConvTranspose"), Epsilon())``) to run.
 """
 
@@ -55,6 +60,7 @@ from onnxplain.methods.lrp.rules import (
     Norm,
     Pass,
     Rule,
+    Uniform,
     WSquare,
     ZBox,
     ZPlus,
@@ -515,19 +521,35 @@ def _receivers(node: ir.Node, rule: Rule, live: set[int]) -> list[ir.Value]:
 
 def _attention_values(node: ir.Node, live: set[int]) -> int | None:
     """For a MatMul of attention weights and values, A·V (both computed, exactly one of
-    them a Softmax's output, possibly through Dropout, reshapes or a NaN guard), the input
-    index of V."""
+    them a Softmax's output, possibly through Dropout, reshapes, a NaN guard or a mixing of
+    the heads by constant weights: CaiT's talking heads), the input index of V."""
     if node.op_type != "MatMul" or any(_is_const(v, live) for v in node.inputs[:2]):
         return None
     from_softmax, passing = [], ROUTING_OPS | {"Dropout", "Identity"} | ROUNDING_OPS
     for i, v in enumerate(node.inputs[:2]):
         producer = v.producer()
-        while producer is not None and (producer.op_type in passing or _nan_guard(producer, live)):
-            data = producer.inputs[2] if producer.op_type == "Where" else producer.inputs[0]
+        while producer is not None and (producer.op_type in passing or _nan_guard(producer, live)
+                                        or _constant_affine(producer, live)):
+            if producer.op_type in _AFFINE:
+                data = next(v for v in producer.inputs[:2] if not _is_const(v, live))
+            else:
+                data = producer.inputs[2] if producer.op_type == "Where" else producer.inputs[0]
             producer = data.producer() if data is not None else None
         if producer is not None and producer.op_type == "Softmax":
             from_softmax.append(i)
     return 1 - from_softmax[0] if len(from_softmax) == 1 else None
+
+
+_AFFINE = ("MatMul", "Gemm", "Add", "Sub", "Mul", "Div")
+
+
+def _constant_affine(node: ir.Node, live: set[int]) -> bool:
+    """``node`` applies constant weights, a constant bias or a constant scale to one
+    computed tensor (a Div only by a constant)."""
+    if node.op_type not in _AFFINE:
+        return False
+    computed = [i for i, v in enumerate(node.inputs) if not _is_const(v, live)]
+    return computed == [0] or (computed == [1] and node.op_type not in ("Div", "Gemm"))
 
 
 def _nan_guard(node: ir.Node, live: set[int]) -> bool:
@@ -538,6 +560,11 @@ def _nan_guard(node: ir.Node, live: set[int]) -> bool:
         return False
     check = node.inputs[0].producer() if node.inputs[0] is not None else None
     return check is not None and check.op_type == "IsNaN" and check.inputs[0] is node.inputs[2]
+
+
+def _product(node: ir.Node, live: set[int], op_type: str) -> bool:
+    """``node`` is an ``op_type`` of two computed tensors."""
+    return node.op_type == op_type and not any(_is_const(v, live) for v in node.inputs[:2])
 
 
 def _weighted_ok(node: ir.Node, live: set[int]) -> bool:
@@ -602,12 +629,17 @@ def assign(composite: Composite, model: Any, tensor: str | None = None) -> Assig
             why = "no rule"
         elif isinstance(rule, Gate):
             signal = rule.signal if rule.signal is not None else _gate_signal(node, live)
-            if signal is None or signal >= len(node.inputs) or _is_const(node.inputs[signal], live):
+            if signal is None and rule.signal is None and _product(node, live, "Mul"):
+                rule = Uniform(composite.stabilizer)  # neither factor is a gate: AttnLRP's rule
+            elif signal is None or signal >= len(node.inputs) or _is_const(node.inputs[signal], live):
                 why = "Gate: cannot tell the signal from the gate; map Gate(signal=i)"
             else:
                 rule = Gate(signal)
         elif rule.weighted and node.op_type in WEIGHTED_OPS and not _weighted_ok(node, live):
-            why = f"{type(rule).__name__} needs constant weights"
+            if _product(node, live, "MatMul"):  # no constant weights: AttnLRP's rule
+                rule = Uniform(composite.stabilizer)
+            else:
+                why = f"{type(rule).__name__} needs constant weights"
         elif rule.weighted and node.op_type not in WEIGHTED_OPS and not isinstance(rule, Epsilon):
             why = f"{type(rule).__name__} needs a layer with weights"
         if why is not None:
@@ -623,8 +655,7 @@ def assign(composite: Composite, model: Any, tensor: str | None = None) -> Assig
             f"LRP has no rule for {len(problems)} node(s) on the path from the input to {name!r}: "
             + ", ".join(problems)
             + ". Map a rule to them in the composite, e.g. Composite(rules=[(Select(op_type='Resize'), "
-            "Norm())]) or EpsilonPlus(rules=[(Select(name='...'), Epsilon())]); a product of two "
-            "computed tensors takes Uniform() (AttnLRP's uniform rule)",
+            "Norm())]) or EpsilonPlus(rules=[(Select(name='...'), Epsilon())])",
             sorted(ops),
         )
     rules = dict(sorted(rules.items(), key=lambda kv: order.get(kv[0], 0)))

@@ -275,9 +275,10 @@ class Uniform(Rule):
     each input's proportional share, divided by their number. An element-wise product
     a ⊙ b gives R_a = R_b = R / 2; a matrix product A·B of two computed tensors gives each
     term A_ji B_ik its ε-share of R_jk, half to A_ji and half to B_ik. Relevance is
-    conserved. No composite maps it by default (a product of two computed tensors is
-    refused, naming it): gMLP's spatial gating, FocalNet's modulation, StarNet's star
-    operation, rotary position codes and gated MLPs are where it applies, as
+    conserved. Composites map it to every product of two computed tensors in which neither
+    is a gate (gMLP's spatial gating, FocalNet's modulation, StarNet's star operation,
+    rotary position codes, gated MLPs, linear attention), as AttnLRP does; map it by name to
+    use it on a product whose gate was found, e.g.
     ``EpsilonPlusFlat(rules=[(Select(name="..."), Uniform())])``."""
 
     stabilizer: float = 1e-6

@@ -113,13 +113,13 @@ def _gated_model(same_shape: bool) -> ox.Model:
     return ox.load(proto)
 
 
-def test_gate_is_found_by_broadcast_and_an_ambiguous_mul_must_be_mapped():
+def test_gate_is_found_by_broadcast_and_an_ambiguous_mul_gets_the_uniform_rule_or_a_mapped_gate():
     composite = lrp.Composite([(("Conv", "MatMul"), lrp.LRP0())])
     broadcast = _gated_model(same_shape=False)
     assert _rules(composite, broadcast)["gate"] == lrp.Gate(0)
-    ambiguous = _gated_model(same_shape=True)
-    with pytest.raises(ox.UnsupportedOperatorError, match="'gate' \\(Mul"):
-        lrp.LRP(ambiguous, composite)
+    ambiguous = _gated_model(same_shape=True)  # two same-shaped maps, no squashing: no gate
+    assert _rules(composite, ambiguous)["gate"] == lrp.Uniform(composite.stabilizer)
+    assert "excite" in _rules(composite, ambiguous)  # half the relevance goes through it
     method = lrp.LRP(
         ambiguous, lrp.Composite([(("Conv", "MatMul"), lrp.LRP0()), ("Mul", lrp.Gate(signal=0))])
     )
@@ -199,7 +199,7 @@ def test_a_gate_expanded_to_the_signals_shape_is_found():
 @pytest.mark.parametrize("hard_swish", [True, False])
 def test_a_clip_is_a_gate_only_when_its_scaled_range_is_within_one(hard_swish):
     """x · relu6(x + 3) / 6 (hard-swish written out) has its gate found; relu6(a) · b, a
-    product of two maps (StarNet's star operation), has none and is refused."""
+    product of two maps (StarNet's star operation), has none and gets the uniform rule."""
     rng = np.random.default_rng(0)
     inits = {"w1": rng.standard_normal((4, 3, 3, 3)), "w2": rng.standard_normal((4, 3, 3, 3)),
              "fc": rng.standard_normal((4, 2)), "three": np.array(3.0), "zero": np.array(0.0),
@@ -224,5 +224,4 @@ def test_a_clip_is_a_gate_only_when_its_scaled_range_is_within_one(hard_swish):
     if hard_swish:
         assert lrp.EpsilonPlus().assign(model).rules["product"] == lrp.Gate(0)
     else:
-        with pytest.raises(ox.UnsupportedOperatorError, match="product"):
-            lrp.LRP(model, lrp.EpsilonPlus())
+        assert lrp.EpsilonPlus().assign(model).rules["product"] == lrp.Uniform(1e-6)

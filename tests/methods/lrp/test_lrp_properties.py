@@ -242,7 +242,9 @@ class _TinyViT(torch.nn.Module):
     constant (the LN and attention rules of Ali et al. 2022). ``attention="sdpa"``: by
     ``scaled_dot_product_attention`` with an all-True boolean mask over the tokens, as Hugging
     Face's models call it (the exporter adds the mask and guards the softmax against NaN);
-    ``"einsum"``: both products as ``torch.einsum``, as CvT writes them."""
+    ``"einsum"``: both products as ``torch.einsum``, as CvT writes them; ``"talking"``: the
+    attention weights mixed across the heads by a linear layer before they weight the values
+    (CaiT's talking heads), held constant after it."""
 
     def __init__(self, detach: bool = False, attention: str = "matmul") -> None:
         super().__init__()
@@ -253,6 +255,7 @@ class _TinyViT(torch.nn.Module):
         self.ln1, self.ln2, self.ln3 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
         self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
         self.up, self.down, self.head = nn.Linear(d, 32), nn.Linear(32, d), nn.Linear(d, 5)
+        self.talk = nn.Linear(2, 2) if attention == "talking" else None
         self.detach, self.attention = detach, attention
 
     def _ln(self, ln: torch.nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
@@ -275,13 +278,15 @@ class _TinyViT(torch.nn.Module):
             mixed = torch.einsum("bhlt,bhtv->bhlv", attn, v)
         else:
             attn = torch.softmax(q @ k.transpose(-2, -1) / (d // 2) ** 0.5, dim=-1)
+            if self.talk is not None:
+                attn = self.talk(attn.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
             mixed = (attn.detach() if self.detach else attn) @ v
         t = t + self.proj(mixed.transpose(1, 2).reshape(n, s, d))
         t = t + self.down(torch.relu(self.up(self._ln(self.ln2, t))))
         return self.head(self._ln(self.ln3, t)[:, 0])
 
 
-@pytest.mark.parametrize("attention", ["matmul", "sdpa", "einsum"])
+@pytest.mark.parametrize("attention", ["matmul", "sdpa", "einsum", "talking"])
 @pytest.mark.parametrize("export", [{}, {"exporter": "legacy", "opset": 14}], ids=["fused", "opset14"])
 def test_attention_gets_the_attention_rule_lrp0_equals_gradient_times_input_with_it_held(
     images, export, attention
@@ -294,10 +299,12 @@ def test_attention_gets_the_attention_rule_lrp0_equals_gradient_times_input_with
     relevance to x − μ, and the proportional Sub and ReduceMean give the LN-rule exactly.
     ``sdpa``: the exporter's NaN guard after the softmax, Where(IsNaN(A), 0, A), is looked
     through, and the mask added before it (Where(mask, 0, −∞)) never receives relevance.
-    ``einsum``: the products, exported as Einsum, are loaded as MatMuls."""
+    ``einsum``: the products, exported as Einsum, are loaded as MatMuls. ``talking``: the
+    heads' linear mixing of the weights is looked through to the softmax."""
     torch.manual_seed(5)
     net = _TinyViT(attention=attention)
-    model = _lrp0_is_gradient_times_input_of(net, _TinyViT(detach=True), images, 3, **export)
+    held = _TinyViT(detach=True, attention=attention)
+    model = _lrp0_is_gradient_times_input_of(net, held, images, 3, **export)
     ops = [node.op_type for node in model.ir.graph]
     assert "Softmax" in ops and ops.count("MatMul") >= 2 and "Einsum" not in ops
     assert ("LayerNormalization" in ops) == (not export)
@@ -379,17 +386,19 @@ def _product_node(model: ox.Model, op: str) -> str:
 @pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
 def test_the_uniform_rule_halves_a_products_relevance_between_its_factors_as_computed_by_hand(exporter):
     """AttnLRP's uniform rule on a ⊙ b: R_a = R_b = R_p / 2, with LRP-0 on the linear layers;
-    the relevance of x computed in numpy. Without the rule the product is refused, naming it."""
+    the relevance of x computed in numpy. Composites map it to a product in which neither
+    factor is a gate, as AttnLRP does, and so give the same relevance without it."""
     torch.manual_seed(8)
     net = _GatedProduct().eval()
     x = np.random.default_rng(3).standard_normal((2, 3, 2, 2)).astype(np.float32)
     model = ox.adapters.torch.export(net, torch.from_numpy(x), exporter=exporter)
     mul = _product_node(model, "Mul")
-    with pytest.raises(ox.UnsupportedOperatorError, match=r"Uniform\(\)"):
-        lrp.LRP(model).attribute(x, target=1)
-    composite = lrp.Composite([(("Gemm", "MatMul"), lrp.LRP0()), (lrp.Select(name=mul), lrp.Uniform(0.0))],
-                              epsilon=0.0, stabilizer=0.0)
-    ours = lrp.LRP(model, composite).attribute(x, target=1)
+    mapped = lrp.Composite([(("Gemm", "MatMul"), lrp.LRP0()), (lrp.Select(name=mul), lrp.Uniform(0.0))],
+                           epsilon=0.0, stabilizer=0.0)
+    ours = lrp.LRP(model, mapped).attribute(x, target=1)
+    default = lrp.Composite([(("Gemm", "MatMul"), lrp.LRP0())], epsilon=0.0, stabilizer=0.0)
+    assert isinstance(default.assign(model).rules[mul], lrp.Uniform)  # no factor is a gate
+    np.testing.assert_array_equal(lrp.LRP(model, default).attribute(x, target=1), ours)
     f = x.reshape(2, 12).astype(np.float64)
     wa, wb, wc = (m.weight.detach().numpy().astype(np.float64) for m in (net.a, net.b, net.c))
     a, b = f @ wa.T, f @ wb.T
@@ -412,3 +421,7 @@ def test_the_uniform_rule_on_a_matrix_product_of_two_computed_tensors_conserves_
                               epsilon=0.0, stabilizer=0.0)
     relevance = lrp.LRP(model, composite).attribute(x, target=2)
     np.testing.assert_allclose(relevance.reshape(2, -1).sum(1), model.predict(x)[:, 2], rtol=1e-4)
+    # LRP0 on MatMul needs constant weights; with none, composites map the uniform rule
+    default = lrp.Composite([(("Gemm", "MatMul"), lrp.LRP0())], epsilon=0.0, stabilizer=0.0)
+    assert isinstance(default.assign(model).rules[scores], lrp.Uniform)
+    np.testing.assert_array_equal(lrp.LRP(model, default).attribute(x, target=2), relevance)
