@@ -853,8 +853,8 @@ class Model:
         BatchNorm1d, a temperature), several heads on the same features summed or averaged
         (LeViT's, EfficientFormer's and SwiftFormer's distillation heads), or none (the pooled
         maps are the class scores, as in SqueezeNet). A monotone Sigmoid on the output is
-        looked through, also before a binary classifier's squeeze of its one score to (N,).
-        None when ``target`` also depends on anything else, or on the pooled
+        looked through, and a binary classifier's squeeze of its one score to (N,), before or
+        after that Sigmoid. None when ``target`` also depends on anything else, or on the pooled
         features non-linearly (MobileNetV3's GAP → Linear → Hardswish → Linear)."""
         feature_map = self._pooled_map(pool)
         if feature_map is None:
@@ -877,13 +877,19 @@ class Model:
                 if step is not None:
                     maps[id(node.outputs[0])] = step
         logits = target
-        if id(target) not in maps:  # a Sigmoid, maybe before the single score's squeeze: y[:, 0]
-            behind, producer = target, target.producer()
-            while producer is not None and _keeps_the_elements(producer):
-                behind, producer = producer.inputs[0], producer.inputs[0].producer()
-            if producer is not None and producer.op_type == "Sigmoid" and producer.domain in ("", "ai.onnx") \
-                    and (behind is target or _per_example(producer.inputs[0]) == 1):
-                logits = producer.inputs[0]
+        if id(target) not in maps:  # a Sigmoid on the scores, a single score squeezed (y[:, 0]), or both
+            behind, sigmoid, reshaped = target, False, False
+            while id(behind) not in maps and behind.producer() is not None:
+                producer = behind.producer()
+                if _keeps_the_elements(producer):
+                    reshaped = True
+                elif producer.op_type == "Sigmoid" and producer.domain in ("", "ai.onnx") and not sigmoid:
+                    sigmoid = True
+                else:
+                    break
+                behind = producer.inputs[0]
+            if not reshaped or _per_example(behind) == 1:
+                logits = behind
         found = maps.get(id(logits))
         weight = found.dense(k) if found is not None else None
         if weight is None or (isinstance(channels, int) and weight.shape[1] != channels):

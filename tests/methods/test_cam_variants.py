@@ -262,7 +262,8 @@ def test_heads_affine_in_the_pooled_features_are_cam_heads(kind, exporter, image
 
 class _Binary(torch.nn.Module):
     """A binary classifier's one score: Linear(5, 1) → Sigmoid, then (N,) by ``squeeze(1)``
-    or by ``[:, 0]``."""
+    or by ``[:, 0]``; ``"index_first"``: ``[:, 0]``, then the Sigmoid; ``"logit"``: ``[:, 0]``
+    and no Sigmoid (a model trained with BCEWithLogitsLoss)."""
 
     def __init__(self, select: str) -> None:
         super().__init__()
@@ -272,12 +273,16 @@ class _Binary(torch.nn.Module):
         self.fc = torch.nn.Linear(5, 1)
 
     def forward(self, x):
-        p = torch.sigmoid(self.fc(self.body(x).mean((2, 3))))
+        z = self.fc(self.body(x).mean((2, 3)))
+        if self.select in ("index_first", "logit"):
+            z = z[:, 0]
+            return z if self.select == "logit" else torch.sigmoid(z)
+        p = torch.sigmoid(z)
         return p.squeeze(1) if self.select == "squeeze" else p[:, 0]
 
 
 @pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
-@pytest.mark.parametrize("select", ["squeeze", "index"])
+@pytest.mark.parametrize("select", ["squeeze", "index", "index_first", "logit"])
 def test_a_binary_classifiers_squeezed_sigmoid_score_has_a_cam_head(select, exporter, images):
     net = _Binary(select).eval()
     x = images[:, :, :16, :16]
@@ -288,7 +293,8 @@ def test_a_binary_classifiers_squeezed_sigmoid_score_has_a_cam_head(select, expo
     cam = CAM(model).attribute(x, target=0, relu_attributions=False, upsample=False)
     grad = GradCAM(model, use_logits=False).attribute(x, target=0, relu_attributions=False, upsample=False)
     p = net(torch.from_numpy(x)).detach().numpy()  # the sigmoid's slope only scales Grad-CAM
-    assert cam.shape == (2, 8, 8) and max_rel_err(cam, grad / (p * (1 - p))[:, None, None] * 64) < TOL
+    slope = np.ones_like(p) if select == "logit" else p * (1 - p)
+    assert cam.shape == (2, 8, 8) and max_rel_err(cam, grad / slope[:, None, None] * 64) < TOL
 
 
 @pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
