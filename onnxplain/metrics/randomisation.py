@@ -105,6 +105,22 @@ def _box_mean(a: np.ndarray, win: int) -> np.ndarray:
     return s / (win * win)
 
 
+def _two_maps(name: str, a: np.ndarray, b: np.ndarray, least: int,
+              what: str) -> tuple[np.ndarray, np.ndarray]:
+    """``a`` and ``b`` as float64, checked to be 2-D maps of one shape, each side ≥ ``least``."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape or a.ndim != 2:
+        raise InputValidationError(
+            f"{name} compares two 2-D maps of one shape, got {a.shape} and {b.shape}; pass one "
+            "example's map each (similarity() compares batches)"
+        )
+    if min(a.shape) < least:
+        raise InputValidationError(
+            f"{name} needs maps of at least {least}×{least} pixels for {what}, got {a.shape}"
+        )
+    return a, b
+
+
 def ssim(a: np.ndarray, b: np.ndarray, data_range: float | None = None, win_size: int = 7) -> float:
     """Structural similarity (Wang, Bovik, Sheikh & Simoncelli 2004) of two 2-D maps, as
     ``skimage.metrics.structural_similarity`` computes it by default (7×7 uniform window,
@@ -114,9 +130,7 @@ def ssim(a: np.ndarray, b: np.ndarray, data_range: float | None = None, win_size
 
     C_i = (K_i · data_range)². ``data_range``: default max − min over both maps.
     """
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if a.shape != b.shape or a.ndim != 2:
-        raise InputValidationError(f"ssim compares two 2-D maps of one shape, got {a.shape} and {b.shape}")
+    a, b = _two_maps("ssim", a, b, win_size, f"its window (win_size={win_size})")
     if data_range is None:
         data_range = max(a.max(), b.max()) - min(a.min(), b.min())
     data_range = data_range or 1.0
@@ -143,6 +157,7 @@ def hog_similarity(a: np.ndarray, b: np.ndarray) -> float:
             "the 'hog' similarity needs scikit-image: pip install 'onnxplain[segmentation]' "
             "(or leave 'hog' out of measures)"
         ) from None
+    a, b = _two_maps("hog_similarity", a, b, 16, "its 2×2 blocks of 8×8 cells")
     ha = hog(a, pixels_per_cell=(8, 8), cells_per_block=(2, 2), orientations=9)
     hb = hog(b, pixels_per_cell=(8, 8), cells_per_block=(2, 2), orientations=9)
     ha, hb = ha - ha.mean(), hb - hb.mean()

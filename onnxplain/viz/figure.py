@@ -175,7 +175,14 @@ def image_grid(
     """Lay out ``cells`` (rows × columns of (H, W, 3) uint8 arrays or None for blank) in
     a grid of ``cell_size`` pixels, with titles above the columns, left of the rows, and
     an optional short text in each cell's corner. Titles may have several lines."""
-    if not cells or not cells[0]:
+    rows_ok = isinstance(cells, (Sequence, np.ndarray)) and all(
+        isinstance(row, Sequence) or (isinstance(row, np.ndarray) and row.ndim == 4) for row in cells)
+    if not rows_ok:
+        raise InputValidationError(
+            "image_grid takes rows of cells, each a list of (H, W, 3) uint8 arrays (or None); for "
+            "one batch of pictures (N, H, W, 3) pass [list(batch)]"
+        )
+    if len(cells) == 0 or len(cells[0]) == 0:
         raise InputValidationError("image_grid needs at least one row and one column of cells")
     cols = len(cells[0])
     if any(len(row) != cols for row in cells):
@@ -226,6 +233,11 @@ def overlays(
     (N, H, W) arrays; ``sign`` and ``subtract_min`` one for all or one per name. ``size``:
     the side S (default: the images' own height and width).
     """
+    if not isinstance(attributions, Mapping):
+        raise InputValidationError(
+            f"attributions must map names to attributions, e.g. {{'GradCAM': maps}}, got "
+            f"{type(attributions).__name__}"
+        )
     pictures = heatmap.image_to_uint8(images, layout, preprocess)
     if size is not None:
         pictures = heatmap.resize_rgb(pictures, (size, size))

@@ -80,6 +80,26 @@ def test_ssim_equals_scikit_image():
     )
 
 
+def test_hog_similarity_is_the_correlation_of_scikit_images_hog_descriptors():
+    hog = pytest.importorskip("skimage.feature").hog
+    rng = np.random.default_rng(1)
+    a = rng.random((32, 40))
+    b = a + 0.5 * rng.random((32, 40))
+    ha, hb = (hog(m, pixels_per_cell=(8, 8), cells_per_block=(2, 2), orientations=9) for m in (a, b))
+    assert metrics.hog_similarity(a, b) == pytest.approx(np.corrcoef(ha, hb)[0, 1], abs=1e-12)
+    assert metrics.hog_similarity(a, a) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("measure", ["ssim", "hog_similarity"])
+def test_map_similarities_refuse_batches_and_maps_too_small(measure):
+    pytest.importorskip("skimage.feature")
+    fn = getattr(metrics, measure)
+    with pytest.raises(ox.InputValidationError, match="2-D maps"):
+        fn(np.zeros((2, 32, 32)), np.zeros((2, 32, 32)))
+    with pytest.raises(ox.InputValidationError, match="at least"):
+        fn(np.zeros((6, 32)), np.ones((6, 32)))
+
+
 def test_pointing_game_gradcam_and_rise_far_above_random(shapes):
     model, _ = shapes
     data = ox.examples.shapes_dataset(12, seed=22)

@@ -70,6 +70,19 @@ def test_image_grid_checks_its_cells():
     with pytest.raises(ox.InputValidationError, match="uint8"):
         viz.image_grid([[cell.astype(float)]])
     assert viz.image_grid([[cell, None]], engine="pillow").size[0] > 2 * 128
+    # a batch of pictures is one row of cells, not the rows themselves
+    with pytest.raises(ox.InputValidationError, match=r"list\(batch\)"):
+        viz.image_grid(np.zeros((2, 8, 8, 3), np.uint8))
+    assert viz.image_grid([list(np.zeros((2, 8, 8, 3), np.uint8))], engine="pillow").size[0] > 2 * 128
+    assert viz.image_grid(np.zeros((1, 2, 8, 8, 3), np.uint8), engine="pillow").size[0] > 2 * 128
+
+
+def test_overlays_take_a_mapping_of_attributions(batch, attributions):
+    name, maps = next(iter(attributions.items()))
+    with pytest.raises(ox.InputValidationError, match="map names to attributions"):
+        viz.overlays(batch.images, maps)
+    pictures, out = viz.overlays(batch.images, {name: maps})
+    assert out[name].shape == pictures.shape and out[name].dtype == np.uint8
 
 
 def test_compare_refuses_mismatched_inputs(batch, attributions):
