@@ -9,7 +9,7 @@ import numpy as np
 
 from onnxplain.core.errors import InputValidationError
 from onnxplain.core.model import Model
-from onnxplain.core.validation import check_input
+from onnxplain.core.validation import check_input, check_seed
 
 
 @dataclass
@@ -107,7 +107,7 @@ def pgd(
         raise InputValidationError(f"n_steps must be a positive integer, got {n_steps!r}")
     alpha = 2.5 * eps / n_steps if step_size is None else float(step_size)
     forward, dev = torch_module(model, device)
-    gen = torch.Generator().manual_seed(0 if seed is None else int(seed))
+    gen = torch.Generator().manual_seed(check_seed(seed, "attack") or 0)
     out = np.empty_like(x)
     for start in range(0, len(x), batch_size):
         sl = slice(start, start + batch_size)

@@ -426,6 +426,13 @@ def load(
     3
     """
     domains, libraries = _custom_options(allowed_domains, custom_op_libraries)
+    for name, limit in (("max_model_bytes", max_model_bytes), ("max_external_bytes", max_external_bytes)):
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise InputValidationError(f"{name} must be a positive number of bytes, got {limit!r}")
+    if fixed_inputs is not None and not isinstance(fixed_inputs, Mapping):
+        raise InputValidationError(
+            f"fixed_inputs must map input names to values, e.g. {{'mask': m}}, got {fixed_inputs!r}"
+        )
     wanted = check_layout(layout)
     image = check_image_shape(image_shape)
     proto, where = _read(source, max_model_bytes, max_external_bytes)

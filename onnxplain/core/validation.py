@@ -23,6 +23,19 @@ class Params(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
 
+#: A random seed: a non-negative integer, or None for fresh entropy (numpy's rule).
+Seed = pydantic.NonNegativeInt | None
+
+
+def check_seed(seed: Any, what: str) -> int | None:
+    """``seed`` checked to be None or a non-negative integer (numpy refuses the rest)."""
+    if seed is None:
+        return None
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InputValidationError(f"{what}: seed must be a non-negative integer or None, got {seed!r}")
+    return int(seed)
+
+
 def validate_params(cls: type[P], what: str, **values: Any) -> P:
     """Build ``cls(**values)``; a pydantic error becomes an InputValidationError."""
     try:
@@ -103,7 +116,12 @@ def check_input(model: Model | None, x: Any, name: str = "inputs") -> np.ndarray
 def broadcast_to_inputs(value: Any, x: np.ndarray, name: str) -> np.ndarray:
     """Broadcast a scalar, a single example or a per-example array to ``x``'s shape
     (read-only view, ``x``'s dtype); ``name`` is the argument named in the error."""
-    b = np.asarray(value, dtype=x.dtype)
+    try:
+        b = np.asarray(value, dtype=x.dtype)
+    except (TypeError, ValueError):
+        raise InputValidationError(
+            f"{name} must be numbers (a scalar or an array), got {type(value).__name__} {value!r:.60}"
+        ) from None
     if b.ndim == x.ndim - 1:
         b = b[None]
     try:

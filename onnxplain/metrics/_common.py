@@ -11,7 +11,7 @@ import numpy as np
 from onnxplain.backends.base import Backend, Capability
 from onnxplain.core.errors import InputValidationError
 from onnxplain.core.model import Model
-from onnxplain.core.validation import check_input
+from onnxplain.core.validation import check_input, check_seed
 
 #: An explainer: an onnxplain method instance (its ``attribute`` is called) or a callable
 #: ``explain(inputs, target=target) -> attributions`` (numpy in and out, like Captum's
@@ -72,6 +72,32 @@ def check_positive_int(value: Any, name: str) -> int:
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
         raise InputValidationError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def check_real(value: Any, name: str, low: float = 0.0) -> float:
+    """``value`` as a float, checked to be a finite real number ≥ ``low``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(value) or value < low:
+        raise InputValidationError(f"{name} must be a finite number >= {low:g}, got {value!r}")
+    return float(value)
+
+
+def as_floats(value: Any, name: str) -> np.ndarray:
+    """``value`` as a float64 array; what is not numbers is refused naming ``name``."""
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputValidationError(
+            f"{name} must be an array of numbers, got {type(value).__name__}"
+        ) from None
+
+
+def check_model(model: Any, name: str = "model") -> Model:
+    if not isinstance(model, Model):
+        raise InputValidationError(
+            f"{name} must be an onnxplain Model (from ox.load), got {type(model).__name__}"
+        )
+    return model
 
 
 def check_choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
@@ -189,6 +215,7 @@ def chunks(n: int, size: int) -> Iterator[slice]:
 def example_streams(seed: int | None, n: int) -> list[np.random.Generator]:
     """One random stream per example: example i's noise depends on ``(seed, i)`` only, so
     results do not depend on the batch size (and a reference can replay the noise)."""
+    seed = check_seed(seed, "metric")
     if seed is None:
         seeds = np.random.SeedSequence().spawn(n)
         return [np.random.default_rng(s) for s in seeds]

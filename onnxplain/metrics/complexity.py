@@ -7,11 +7,11 @@ from typing import Any
 import numpy as np
 
 from onnxplain.core.errors import InputValidationError
-from onnxplain.metrics._common import MetricResult
+from onnxplain.metrics._common import MetricResult, as_floats
 
 
 def _flat(attributions: Any) -> np.ndarray:
-    a = np.asarray(attributions, dtype=np.float64)
+    a = as_floats(attributions, "attributions")
     if a.ndim < 2:
         raise InputValidationError(f"attributions must have a batch axis (N, ...), got shape {a.shape}")
     return np.abs(a.reshape(len(a), -1))

@@ -19,10 +19,12 @@ from onnxplain.metrics._common import (
     Explainer,
     MetricResult,
     Scorer,
+    as_floats,
     attributions_or_explain,
     check_batch_size,
     check_choice,
     check_positive_int,
+    check_real,
     chunks,
     example_streams,
     forward_backend,
@@ -40,6 +42,9 @@ SUBSTRATES = ("zero", "mean", "blur", "uniform")
 def gaussian_blur(x: np.ndarray, klen: int = 11, sigma: float = 5.0) -> np.ndarray:
     """Blur images (N, C, H, W) with a ``klen``×``klen`` Gaussian (std ``sigma``), zero
     padding, as the RISE paper's insertion metric blurs its starting image."""
+    x = np.asarray(x) if not isinstance(x, np.ndarray) else x
+    if x.ndim != 4 or not np.issubdtype(x.dtype, np.floating):
+        raise InputValidationError(f"gaussian_blur takes float images (N, C, H, W), got {x.dtype} {x.shape}")
     r = klen // 2
     t = np.arange(klen) - r
     k = np.exp(-(t**2) / (2 * sigma**2))
@@ -405,8 +410,9 @@ def road(
     """
     model, be, x, classes, batch_size = _setup(model, inputs, target, backend, batch_size)
     check_choice(order, "order", ("morf", "lerf"))
-    pct = np.asarray(percentages, dtype=np.float64).ravel()
-    if pct.size == 0 or (pct < 0).any() or (pct > 100).any():
+    pct = as_floats(percentages, "percentages").ravel()
+    noise = check_real(noise, "noise")
+    if pct.size == 0 or not np.isfinite(pct).all() or (pct < 0).any() or (pct > 100).any():
         raise InputValidationError(f"percentages must be numbers in [0, 100], got {percentages!r}")
     n, _, h, w = x.shape
     sal = pixel_map(attributions_or_explain(attributions, x, classes, batch_size), x)

@@ -8,11 +8,11 @@ from typing import Any
 import numpy as np
 
 from onnxplain.core.errors import InputValidationError
-from onnxplain.metrics._common import MetricResult
+from onnxplain.metrics._common import MetricResult, as_floats, check_real
 
 
 def _maps(attributions: Any) -> np.ndarray:
-    a = np.asarray(attributions, dtype=np.float64)
+    a = as_floats(attributions, "attributions")
     if a.ndim == 4:
         a = a.sum(axis=1)
     if a.ndim != 3:
@@ -69,8 +69,7 @@ def pointing_game(
     """
     a = _maps(attributions)
     regions = regions_of(masks, boxes, a.shape)
-    if tolerance < 0:
-        raise InputValidationError(f"tolerance must be >= 0 pixels, got {tolerance!r}")
+    tolerance = check_real(tolerance, "tolerance (pixels)")
     hits = np.zeros(len(a))
     for i in range(len(a)):
         if a[i].max() == a[i].min() or not regions[i].any():

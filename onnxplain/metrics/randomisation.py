@@ -21,11 +21,12 @@ from onnx import numpy_helper
 
 from onnxplain.core.errors import InputValidationError
 from onnxplain.core.model import Model
-from onnxplain.core.validation import check_input
+from onnxplain.core.validation import check_input, check_seed
 from onnxplain.metrics._common import (
     MetricResult,
     check_batch_size,
     check_choice,
+    check_model,
     explain,
     predict,
     progress,
@@ -49,7 +50,7 @@ def parameter_layers(model: Model) -> list[ParameterLayer]:
     """The nodes that hold floating-point initializers, in graph (input → output) order.
     BatchNormalization contributes its scale and shift only (its running statistics are
     not learned parameters and the variance must stay positive)."""
-    proto = model.proto()
+    proto = check_model(model).proto()
     floats = {
         t.name
         for t in proto.graph.initializer
@@ -74,6 +75,10 @@ def randomized_model(model: Model, layers: Sequence[ParameterLayer | str], seed:
 
     all_layers = parameter_layers(model)
     index = {layer.node: i for i, layer in enumerate(all_layers)}
+    if isinstance(layers, (str, ParameterLayer)) or not isinstance(layers, (Sequence, np.ndarray)):
+        raise InputValidationError(
+            f"layers must be a list of ParameterLayer or node names (see parameter_layers), got {layers!r}"
+        )
     wanted = [layer.node if isinstance(layer, ParameterLayer) else layer for layer in layers]
     unknown = [w for w in wanted if w not in index]
     if unknown:
@@ -84,7 +89,7 @@ def randomized_model(model: Model, layers: Sequence[ParameterLayer | str], seed:
     inits = {t.name: t for t in proto.graph.initializer}
     for name in wanted:
         layer = all_layers[index[name]]
-        rng = np.random.default_rng([0 if seed is None else int(seed), index[name]])
+        rng = np.random.default_rng([check_seed(seed, "randomized_model") or 0, index[name]])
         for init in layer.initializers:
             old = numpy_helper.to_array(inits[init])
             std = float(old.std()) or 1e-2

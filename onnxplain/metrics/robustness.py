@@ -5,6 +5,7 @@ an onnxplain method instance or ``explain(inputs, target=...) -> attributions``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,9 @@ from onnxplain.metrics._common import (
     Explainer,
     MetricResult,
     check_batch_size,
+    check_model,
     check_positive_int,
+    check_real,
     example_streams,
     explain,
     predict,
@@ -55,9 +58,18 @@ def _norm(v: np.ndarray, ord: Any) -> np.ndarray:
     raise InputValidationError(f"norm must be 'fro', 'inf' or a positive number, got {ord!r}")
 
 
+def _perturbation(func: Any, default: Callable[[float], Any], size: Any, name: str) -> Any:
+    """``func`` (checked to be callable), else ``default`` of ``size`` (checked)."""
+    if func is None:
+        return default(check_real(size, name))
+    if not callable(func):
+        raise InputValidationError(f"perturb_func must be a function (x, rng) -> perturbed x, got {func!r}")
+    return func
+
+
 def _model_of(explainer: Explainer, model: Model | None):
     if model is not None:
-        return model
+        return check_model(model)
     return getattr(explainer, "model", None)
 
 
@@ -118,7 +130,7 @@ def sensitivity_max(
     fixed for the perturbed inputs (None: the class predicted for x, which needs
     ``model=`` unless the explainer is an onnxplain method). Lower is better.
     """
-    perturb = perturb_func if perturb_func is not None else uniform_noise(perturb_radius)
+    perturb = _perturbation(perturb_func, uniform_noise, perturb_radius, "perturb_radius")
 
     def ratio(e0, e, x0, xp):
         den = _norm(e0[None], norm)
@@ -160,7 +172,7 @@ def local_lipschitz_estimate(
     with σ = ``perturb_std`` and S = ``n_perturb_samples``. Other arguments as
     :func:`sensitivity_max`. Lower is better.
     """
-    perturb = perturb_func if perturb_func is not None else gaussian_noise(perturb_std)
+    perturb = _perturbation(perturb_func, gaussian_noise, perturb_std, "perturb_std")
 
     def ratio(e0, e, x0, xp):
         dx = _norm((xp - x0[None]).astype(np.float64), 2)

@@ -58,6 +58,13 @@ def test_unsupported_opset_is_refused():
         ox.load(proto)
 
 
+@pytest.mark.parametrize("options", [{"max_model_bytes": "x"}, {"max_external_bytes": 0},
+                                     {"fixed_inputs": -1}, {"fixed_inputs": ["mask"]}])
+def test_load_options_of_the_wrong_kind_are_refused_in_our_words(options):
+    with pytest.raises(ox.InputValidationError, match=next(iter(options))):
+        ox.load(ox.examples.tiny_cnn(), **options)
+
+
 def test_model_without_float_input_is_refused():
     node = helper.make_node("Cast", ["ids"], ["out"], to=TensorProto.FLOAT)
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 4])],

@@ -195,3 +195,32 @@ def test_complexity_extremes():
     assert metrics.sparseness(peak).scores[0] > 0.98
     assert metrics.entropy(flat).scores[0] == pytest.approx(np.log(64))
     assert metrics.entropy(peak).scores[0] == pytest.approx(0.0)
+
+
+_MISUSE = {
+    "text attributions": lambda m, x, a, d: metrics.pointing_game("x", masks=d),
+    "text attributions (entropy)": lambda m, x, a, d: metrics.entropy("x"),
+    "text tolerance": lambda m, x, a, d: metrics.pointing_game(a, masks=d, tolerance="x"),
+    "blur of a number": lambda m, x, a, d: metrics.gaussian_blur(-1),
+    "negative radius": lambda m, x, a, d: metrics.sensitivity_max(ox.Saliency(m), x, 1, perturb_radius=-1),
+    "NaN radius": lambda m, x, a, d: metrics.sensitivity_max(ox.Saliency(m), x, 1, perturb_radius=np.nan),
+    "no std": lambda m, x, a, d: metrics.local_lipschitz_estimate(ox.Saliency(m), x, 1, perturb_std=None),
+    "uncallable perturbation": lambda m, x, a, d: metrics.sensitivity_max(ox.Saliency(m), x, 1,
+                                                                          perturb_func=3),
+    "model not a Model": lambda m, x, a, d: metrics.sensitivity_max(ox.Saliency(m), x, 1, model=3),
+    "negative seed": lambda m, x, a, d: metrics.sensitivity_max(ox.Saliency(m), x, 1, seed=-1),
+    "layers of a model not a Model": lambda m, x, a, d: metrics.parameter_layers(3),
+    "layers not a list": lambda m, x, a, d: metrics.randomized_model(m, 3),
+    "NaN percentage": lambda m, x, a, d: metrics.road(m, x, a, 1, percentages=[np.nan]),
+    "text noise": lambda m, x, a, d: metrics.road(m, x, a, 1, noise="x"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_MISUSE))
+def test_metric_misuse_is_refused_in_our_words(shapes, case):
+    """Each used to leak numpy's or Python's exception (ValueError, TypeError, AttributeError)."""
+    model, data = shapes
+    x = data.images[:2]
+    maps = ox.GradCAM(model).attribute(x, target=1)
+    with pytest.raises(ox.InputValidationError):
+        _MISUSE[case](model, x, maps, data.masks[:2])

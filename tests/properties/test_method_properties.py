@@ -6,6 +6,7 @@ CI runs a bounded number of examples; for the stress variant set
 """
 
 import contextlib
+import inspect
 import os
 
 import numpy as np
@@ -14,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import onnxplain as ox
+from onnxplain.cli.methods import available
 
 settings.register_profile("ci", max_examples=25, deadline=None,
                           suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -96,3 +98,31 @@ def test_inputs_with_an_empty_axis_are_our_error(shape):
     """An image with no pixels (or no channels) is refused before it reaches the runtime."""
     with pytest.raises(ox.InputValidationError, match="every axis longer than 0"):
         MODEL.predict(np.ones(shape, np.float32))
+
+
+_BAD_VALUES = (-1, 1.5, "x", float("nan"), (1, 2), [])
+
+
+@pytest.mark.parametrize("name", sorted(n for n, m in available().items() if not m.entry.slow))
+def test_every_bad_attribute_argument_raises_our_own_error(name):
+    """Each argument of ``attribute`` given a negative, fractional, text, NaN, tuple or empty
+    value: the call succeeds or raises an OnnxplainError, never numpy's or Python's (a
+    negative seed, text baselines, a float window, a number of gates used to leak them)."""
+    method = available()[name]
+    model, x = MODEL, _images(2, 16, 0)
+    if name == "attention-maps":  # needs a gate: the bundled model has a squeeze-and-excitation block
+        model, x = ox.examples.shapes_model(), ox.examples.shapes_dataset(2).images
+    obj = method.cls(model, **method.init_kwargs(x.shape, "NCHW"))
+    base = method.attribute_kwargs(x.shape, "NCHW")
+    base.update({k: v for k, v in dict(n_steps=2, nt_samples=2, n_masks=8, n_samples=8, iterations=2,
+                                       max_iter=2).items() if k in base})
+    params = inspect.signature(obj.attribute).parameters
+    for p in params.values():
+        if p.name in ("inputs", "show_progress") or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+            continue
+        for bad in _BAD_VALUES:
+            kwargs = {**base, p.name: bad}
+            if p.name != "target" and "target" in params:
+                kwargs.setdefault("target", 1)
+            with contextlib.suppress(ox.OnnxplainError):
+                obj.attribute(x, **kwargs)

@@ -61,7 +61,7 @@ class _AMParams(Params):
     blur_sigma: pydantic.PositiveFloat = 0.5
     init_std: float = pydantic.Field(default=0.01, ge=0)
     batch_size: pydantic.PositiveInt | None = None
-    seed: int = 0
+    seed: pydantic.NonNegativeInt = 0
 
     @pydantic.field_validator("scale")
     @classmethod

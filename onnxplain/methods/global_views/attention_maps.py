@@ -81,6 +81,8 @@ class AttentionMaps(Attribution):
             return list(self.gates)
         if isinstance(names, str):
             names = [names]
+        if not isinstance(names, Sequence) or not all(isinstance(n, str) for n in names):
+            raise InputValidationError(f"gates: give gate names (a str or a list of them), got {names!r}")
         by_name = {g.name: g for g in self.gates}
         unknown = [n for n in names if n not in by_name]
         if unknown:

@@ -51,7 +51,7 @@ class _DGNAMParams(Params):
     init_std: float = pydantic.Field(default=1.0, ge=0)
     code_clip: tuple[float, float] | None = None
     batch_size: pydantic.PositiveInt | None = None
-    seed: int = 0
+    seed: pydantic.NonNegativeInt = 0
 
 
 @dataclass

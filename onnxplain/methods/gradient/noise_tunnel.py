@@ -21,7 +21,7 @@ import pydantic
 
 from onnxplain.core.errors import InputValidationError
 from onnxplain.core.targets import Channel, Neuron, TargetLike
-from onnxplain.core.validation import Params, validate_params
+from onnxplain.core.validation import Params, Seed, validate_params
 from onnxplain.methods.base import Attribution
 
 NTType = Literal["smoothgrad", "smoothgrad_sq", "vargrad"]
@@ -36,7 +36,7 @@ class _NTParams(Params):
     nt_samples: int = pydantic.Field(ge=1)
     nt_samples_batch_size: int | None = pydantic.Field(default=None, ge=1)
     stdevs: float = pydantic.Field(ge=0.0, allow_inf_nan=False)
-    seed: int | None = None
+    seed: Seed = None
 
 
 class NoiseTunnel(Attribution):

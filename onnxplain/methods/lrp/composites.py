@@ -217,6 +217,10 @@ def _selector(s: Any) -> Select:
 def _entries(rules: Any) -> list[tuple[Select, Rule]]:
     if rules is None:
         return []
+    if not isinstance(rules, (Mapping, Iterable)) or isinstance(rules, (str, bytes)):
+        raise InputValidationError(
+            f"rules must be (selector, rule) pairs or a mapping of selectors to rules, got {rules!r}"
+        )
     items = list(rules.items()) if isinstance(rules, Mapping) else list(rules)
     out = []
     for item in items:

@@ -40,7 +40,7 @@ import pydantic
 
 from onnxplain.backends.base import INPUT, Capability
 from onnxplain.core.targets import TargetLike
-from onnxplain.core.validation import Params, validate_params
+from onnxplain.core.validation import Params, Seed, validate_params
 from onnxplain.infill import Infill, Zeros, gaussian_blur
 from onnxplain.methods.perturbation import _ops
 from onnxplain.methods.perturbation.base import Filler, PerturbationAttribution
@@ -60,7 +60,7 @@ class _EPParams(Params):
     jitter: bool
     smooth: float = pydantic.Field(ge=0)
     batch_size: pydantic.PositiveInt | None = None
-    seed: int | None = None
+    seed: Seed = None
 
     @pydantic.field_validator("areas")
     @classmethod

@@ -19,7 +19,7 @@ import pydantic
 
 from onnxplain.backends.base import Capability
 from onnxplain.core.targets import TargetLike
-from onnxplain.core.validation import Params, validate_params
+from onnxplain.core.validation import Params, Seed, validate_params
 from onnxplain.infill import Infill
 from onnxplain.methods._feature_mask import read_feature_mask
 from onnxplain.methods.perturbation.base import Filler, PerturbationAttribution
@@ -28,7 +28,7 @@ from onnxplain.methods.perturbation.base import Filler, PerturbationAttribution
 class _AblationParams(Params):
     perturbations_per_eval: pydantic.PositiveInt | None = None
     batch_size: pydantic.PositiveInt | None = None
-    seed: int | None = None
+    seed: Seed = None
     incremental: pydantic.StrictBool = False
 
 

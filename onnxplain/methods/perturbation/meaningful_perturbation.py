@@ -39,7 +39,7 @@ import pydantic
 
 from onnxplain.backends.base import INPUT, Capability, batches
 from onnxplain.core.targets import TargetLike
-from onnxplain.core.validation import Params, validate_params
+from onnxplain.core.validation import Params, Seed, validate_params
 from onnxplain.infill import GaussianBlur, Infill
 from onnxplain.methods.perturbation import _ops
 from onnxplain.methods.perturbation.base import Filler, PerturbationAttribution
@@ -55,7 +55,7 @@ class _MPParams(Params):
     learning_rate: float = pydantic.Field(gt=0)
     jitter: pydantic.NonNegativeInt
     batch_size: pydantic.PositiveInt | None = None
-    seed: int | None = None
+    seed: Seed = None
 
 
 class MeaningfulPerturbation(PerturbationAttribution):

@@ -12,6 +12,7 @@ exactly as Captum's ``Occlusion`` defines it (windows clipped at the far edges).
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,7 @@ import pydantic
 from onnxplain.backends.base import Capability
 from onnxplain.core.errors import InputValidationError
 from onnxplain.core.targets import TargetLike
-from onnxplain.core.validation import Params, validate_params
+from onnxplain.core.validation import Params, Seed, validate_params
 from onnxplain.infill import Infill
 from onnxplain.methods.perturbation.base import Filler, PerturbationAttribution
 
@@ -30,13 +31,17 @@ class _OcclusionParams(Params):
     strides: tuple[pydantic.PositiveInt, ...]
     perturbations_per_eval: pydantic.PositiveInt | None = None
     batch_size: pydantic.PositiveInt | None = None
-    seed: int | None = None
+    seed: Seed = None
     incremental: pydantic.StrictBool = False
 
 
 def _per_dim(value: Any, ndim: int, name: str) -> tuple[int, ...]:
     if isinstance(value, (int, np.integer)):
         return (int(value),) * ndim
+    if not isinstance(value, (Sequence, np.ndarray)) or isinstance(value, str):
+        raise InputValidationError(
+            f"{name} must be an int or one int per dim of (C, H, W), e.g. (3, 16, 16); got {value!r}"
+        )
     value = tuple(value)
     if len(value) != ndim:
         raise InputValidationError(

@@ -23,7 +23,7 @@ import pydantic
 from onnxplain.backends.base import Capability
 from onnxplain.core.errors import InputValidationError
 from onnxplain.core.targets import TargetLike
-from onnxplain.core.validation import Params, validate_params
+from onnxplain.core.validation import Params, Seed, validate_params
 from onnxplain.infill import Infill
 from onnxplain.methods.perturbation._ops import interp_matrix
 from onnxplain.methods.perturbation.base import Filler, PerturbationAttribution
@@ -34,7 +34,7 @@ class _RISEParams(Params):
     s: tuple[pydantic.PositiveInt, pydantic.PositiveInt]
     p: float = pydantic.Field(gt=0, le=1)
     batch_size: pydantic.PositiveInt | None = None
-    seed: int | None = None
+    seed: Seed = None
 
 
 class RISEMasks:
@@ -94,7 +94,7 @@ class RISE(PerturbationAttribution):
     ) -> np.ndarray:
         x = self._inputs(inputs)
         h, w = self._images(x, "RISE")
-        grid = (s, s) if isinstance(s, (int, np.integer)) else tuple(s)
+        grid = (s, s) if isinstance(s, (int, np.integer, float)) else s  # the rest: pydantic's check
         prm = validate_params(_RISEParams, "RISE", n_masks=n_masks, s=grid, p=p,
                               batch_size=batch_size, seed=seed)
         if prm.s[0] > h or prm.s[1] > w:

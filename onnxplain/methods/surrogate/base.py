@@ -31,7 +31,7 @@ import pydantic
 from onnxplain.backends.base import batches
 from onnxplain.core.errors import InputValidationError
 from onnxplain.core.targets import Objective, TargetLike
-from onnxplain.core.validation import Params
+from onnxplain.core.validation import Params, Seed
 from onnxplain.infill import Infill, blend
 from onnxplain.methods._feature_mask import read_feature_mask
 from onnxplain.methods.base import take_rows
@@ -47,7 +47,7 @@ class SurrogateParams(Params):
     n_samples: pydantic.PositiveInt | None = None
     perturbations_per_eval: pydantic.PositiveInt | None = None
     batch_size: pydantic.PositiveInt | None = None
-    seed: int | None = None
+    seed: Seed = None
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,13 @@ def _rules(composite, model):
     return {name: rule for name, rule in composite.assign(model).rules.items()}
 
 
+def test_rules_that_are_no_pairs_are_refused_in_our_words():
+    with pytest.raises(ox.InputValidationError, match="rules must be"):
+        lrp.EpsilonPlus(rules=-1)
+    with pytest.raises(ox.InputValidationError, match="pairs"):
+        lrp.EpsilonPlus(rules=[lrp.Epsilon()])
+
+
 def test_named_composites_give_zennits_rules(tiny):
     assert _rules(lrp.EpsilonGammaBox(-1.0, 1.0), tiny) == {
         "conv1": lrp.ZBox(-1.0, 1.0),
