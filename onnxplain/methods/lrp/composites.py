@@ -583,12 +583,12 @@ def _positions(
 ) -> tuple[set[str], set[str]]:
     nodes = list(graph)
     clean, first = {id(source)}, set()
-    for node in nodes:
+    for node in nodes:  # along the relevance path only: not the input's Shape, read as a batch size
         if any(v is not None and id(v) in clean for v in node.inputs):
             if node.op_type in LAYER_OPS and _weighted_ok(node, live):
                 first.add(node.name)
             else:
-                clean.update(id(o) for o in node.outputs)
+                clean.update(id(o) for o in node.outputs if id(o) in live)
     tail, last = {id(target)}, set()
     for node in reversed(nodes):
         if any(id(o) in tail for o in node.outputs):

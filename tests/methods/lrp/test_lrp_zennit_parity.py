@@ -114,27 +114,33 @@ def test_single_rule_on_every_layer_matches_zennit(vgg, images, name):
 
 class _BatchReadFlatten(torch.nn.Module):
     """``f.reshape(f.shape[0], -1)``: the export reads the batch size with Shape and
-    builds the Reshape's target shape from it, integer tensors computed from the input."""
+    builds the Reshape's target shape from it, integer tensors computed from the input.
+    ``from_input``: the batch size read from the input itself, ``x.shape[0]``."""
 
-    def __init__(self, net: torch.nn.Sequential) -> None:
+    def __init__(self, net: torch.nn.Sequential, from_input: bool = False) -> None:
         super().__init__()
         self.features, self.head = net[:9], net[10:]  # around the Flatten
+        self.from_input = from_input
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.features(x)
-        return self.head(f.reshape(f.shape[0], -1))
+        return self.head(f.reshape((x if self.from_input else f).shape[0], -1))
 
 
-def test_integer_shape_arithmetic_from_the_input_carries_no_relevance(images):
+@pytest.mark.parametrize("from_input", [False, True])
+def test_integer_shape_arithmetic_from_the_input_carries_no_relevance(images, from_input):
     """Shape, Gather, Concat on the batch size (the TorchScript export of the reshape) are
     bookkeeping, not a path relevance takes: they need no rule, and the map equals zennit's
-    on the same module."""
+    on the same module. Read from the input, the batch size does not make the classifier a
+    first layer (which EpsilonPlusFlat gives the flat rule)."""
     from onnxplain.adapters.torch import export as _export
 
     torch.manual_seed(0)
-    net = _BatchReadFlatten(vgg_style(batch_norm=False)).eval()
+    net = _BatchReadFlatten(vgg_style(batch_norm=False), from_input).eval()
     model = _export(net, torch.from_numpy(images), exporter="legacy")
     assert "Shape" in {node.op_type for node in model.ir.graph}
+    first = lrp.EpsilonPlusFlat().assign(model).first
+    assert {node.op_type for node in model.ir.graph if node.name in first} == {"Conv"}
     composite = zc.EpsilonPlusFlat()
     theirs = _zennit(net, composite, images)
     ours = lrp.LRP(model, lrp.EpsilonPlusFlat()).attribute(images, target=TARGET)
