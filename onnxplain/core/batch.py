@@ -29,6 +29,7 @@ import onnx_ir as ir
 from onnx_ir.passes import common as passes
 
 from onnxplain._compat import ORT_DISABLED_OPTIMIZERS
+from onnxplain.core.canonical import ShapeInferencePass
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def _is_batch(dim: object) -> bool:
 
 
 def _infer(model: ir.Model) -> ir.Model:
-    return passes.ShapeInferencePass(strict_mode=False)(model).model
+    return ShapeInferencePass()(model).model
 
 
 def _rewrite(model: ir.Model, fixed: int) -> int:

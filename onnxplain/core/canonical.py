@@ -39,8 +39,64 @@ def _const_array(value: ir.Value | None) -> np.ndarray | None:
         return None
 
 
+#: Operators that pass the entries of their first input (Concat: of every input) into
+#: their output, for :func:`_no_zero`.
+_ENTRIES_FROM = frozenset({"Concat", "Gather", "Slice", "Unsqueeze", "Squeeze", "Cast", "Identity",
+                           "Reshape", "Flatten"})
+
+
+def _no_zero(value: ir.Value | None, positive: bool = False, depth: int = 0) -> bool:
+    """Whether integer tensor ``value`` provably holds no 0 (``positive``: only numbers
+    > 0): a constant; a ``Shape`` (its input's dims, ≥ 1 because onnxplain never runs an
+    empty tensor); their entries picked, reshaped or concatenated; products of such tensors,
+    and sums of positive ones."""
+    if value is None or depth > 32:
+        return False
+    const = _const_array(value)
+    if const is not None:
+        return bool((const > 0).all() if positive else (const != 0).all())
+    node = value.producer()
+    if node is None or node.domain not in ("", "ai.onnx"):
+        return False
+    if node.op_type == "Shape":
+        return True
+    if node.op_type in _ENTRIES_FROM:
+        ins = node.inputs if node.op_type == "Concat" else node.inputs[:1]
+        return all(_no_zero(v, positive, depth + 1) for v in ins)
+    if node.op_type in ("Mul", "Add") and len(node.inputs) == 2:
+        strict = positive or node.op_type == "Add"
+        return all(_no_zero(v, strict, depth + 1) for v in node.inputs)
+    return False
+
+
+#: Operators whose outputs are sequences of tensors.
+_SEQUENCE_OPS = frozenset({"SplitToSequence", "SequenceConstruct", "SequenceEmpty", "SequenceInsert",
+                           "SequenceErase"})
+
+
+class ShapeInferencePass(passes.ShapeInferencePass):
+    """onnx_ir's shape inference (not strict), then the sequences it typed as tensors left
+    untyped again: it writes SplitToSequence's ``seq(tensor(float))`` as ``tensor(float)``
+    (torch's dynamo exporter, ``optimize=False``: ShuffleNet's channel split), and ONNX
+    Runtime refuses the graph."""
+
+    def __init__(self) -> None:
+        super().__init__(strict_mode=False)
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        result = super().call(model)
+        for node in ir.traversal.RecursiveGraphIterator(result.model.graph):
+            if node.op_type in _SEQUENCE_OPS and node.domain in ("", "ai.onnx"):
+                for out in node.outputs:
+                    if isinstance(out.type, ir.TensorType):
+                        out.type, out.shape = None, None
+        return result
+
+
 class NormalizeReshapeAllowZeroPass(ir.passes.InPlacePass):
-    """Drop ``allowzero=1`` from Reshape nodes whose constant shape has no zero.
+    """Drop ``allowzero=1`` from Reshape nodes whose shape holds no zero: a constant one, or
+    one computed from tensor dims (:func:`_no_zero`; the unoptimised dynamo export of a
+    dynamic batch, ``Concat(Shape(x)[0:1], [-1])``).
 
     With no zero in the shape, ``allowzero`` has no effect; torch's dynamo exporter
     sets it everywhere, and onnx2torch refuses it.
@@ -54,8 +110,7 @@ class NormalizeReshapeAllowZeroPass(ir.passes.InPlacePass):
             attr = node.attributes.get("allowzero")
             if attr is None or attr.as_int() == 0:
                 continue
-            shape = _const_array(node.inputs[1] if len(node.inputs) > 1 else None)
-            if shape is not None and not (shape == 0).any():
+            if _no_zero(node.inputs[1] if len(node.inputs) > 1 else None):
                 node.attributes.pop("allowzero")
                 modified = True
         return ir.passes.PassResult(model, modified=modified)
@@ -412,6 +467,62 @@ class SinkChannelsLastTransposePass(ir.passes.InPlacePass):
         return True
 
 
+class SplitToSequenceAtPass(ir.passes.InPlacePass):
+    """``SequenceAt(SplitToSequence(x, split), i)`` for constant ``split`` and indices ``i``
+    (every use of the sequence) as the outputs of one ``Split``: torch's dynamo exporter
+    writes ``torch.chunk`` so with its optimiser off (ShuffleNet's channel split), and
+    onnx2torch converts no sequence operator."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 17))
+        graph, modified = model.graph, False
+        for node in list(graph):
+            if node.op_type != "SplitToSequence" or node.domain not in ("", "ai.onnx") \
+                    or len(node.inputs) < 2:
+                continue
+            sizes = self._sizes(node)
+            uses = [user for user, _ in node.outputs[0].uses()]
+            index = [_const_array(u.inputs[1]) if u.op_type == "SequenceAt" and len(u.inputs) > 1 else None
+                     for u in uses]
+            if sizes is None or not uses or node.outputs[0].is_graph_output() \
+                    or any(i is None or i.size != 1 or not -len(sizes) <= int(i) < len(sizes) for i in index):
+                continue
+            axis = node.attributes["axis"].as_int() if "axis" in node.attributes else 0
+            split = np.asarray(sizes, np.int64)
+            if opset >= 13:
+                value = ir.Value(name=f"{node.name}.split", shape=ir.Shape(split.shape),
+                                 type=ir.TensorType(ir.DataType.INT64), const_value=ir.tensor(split))
+                graph.register_initializer(value)
+                new = ir.node("Split", [node.inputs[0], value], {"axis": axis}, num_outputs=len(sizes),
+                              name=node.name)
+            else:
+                new = ir.node("Split", [node.inputs[0]], {"axis": axis, "split": split.tolist()},
+                              num_outputs=len(sizes), name=node.name)
+            graph.insert_before(node, new)
+            for user, i in zip(uses, index):
+                take_place(user.outputs[0], new.outputs[int(i) % len(sizes)])
+                graph.remove(user, safe=True)
+            graph.remove(node, safe=True)
+            modified = True
+        return ir.passes.PassResult(model, modified=modified)
+
+    @staticmethod
+    def _sizes(node: ir.Node) -> list[int] | None:
+        """The sizes of the pieces: ``split`` as given, or a scalar's pieces of the axis."""
+        split = _const_array(node.inputs[1])
+        if split is None or split.ndim > 1:
+            return None
+        if split.ndim == 1:
+            return [int(s) for s in split] if split.size else None
+        x, step = node.inputs[0], int(split)
+        axis = node.attributes["axis"].as_int() if "axis" in node.attributes else 0
+        dims = list(x.shape) if x is not None and x.shape is not None else None
+        if dims is None or not -len(dims) <= axis < len(dims) or not isinstance(dims[axis], int) or step < 1:
+            return None
+        size = dims[axis]
+        return [step] * (size // step) + ([size % step] if size % step else [])
+
+
 class NoOpCastPass(ir.passes.InPlacePass):
     """Send the consumers of a ``Cast`` to the type its input already has to that input.
     Keras 3 exports through torch cast every result to float32 again (``Cast(to=FLOAT)``
@@ -467,6 +578,26 @@ class _RewriteEachNode(ir.passes.InPlacePass):
     @staticmethod
     def _rewrite(graph: ir.Graph, node: ir.Node) -> bool:
         raise NotImplementedError
+
+
+class CastLikePass(_RewriteEachNode):
+    """``CastLike(x, like)`` as ``Cast(x, to=like's type)`` where that type is known: the
+    torch dynamo exporter writes it for every Python scalar when its optimiser is off
+    (``optimize=False``), and onnx2torch converts no CastLike."""
+
+    @staticmethod
+    def _rewrite(graph: ir.Graph, node: ir.Node) -> bool:
+        if node.op_type != "CastLike" or node.domain not in ("", "ai.onnx") or len(node.inputs) < 2:
+            return False
+        x, like = node.inputs[0], node.inputs[1]
+        if x is None or like is None or like.dtype is None:
+            return False
+        cast = ir.node("Cast", [x], {"to": like.dtype}, name=node.name)
+        graph.insert_before(node, cast)
+        cast.outputs[0].type, cast.outputs[0].shape = node.outputs[0].type, node.outputs[0].shape
+        take_place(node.outputs[0], cast.outputs[0])
+        graph.remove(node, safe=True)
+        return True
 
 
 def _reduction_axes(node: ir.Node) -> tuple[np.ndarray | None, bool]:
@@ -889,9 +1020,11 @@ def _steps() -> list[ir.passes.PassBase]:
         passes.RemoveInitializersFromInputsPass(),
         passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
         passes.IdentityEliminationPass(),
+        CastLikePass(),
         UnfuseContribOpsPass(),
         FoldConstantSubgraphsPass(),
         ConstantIfPass(),
+        SplitToSequenceAtPass(),  # before shape inference, which then types the pieces
         NormalizeReshapeAllowZeroPass(),
         SinkChannelsLastTransposePass(),
         CancelTransposePairsPass(),
@@ -900,8 +1033,9 @@ def _steps() -> list[ir.passes.PassBase]:
         passes.TopologicalSortPass(),
         passes.NameFixPass(),
         EinsumAsMatMulPass(),
-        passes.ShapeInferencePass(strict_mode=False),
+        ShapeInferencePass(),
         ExplicitSamePadsPass(),
+        CastLikePass(),  # again: the types of computed tensors are known now
         NoOpCastPass(),
         WholeMapAveragePoolPass(),
         FlattenedMapPoolPass(),

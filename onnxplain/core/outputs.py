@@ -397,9 +397,9 @@ def compile_targets(
     )
     try:
         ir_model = ir.from_proto(proto)
-        from onnx_ir.passes import common as passes
+        from onnxplain.core.canonical import ShapeInferencePass
 
-        ir_model = passes.ShapeInferencePass(strict_mode=False)(ir_model).model
+        ir_model = ShapeInferencePass()(ir_model).model
     except Exception as exc:
         raise InputValidationError(
             f"the output targets could not be compiled into the graph: {exc}"

@@ -45,7 +45,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes import common as passes
 
-from onnxplain.core.canonical import _const_array
+from onnxplain.core.canonical import ShapeInferencePass, _const_array
 
 #: Operators that only occur in quantized graphs.
 QUANTIZED_OPS = frozenset(
@@ -407,7 +407,7 @@ def simulate(model: ir.Model) -> ir.Model:
         passes.RemoveUnusedNodesPass()(copy)  # a dynamic product's scale Mul
         try:
             _forget_unknown_dims(graph)
-            passes.ShapeInferencePass(strict_mode=False)(copy)
+            ShapeInferencePass()(copy)
         except Exception as exc:  # pragma: no cover - shapes are a convenience here
             logger.warning("shape inference of the quantized model's simulation failed: %s", exc)
     return copy
