@@ -143,6 +143,10 @@ ROUTING_OPS = frozenset(
         "GlobalMaxPool",
         "ReduceMax",
         "Cast",
+        # an assignment into a slice, x[:, :c] = y (dynamo's slice_scatter): each element's
+        # relevance goes to the tensor it was copied from, x or y
+        "ScatterND",
+        "ScatterElements",
         # upsampling (HRNet, FPNs): zennit has no rule for it and passes the relevance back as
         # the gradient, R_in = Aᵀ R_out (nearest: each copy's relevance to its source; linear
         # modes: by the interpolation weights, which sum to 1 per output)
@@ -447,8 +451,9 @@ def _gate_signal(node: ir.Node, live: set[int]) -> int | None:
     inverses = [i for i in range(2) if node.op_type == "Mul" and _inverse(ins[i], live)]
     if len(inverses) == 1:  # a product by 1/σ is the Div by σ (below), whatever broadcasts
         return 1 - inverses[0]
-    full = [i for i in range(2) if _same_shape(_unexpanded(ins[i]), node.outputs[0])]
-    if len(full) == 1:  # the gate is the broadcast one
+    known = all(v.shape is not None for v in (*ins[:2], node.outputs[0]))
+    full = [i for i in range(2) if _same_shape(_unexpanded(ins[i]), node.outputs[0])] if known else []
+    if len(full) == 1:  # the gate is the broadcast one (a shape not known tells nothing)
         if node.op_type == "Div":
             return 0 if full == [0] else None
         return full[0]

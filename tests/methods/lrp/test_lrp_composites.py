@@ -137,6 +137,16 @@ def test_gate_is_found_by_broadcast_and_an_ambiguous_mul_gets_the_uniform_rule_o
     assert "excite" not in method.rules()  # the gate branch gets no relevance, needs no rule
 
 
+def test_a_factor_of_unknown_shape_tells_no_gate_by_broadcasting():
+    """Broadcasting picks the gate only where every shape is known: a product of two maps,
+    one of them with its shape unknown, is still no gate and gets the uniform rule."""
+    composite = lrp.Composite([(("Conv", "MatMul"), lrp.LRP0())])
+    model = _gated_model(same_shape=True)
+    (mul,) = [node for node in model.ir.graph if node.name == "gate"]
+    mul.inputs[1].shape = None
+    assert _rules(composite, model)["gate"] == lrp.Uniform(composite.stabilizer)
+
+
 def test_neuron_target_and_batch_semantics(tiny):
     x = np.random.default_rng(3).random((3, 3, 8, 8), dtype=np.float32)
     method = lrp.LRP(tiny, lrp.EpsilonPlus())

@@ -425,3 +425,30 @@ def test_the_uniform_rule_on_a_matrix_product_of_two_computed_tensors_conserves_
     default = lrp.Composite([(("Gemm", "MatMul"), lrp.LRP0())], epsilon=0.0, stabilizer=0.0)
     assert isinstance(default.assign(model).rules[scores], lrp.Uniform)
     np.testing.assert_array_equal(lrp.LRP(model, default).attribute(x, target=2), relevance)
+
+
+class _SliceAssign(torch.nn.Module):
+    """Two bias-free conv branches; the first two channels of one overwritten by the
+    other's (``a[:, :2] = b[:, :2]``, exported as ScatterND); GAP → Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        self.b = torch.nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        self.fc = torch.nn.Linear(4, 5, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = torch.relu(self.a(x)), torch.relu(self.b(x))
+        a = a.clone()
+        a[:, :2] = b[:, :2]
+        return self.fc(a.mean((2, 3)))
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
+def test_an_assignment_into_a_slice_routes_relevance_to_where_each_value_came_from(images, exporter):
+    """ScatterND passes each element's relevance to the tensor it was copied from (the
+    gradient's routing), so LRP-0 on this bias-free network equals x ⊙ ∇S_c."""
+    torch.manual_seed(6)
+    model = _lrp0_is_gradient_times_input_of(_SliceAssign(), _SliceAssign(), images[:, :, :16, :16], 2,
+                                             exporter=exporter)
+    assert "ScatterND" in {node.op_type for node in model.ir.graph}
