@@ -9,7 +9,9 @@ copy. :func:`make_batch_dynamic` rewrites the graph:
    ``value_info`` would keep the old size) and inferred again;
 2. each ``Reshape`` whose constant shape starts with B while its data input starts
    with the symbolic batch gets ``0`` there (copy the input's batch; ``-1`` when
-   ``allowzero=1``), repeated until nothing changes.
+   ``allowzero=1``), and each such ``Resize`` to constant sizes (an interpolation to the
+   network's input size inside the graph) reads its batch from its data with ``Shape``,
+   repeated until nothing changes.
 
 The rewritten graph is kept only if ONNX Runtime runs it on a batch of 2B random inputs
 and gives the same outputs as the original graph run on each B-row part (max |Δ| ≤
@@ -44,24 +46,68 @@ def _first_dim(value: ir.Value) -> object:
     return value.shape[0]
 
 
-def _is_batch(dim: object) -> bool:
-    return isinstance(dim, ir.SymbolicDim) and dim.value == BATCH
+def _maybe_batch(dim: object) -> bool:
+    """The batch, or a dim inference could not tell (a Resize to sizes computed from its
+    input's Shape): a rewrite that was wrong there fails the check of :func:`_verify`."""
+    return dim is None or isinstance(dim, ir.SymbolicDim)
 
 
 def _infer(model: ir.Model) -> ir.Model:
     return ShapeInferencePass()(model).model
 
 
+def _int64(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    value = ir.Value(name=name, const_value=ir.tensor(np.asarray(array, np.int64), name=name))
+    value.shape = ir.Shape(list(np.shape(array)))
+    value.dtype = ir.DataType.INT64
+    graph.register_initializer(value)
+    return value
+
+
+_RESIZED = "__dynamic_batch_resize"
+
+
+def _resize_sizes(graph: ir.Graph, node: ir.Node, fixed: int) -> bool:
+    """A Resize to constant ``sizes`` (B, C, h, w) of a tensor with the symbolic batch: its
+    sizes become (the data's batch, C, h, w), read with Shape (a size cannot be 0)."""
+    if node.op_type != "Resize" or node.domain not in ("", "ai.onnx") or len(node.inputs) < 4:
+        return False
+    data, sizes = node.inputs[0], node.inputs[3]
+    const = sizes.const_value if sizes is not None else None
+    if const is None or not _maybe_batch(_first_dim(data)):
+        return False
+    values = const.numpy().astype(np.int64)
+    if values.ndim != 1 or len(values) == 0 or values[0] != fixed:
+        return False
+    stem = f"{node.name or 'resize'}__dynamic_batch"
+    shape = ir.node("Shape", [data], name=f"{stem}_shape")
+    first = [shape.outputs[0], _int64(graph, f"{stem}_0", [0]), _int64(graph, f"{stem}_1", [1])]
+    batch = ir.node("Slice", first, name=f"{stem}_slice")
+    joined = ir.node("Concat", [batch.outputs[0], _int64(graph, f"{stem}_rest", values[1:])], {"axis": 0},
+                     name=f"{stem}_sizes")
+    for new in (shape, batch, joined):
+        graph.insert_before(node, new)
+    node.replace_input_with(3, joined.outputs[0])
+    node.name = f"{node.name}{_RESIZED}"
+    # the sizes are computed now; say what they hold so that inference carries the batch on
+    node.outputs[0].shape = ir.Shape([_first_dim(data), *(int(v) for v in values[1:])])
+    return True
+
+
 def _rewrite(model: ir.Model, fixed: int) -> int:
-    """Rewrite the Reshape constants of ``model`` in place; returns how many changed."""
+    """Rewrite the Reshape and Resize constants of ``model`` in place; returns how many
+    changed."""
     changed = 0
     graph = model.graph
     for node in list(graph):
+        if _resize_sizes(graph, node, fixed):
+            changed += 1
+            continue
         if node.op_type != "Reshape" or node.domain not in ("", "ai.onnx") or len(node.inputs) < 2:
             continue
         shape_value = node.inputs[1]
         const = shape_value.const_value if shape_value is not None else None
-        if const is None or not _is_batch(_first_dim(node.inputs[0])):
+        if const is None or not _maybe_batch(_first_dim(node.inputs[0])):
             continue
         shape = const.numpy().astype(np.int64)
         if shape.ndim != 1 or len(shape) == 0 or shape[0] != fixed:
@@ -74,16 +120,21 @@ def _rewrite(model: ir.Model, fixed: int) -> int:
             new[0] = -1
         else:
             new[0] = 0
-        value = ir.Value(
-            name=f"{node.name or 'reshape'}__dynamic_batch_shape",
-            const_value=ir.tensor(new, name=f"{node.name or 'reshape'}__dynamic_batch_shape"),
-        )
-        value.shape = ir.Shape([len(new)])
-        value.dtype = ir.DataType.INT64
-        graph.register_initializer(value)
-        node.replace_input_with(1, value)
+        node.replace_input_with(1, _int64(graph, f"{node.name or 'reshape'}__dynamic_batch_shape", new))
         changed += 1
     return changed
+
+
+def _forget_shapes(model: ir.Model) -> None:
+    """Clear the inferred shapes of the intermediate tensors (a rewritten Resize leaves its
+    consumers' fixed batch stale), but those of the Resizes :func:`_resize_sizes` set."""
+    outputs = {id(v) for v in model.graph.outputs}
+    for node in model.graph:
+        if node.op_type == "Resize" and node.name.endswith(_RESIZED):
+            continue
+        for value in node.outputs:
+            if id(value) not in outputs:
+                value.shape = None
 
 
 def _candidate(model: ir.Model, fixed: int) -> ir.Model:
@@ -99,7 +150,11 @@ def _candidate(model: ir.Model, fixed: int) -> ir.Model:
     for _ in range(16):
         if not _rewrite(candidate, fixed):
             break
+        _forget_shapes(candidate)
         candidate = _infer(candidate)
+    for node in candidate.graph:  # the marks _forget_shapes reads, taken off
+        if node.name.endswith(_RESIZED):
+            node.name = node.name[: -len(_RESIZED)]
     passes.RemoveUnusedNodesPass()(candidate)
     return candidate
 
@@ -121,7 +176,7 @@ def _verify(original: ir.Model, candidate: ir.Model, fixed: int) -> str | None:
     dtype = np.dtype(value.dtype.numpy())
     x = np.random.default_rng(0).standard_normal((2 * fixed, *list(dims)[1:])).astype(dtype)
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # a candidate that fails is reported by the warning, not logged
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         ref_sess = ort.InferenceSession(

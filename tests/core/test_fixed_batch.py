@@ -99,6 +99,45 @@ def test_64_occlusion_windows_run_in_batches_with_the_looped_result(proto, count
     np.testing.assert_allclose(batched, one_by_one, atol=1e-6)
 
 
+class ResizesFirst(nn.Module):
+    """Preprocessing inside the model: images of any size interpolated to 16×16 (the
+    export writes a Resize to constant sizes, batch included), then the flattening net."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = FlattensToBatchOne()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
+        return self.net(x)
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
+def test_a_resize_to_a_fixed_size_takes_the_batch_it_is_given(exporter):
+    """The Resize's constant sizes (1, 3, 32, 32) would fix the batch; rewritten to read
+    the batch from its input, the model takes any batch and explains as Captum does."""
+    from captum.attr import Saliency
+
+    net = ResizesFirst().eval()
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.randn(1, 3, 40, 24),), buffer, dynamo=exporter == "dynamo",
+                          verbose=False)
+    proto = onnx.load_from_string(buffer.getvalue())
+    assert any(n.op_type == "Resize" for n in proto.graph.node)
+    model = ox.load(proto)
+    assert model.fixed_batch is None and model.batch_note is None
+    x = np.random.default_rng(3).standard_normal((3, 3, 40, 24)).astype(np.float32)
+    expected = np.concatenate([net(torch.from_numpy(x[i : i + 1])).detach().numpy() for i in range(3)])
+    np.testing.assert_allclose(model.predict(x), expected, atol=1e-5)
+    saliency = Saliency(net)
+    reference = np.concatenate([saliency.attribute(torch.from_numpy(x[i : i + 1]).requires_grad_(True),
+                                                   target=2, abs=False).numpy() for i in range(3)])
+    ours = ox.Saliency(model).attribute(x, target=2, abs=False)
+    assert np.abs(ours - reference).max() <= 1e-4 * np.abs(reference).max()
+
+
 def test_a_graph_that_mixes_examples_stays_fixed_and_says_why():
     proto = _fixed_export(FlattensToBatchOne(mix=True))
     with pytest.warns(UserWarning, match="fixed to 1 and could not be made dynamic"):
