@@ -25,13 +25,14 @@ uses it directly rather than through a backend.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes import common as passes
 
 from onnxplain._compat import ORT_DISABLED_OPTIMIZERS
-from onnxplain.core.canonical import ShapeInferencePass
+from onnxplain.core.canonical import ShapeInferencePass, add_initializer
 
 logger = logging.getLogger(__name__)
 
@@ -56,12 +57,8 @@ def _infer(model: ir.Model) -> ir.Model:
     return ShapeInferencePass()(model).model
 
 
-def _int64(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    value = ir.Value(name=name, const_value=ir.tensor(np.asarray(array, np.int64), name=name))
-    value.shape = ir.Shape(list(np.shape(array)))
-    value.dtype = ir.DataType.INT64
-    graph.register_initializer(value)
-    return value
+def _int64(graph: ir.Graph, name: str, values: Any) -> ir.Value:
+    return add_initializer(graph, name, np.asarray(values, np.int64))
 
 
 _RESIZED = "__dynamic_batch_resize"
@@ -223,10 +220,8 @@ def fixed_batch_size(model: ir.Model) -> int | None:
 def _unsqueeze(graph: ir.Graph, value: ir.Value, name: str, opset: int) -> ir.Node:
     """A new ``Unsqueeze`` of axis 0 of ``value`` named ``name`` (not yet in the graph)."""
     if opset >= 13:
-        axes = ir.Value(name=f"{name}__batch_axis", const_value=ir.tensor(np.array([0], np.int64)),
-                        shape=ir.Shape([1]), type=ir.TensorType(ir.DataType.INT64))
-        graph.register_initializer(axes)
-        node = ir.node("Unsqueeze", inputs=[value, axes], name=f"{name}__batched")
+        node = ir.node("Unsqueeze", inputs=[value, _int64(graph, f"{name}__batch_axis", [0])],
+                       name=f"{name}__batched")
     else:
         node = ir.node("Unsqueeze", inputs=[value], attributes={"axes": [0]}, name=f"{name}__batched")
     out = node.outputs[0]

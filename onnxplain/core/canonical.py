@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -91,6 +92,20 @@ class ShapeInferencePass(passes.ShapeInferencePass):
                     if isinstance(out.type, ir.TensorType):
                         out.type, out.shape = None, None
         return result
+
+
+def add_initializer(graph: ir.Graph, name: str, array: Any) -> ir.Value:
+    """A new initializer of ``graph`` holding ``array`` (with its dtype and shape), named
+    ``name``, or ``name_1``, ``name_2``, ... where an initializer has that name already."""
+    array = np.asarray(array)
+    unique, i = name, 0
+    while unique in graph.initializers:
+        i += 1
+        unique = f"{name}_{i}"
+    value = ir.Value(name=unique, const_value=ir.tensor(array, name=unique), shape=ir.Shape(array.shape),
+                     type=ir.TensorType(ir.DataType.from_numpy(array.dtype)))
+    graph.register_initializer(value)
+    return value
 
 
 class NormalizeReshapeAllowZeroPass(ir.passes.InPlacePass):
@@ -396,11 +411,7 @@ def _channel_constant(graph: ir.Graph, value: ir.Value | None) -> ir.Value | Non
     name = f"{value.name}__nchw"
     if name in graph.initializers:
         return graph.initializers[name]
-    reshaped = array.reshape(1, -1, 1, 1)
-    new = ir.Value(name=name, const_value=ir.tensor(reshaped, name=name))
-    new.shape, new.dtype = ir.Shape(list(reshaped.shape)), value.dtype
-    graph.register_initializer(new)
-    return new
+    return add_initializer(graph, name, array.reshape(1, -1, 1, 1))
 
 
 class SinkChannelsLastTransposePass(ir.passes.InPlacePass):
@@ -490,9 +501,7 @@ class SplitToSequenceAtPass(ir.passes.InPlacePass):
             axis = node.attributes["axis"].as_int() if "axis" in node.attributes else 0
             split = np.asarray(sizes, np.int64)
             if opset >= 13:
-                value = ir.Value(name=f"{node.name}.split", shape=ir.Shape(split.shape),
-                                 type=ir.TensorType(ir.DataType.INT64), const_value=ir.tensor(split))
-                graph.register_initializer(value)
+                value = add_initializer(graph, f"{node.name}.split", split)
                 new = ir.node("Split", [node.inputs[0], value], {"axis": axis}, num_outputs=len(sizes),
                               name=node.name)
             else:
@@ -627,11 +636,7 @@ def _spatial_pool(graph: ir.Graph, node: ir.Node, nchw: ir.Value, by_input: bool
     attrs = [a for k, a in node.attributes.items() if k != "axes"]
     inputs = [nchw]
     if by_input:
-        name = f"{node.name}__nchw_axes"
-        axes_value = ir.Value(name=name, const_value=ir.tensor(np.array([2, 3], np.int64), name=name))
-        axes_value.shape, axes_value.dtype = ir.Shape([2]), ir.DataType.INT64
-        graph.register_initializer(axes_value)
-        inputs.append(axes_value)
+        inputs.append(add_initializer(graph, f"{node.name}__nchw_axes", np.array([2, 3], np.int64)))
     else:
         attrs.append(ir.AttrInt64s("axes", [2, 3]))
     pool = ir.Node(node.domain, node.op_type, inputs, attributes=attrs, name=f"{node.name}__nchw")
@@ -937,10 +942,7 @@ class FlattenedMapPoolPass(_RewriteEachNode):
         pool = _spatial_pool(graph, node, x, by_input)
         nodes = [pool]
         if keep is None or keep.as_int() == 1:  # (N, C, 1, 1) → (N, C, 1)
-            name = f"{node.name}__shape"
-            shape = ir.Value(name=name, const_value=ir.tensor(np.array([0, dims[1], 1], np.int64), name=name))
-            shape.shape, shape.dtype = ir.Shape([3]), ir.DataType.INT64
-            graph.register_initializer(shape)
+            shape = add_initializer(graph, f"{node.name}__shape", np.array([0, dims[1], 1], np.int64))
             nodes.append(ir.Node("", "Reshape", [pool.outputs[0], shape], name=f"{node.name}__unflatten"))
             pool.outputs[0].shape = ir.Shape([dims[0], dims[1], 1, 1])
         nodes[-1].outputs[0].shape, nodes[-1].outputs[0].dtype = out.shape, out.dtype

@@ -21,7 +21,7 @@ import math
 import numpy as np
 import onnx_ir as ir
 
-from onnxplain.core.canonical import take_place
+from onnxplain.core.canonical import add_initializer, take_place
 
 MS = "com.microsoft"
 #: The fused operators written out.
@@ -40,11 +40,7 @@ class _Writer:
     def const(self, tag: str, value: float | list[float] | np.ndarray) -> ir.Value:
         name = f"{self.prefix}__{tag}"
         dtype = self.dtype.numpy() if self.dtype is not None else np.float32
-        array = np.asarray(value, dtype=dtype)
-        new = ir.Value(name=name, const_value=ir.tensor(array, name=name))
-        new.shape, new.dtype = ir.Shape(list(array.shape)), ir.DataType.from_numpy(array.dtype)
-        self.graph.register_initializer(new)
-        return new
+        return add_initializer(self.graph, name, np.asarray(value, dtype=dtype))
 
     def op(self, op_type: str, inputs: list[ir.Value | None], tag: str, copied: list[ir.Attr] | None = None,
            **attrs: object) -> ir.Value:

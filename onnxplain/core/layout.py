@@ -34,6 +34,7 @@ from typing import Any, Literal
 import numpy as np
 import onnx_ir as ir
 
+from onnxplain.core.canonical import add_initializer
 from onnxplain.core.errors import InputValidationError
 
 Layout = Literal["NCHW", "NHWC", "NHW"]
@@ -159,9 +160,7 @@ def make_input_channels_first(model: ir.Model, layout: str = "NHWC") -> ir.Model
         n, h, w, c = old.shape
         _replace_input(graph, old, [n, c, h, w], "Transpose", "nhwc", perm=list(TO_NHWC))
     elif model.opset_imports.get("", 13) >= 13:
-        axes = ir.Value(name=f"{name}__channel_axis", const_value=ir.tensor(np.array([1], np.int64)),
-                        shape=ir.Shape([1]), type=ir.TensorType(ir.DataType.INT64))
-        graph.register_initializer(axes)
+        axes = add_initializer(graph, f"{name}__channel_axis", np.array([1], np.int64))
         n, h, w = old.shape
         _replace_input(graph, old, [n, 1, h, w], "Squeeze", "nhw", extra=[axes])
     else:

@@ -45,7 +45,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes import common as passes
 
-from onnxplain.core.canonical import ShapeInferencePass, _const_array
+from onnxplain.core.canonical import ShapeInferencePass, _const_array, add_initializer
 
 #: Operators that only occur in quantized graphs.
 QUANTIZED_OPS = frozenset(
@@ -157,20 +157,13 @@ def _fold(graph: ir.Graph, node: ir.Node) -> bool:
         return False
     name = out.name
     out.name = f"{name}__quantized"
-    out.replace_all_uses_with(_constant(graph, name, array))
+    out.replace_all_uses_with(add_initializer(graph, name, array))
     graph.remove(node, safe=True)
     return True
 
 
 def _copy_attrs(node: ir.Node, drop: tuple[str, ...] = ()) -> dict:
     return {k: a for k, a in node.attributes.items() if k not in drop}
-
-
-def _constant(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    value = ir.Value(name=name, const_value=ir.tensor(array, name=name), shape=ir.Shape(array.shape),
-                     type=ir.TensorType(ir.DataType.from_numpy(array.dtype)))
-    graph.register_initializer(value)
-    return value
 
 
 class _Rewriter:
@@ -245,7 +238,7 @@ def _bias(graph: ir.Graph, bias: ir.Value | None, *scales: ir.Value | None) -> i
     for a in arrays[1:]:
         scale = scale * a.astype(np.float32)  # float32 products, as the runtime's
     array = (arrays[0].astype(np.float64) * scale).astype(np.float32)
-    return _constant(graph, f"{bias.name}_dequantized", array)
+    return add_initializer(graph, f"{bias.name}_dequantized", array)
 
 
 def _only_consumer(value: ir.Value, op_type: str) -> ir.Node | None:
@@ -339,7 +332,7 @@ def _rewrite(graph: ir.Graph, node: ir.Node, done: dict) -> bool:
         rescaled = _rescaling(node)
         a_scale, b_scale, replaces = rescaled or (None, None, ())
         if rescaled is None:
-            a_scale = b_scale = _constant(graph, f"{r.base}/unit_scale", np.array(1, np.float32))
+            a_scale = b_scale = add_initializer(graph, f"{r.base}/unit_scale", np.array(1, np.float32))
         per_channel = [v for v in (ins[3], b_scale if rescaled else None)
                        if v is not None and v.shape is not None and len(v.shape) == 1 and v.shape[0] != 1]
         b_axis = None

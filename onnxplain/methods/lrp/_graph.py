@@ -15,6 +15,7 @@ import weakref
 import numpy as np
 import onnx_ir as ir
 
+from onnxplain.core.canonical import add_initializer
 from onnxplain.core.model import Model
 
 _FOLDED: weakref.WeakKeyDictionary[Model, Model] = weakref.WeakKeyDictionary()
@@ -24,22 +25,6 @@ def _const(value: ir.Value | None) -> np.ndarray | None:
     if value is None or value.const_value is None:
         return None
     return np.asarray(value.const_value.numpy())
-
-
-def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    taken = set(graph.initializers)
-    unique, i = name, 0
-    while unique in taken:
-        i += 1
-        unique = f"{name}_{i}"
-    value = ir.Value(
-        name=unique,
-        const_value=ir.tensor(array, name=unique),
-        shape=ir.Shape(array.shape),
-        type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-    )
-    graph.register_initializer(value)
-    return value
 
 
 def _fold_into(graph: ir.Graph, bn: ir.Node) -> bool:
@@ -65,12 +50,12 @@ def _fold_into(graph: ir.Graph, bn: ir.Node) -> bool:
     b = np.zeros(w.shape[0]) if b is None else b.astype(np.float64)
     w2 = (w.astype(np.float64) * s.reshape((-1,) + (1,) * (w.ndim - 1))).astype(w.dtype)
     b2 = ((b - mean) * s + shift).astype(w.dtype)
-    conv.replace_input_with(1, _initializer(graph, f"{conv.name}.lrp_weight", w2))
+    conv.replace_input_with(1, add_initializer(graph, f"{conv.name}.lrp_weight", w2))
     if has_bias:
-        conv.replace_input_with(2, _initializer(graph, f"{conv.name}.lrp_bias", b2))
+        conv.replace_input_with(2, add_initializer(graph, f"{conv.name}.lrp_bias", b2))
     else:
         conv.resize_inputs(3)
-        conv.replace_input_with(2, _initializer(graph, f"{conv.name}.lrp_bias", b2))
+        conv.replace_input_with(2, add_initializer(graph, f"{conv.name}.lrp_bias", b2))
     out = bn.outputs[0]
     name = out.name
     out.replace_all_uses_with(conv.outputs[0])
