@@ -491,14 +491,14 @@ class SplitToSequenceAtPass(ir.passes.InPlacePass):
             if node.op_type != "SplitToSequence" or node.domain not in ("", "ai.onnx") \
                     or len(node.inputs) < 2:
                 continue
-            sizes = self._sizes(node)
+            axis = node.attributes["axis"].as_int() if "axis" in node.attributes else 0
+            sizes = self._sizes(node, axis)
             uses = [user for user, _ in node.outputs[0].uses()]
             index = [_const_array(u.inputs[1]) if u.op_type == "SequenceAt" and len(u.inputs) > 1 else None
                      for u in uses]
             if sizes is None or not uses or node.outputs[0].is_graph_output() \
                     or any(i is None or i.size != 1 or not -len(sizes) <= int(i) < len(sizes) for i in index):
                 continue
-            axis = node.attributes["axis"].as_int() if "axis" in node.attributes else 0
             split = np.asarray(sizes, np.int64)
             if opset >= 13:
                 value = add_initializer(graph, f"{node.name}.split", split)
@@ -508,6 +508,12 @@ class SplitToSequenceAtPass(ir.passes.InPlacePass):
                 new = ir.node("Split", [node.inputs[0]], {"axis": axis, "split": split.tolist()},
                               num_outputs=len(sizes), name=node.name)
             graph.insert_before(node, new)
+            x = node.inputs[0]
+            if x is not None and x.shape is not None:  # each piece: x's shape, its size on the axis
+                for piece, size in zip(new.outputs, sizes):
+                    piece.dtype = x.dtype
+                    piece.shape = ir.Shape([size if d == axis % len(x.shape) else dim
+                                            for d, dim in enumerate(x.shape)])
             for user, i in zip(uses, index):
                 take_place(user.outputs[0], new.outputs[int(i) % len(sizes)])
                 graph.remove(user, safe=True)
@@ -516,15 +522,14 @@ class SplitToSequenceAtPass(ir.passes.InPlacePass):
         return ir.passes.PassResult(model, modified=modified)
 
     @staticmethod
-    def _sizes(node: ir.Node) -> list[int] | None:
-        """The sizes of the pieces: ``split`` as given, or a scalar's pieces of the axis."""
+    def _sizes(node: ir.Node, axis: int) -> list[int] | None:
+        """The sizes of the pieces: ``split`` as given, or a scalar's pieces of ``axis``."""
         split = _const_array(node.inputs[1])
         if split is None or split.ndim > 1:
             return None
         if split.ndim == 1:
             return [int(s) for s in split] if split.size else None
         x, step = node.inputs[0], int(split)
-        axis = node.attributes["axis"].as_int() if "axis" in node.attributes else 0
         dims = list(x.shape) if x is not None and x.shape is not None else None
         if dims is None or not -len(dims) <= axis < len(dims) or not isinstance(dims[axis], int) or step < 1:
             return None
@@ -1026,7 +1031,7 @@ def _steps() -> list[ir.passes.PassBase]:
         UnfuseContribOpsPass(),
         FoldConstantSubgraphsPass(),
         ConstantIfPass(),
-        SplitToSequenceAtPass(),  # before shape inference, which then types the pieces
+        SplitToSequenceAtPass(),
         NormalizeReshapeAllowZeroPass(),
         SinkChannelsLastTransposePass(),
         CancelTransposePairsPass(),
@@ -1037,6 +1042,7 @@ def _steps() -> list[ir.passes.PassBase]:
         EinsumAsMatMulPass(),
         ShapeInferencePass(),
         ExplicitSamePadsPass(),
+        SplitToSequenceAtPass(),  # again: a scalar split needs the shape inferred now
         CastLikePass(),  # again: the types of computed tensors are known now
         NoOpCastPass(),
         WholeMapAveragePoolPass(),

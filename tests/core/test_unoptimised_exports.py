@@ -53,3 +53,34 @@ def test_it_explains_as_the_optimised_export_and_as_captum(pair):
     for method in (ox.GradCAM, ox.LRP):
         ours, theirs = (method(m).attribute(x, target=1) for m in (raw, optimised))
         assert np.abs(theirs).max() > 0 and max_rel_err(ours, theirs) < TOL, method.__name__
+
+
+@pytest.mark.parametrize("split", [np.array(2, np.int64), np.array([3, 2], np.int64)])
+def test_split_to_sequence_with_constant_indices_becomes_a_split(split):
+    """A scalar split (pieces of 2, the last one shorter) or the sizes themselves; the
+    pieces taken at indices 0 and −1 (negative counts from the end), then concatenated."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("Conv", ["input", "w"], ["c"]),
+             helper.make_node("SplitToSequence", ["c", "split"], ["seq"], axis=1),
+             helper.make_node("SequenceAt", ["seq", "first"], ["a"]),
+             helper.make_node("SequenceAt", ["seq", "last"], ["b"]),
+             helper.make_node("Concat", ["a", "b"], ["ab"], axis=1),
+             helper.make_node("ReduceMean", ["ab"], ["scores"], axes=[2, 3], keepdims=0)]
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((5, 3, 1, 1)).astype(np.float32), "w"),
+             numpy_helper.from_array(split, "split"), numpy_helper.from_array(np.array(0, np.int64), "first"),
+             numpy_helper.from_array(np.array(-1, np.int64), "last")]
+    image = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 3, 4, 4])
+    scores = helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["n", None])
+    graph = helper.make_graph(nodes, "g", [image], [scores], initializer=inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(proto, full_check=True)
+    model = ox.load(proto)
+    assert {node.op_type for node in model.ir.graph} & {"SplitToSequence", "SequenceAt"} == set()
+    x = rng.standard_normal((2, 3, 4, 4)).astype(np.float32)
+    c = np.einsum("oi,nihw->nohw", numpy_helper.to_array(inits[0])[:, :, 0, 0], x).mean((2, 3))
+    first, last = (c[:, :2], c[:, 4:]) if split.ndim == 0 else (c[:, :3], c[:, 3:])
+    np.testing.assert_allclose(model.predict(x), np.concatenate([first, last], 1), atol=1e-5)
+    assert model.backend("torch").predict(x).shape == (2, first.shape[1] + last.shape[1])
