@@ -47,7 +47,8 @@ def _forward(fn: Any, params: Any) -> tuple[Callable[[Any], Any], str]:
     return fn, f"jax {name}"
 
 
-def export(fn: Any, example: Any, params: Any = None, opset: int | None = None, rtol: float = 1e-4) -> Model:
+def export(fn: Any, example: Any, params: Any = None, opset: int | None = None, rtol: float = 1e-4,
+           layout: str = "auto") -> Model:
     """Export a JAX/Flax model to ONNX with jax2onnx and return the loaded :class:`Model`.
 
     Parameters
@@ -67,9 +68,15 @@ def export(fn: Any, example: Any, params: Any = None, opset: int | None = None, 
         ONNX opset (jax2onnx's default otherwise).
     rtol : float
         Tolerance of the check, relative to the largest output.
+    layout : str
+        The input's layout, as :func:`onnxplain.load` takes it; ``"auto"`` reads it from
+        the graph, which cannot tell when the images are resized before anything else
+        (pass ``"NHWC"`` then).
 
-    The batch dimension is exported as dynamic. Needs ``pip install onnxplain[jax]``
-    (jax, flax, jax2onnx).
+    The batch dimension is exported as dynamic. Where jax2onnx cannot trace a symbolic
+    batch (``jax.image.resize``, Keras' ``Resizing``), the example's batch is exported and
+    :func:`onnxplain.load` makes it dynamic when a check proves it safe. Needs
+    ``pip install onnxplain[jax]`` (jax, flax, jax2onnx).
 
     Examples
     --------
@@ -92,21 +99,22 @@ def export(fn: Any, example: Any, params: Any = None, opset: int | None = None, 
         raise InputValidationError(
             f"the {what} does not run on the example of shape {x.shape}: {exc}"
         ) from exc
-    spec = jax.ShapeDtypeStruct(("batch", *x.shape[1:]), jax.numpy.float32)
     kwargs: dict[str, Any] = {"opset": opset} if opset is not None else {}
-    try:
+
+    def convert(batch: Any) -> Any:
+        spec = jax.ShapeDtypeStruct((batch, *x.shape[1:]), jax.numpy.float32)
         with quiet_export():
-            proto = jax2onnx.to_onnx(
-                forward,
-                [spec],
-                return_mode="proto",
-                input_names=["input"],
-                output_names=["output"],
-                model_name="onnxplain_jax",
-                **kwargs,
-            )
-    except Exception as exc:
-        raise ExportError(
-            f"jax2onnx could not export the {what}: {first_line(exc)}"
-        ) from exc
-    return verified_model(explicit_pads(proto), x, expected, rtol, f"jax2onnx ({what})")
+            return jax2onnx.to_onnx(forward, [spec], return_mode="proto", input_names=["input"],
+                                    output_names=["output"], model_name="onnxplain_jax", **kwargs)
+
+    try:
+        proto = convert("batch")
+    except Exception as symbolic:  # e.g. jax.image.resize: shapes it cannot compute symbolically
+        try:
+            proto = convert(x.shape[0])  # the example's batch; load makes it dynamic where provable
+        except Exception as fixed:
+            raise ExportError(
+                f"jax2onnx could not export the {what}: {first_line(symbolic)}; with the example's "
+                f"batch: {first_line(fixed)}"
+            ) from symbolic
+    return verified_model(explicit_pads(proto), x, expected, rtol, f"jax2onnx ({what})", layout=layout)

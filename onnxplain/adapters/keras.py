@@ -10,7 +10,9 @@ training, the random augmentation layers Keras' tutorials put inside the model
 exporters refuse, or random outputs the check catches. When Keras' export fails or its
 model does not compute what ``model(x, training=False)`` does, the model is exported again
 in inference mode by the backend's own exporter (torch.onnx on a module that calls it with
-``training=False``, tf2onnx on the TensorFlow backend).
+``training=False``, tf2onnx on the TensorFlow backend, jax2onnx on the function that calls
+it so on the JAX backend, which also takes layers jax2onnx cannot trace with a symbolic
+batch, such as ``Resizing``: see :func:`onnxplain.adapters.jax.export`).
 """
 
 from __future__ import annotations
@@ -106,8 +108,6 @@ def export(model: Any, example: Any, opset: int | None = None, rtol: float = 1e-
                 ) from exc
         return verified_model(explicit_pads(proto), x, expected, rtol, f"keras ({backend} backend)")
     except ExportError as first:
-        if backend == "jax":
-            raise
         try:
             return _export_for_inference(model, x, backend, opset, rtol)
         except ExportError as second:
@@ -120,6 +120,14 @@ def _export_for_inference(model: Any, x: Any, backend: str, opset: int | None, r
         from onnxplain.adapters import tensorflow
 
         return tensorflow.export(model, x, opset=opset, rtol=rtol)  # calls it with training=False
+    if backend == "jax":
+        import keras
+
+        from onnxplain.adapters import jax as jax_adapter
+
+        channels_last = x.ndim == 4 and keras.config.image_data_format() == "channels_last"
+        return jax_adapter.export(lambda images: model(images, training=False), x, opset=opset, rtol=rtol,
+                                  layout="NHWC" if channels_last else "auto")
     import torch
 
     from onnxplain.adapters import torch as torch_adapter

@@ -320,6 +320,18 @@ class TorchBackend(Backend):
             return dict(zip(names, result))
         return {names[0]: result}
 
+    def _run(self, xb: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The converted module on ``xb``, its outputs by name. What onnx2torch converts but
+        cannot compute (a Resize of the channel axis: NHWC images resized by the graph) is
+        an UnsupportedOperatorError."""
+        try:
+            return self._outputs(self.module(xb))
+        except NotImplementedError as exc:
+            raise UnsupportedOperatorError(
+                f"the torch backend cannot run this model: {exc}; forward-only methods still run "
+                "on backend='onnxruntime'"
+            ) from None
+
     @property
     def _chunk(self) -> int:
         """Rows per module call: the batch the model was exported with, if it is fixed."""
@@ -344,7 +356,7 @@ class TorchBackend(Backend):
                 xb = torch.from_numpy(np.ascontiguousarray(x[start : start + size])).to(self._device)
                 store.clear()
                 try:
-                    result = self._outputs(self.module(xb))
+                    result = self._run(xb)
                 except Exception as exc:
                     if fixed or size == 1 or not is_out_of_memory(exc):
                         raise
@@ -397,7 +409,7 @@ class TorchBackend(Backend):
                     v = torch.as_tensor(np.ascontiguousarray(value[sl]), device=self._device)
                     current[name] = v.to(self._float_dtype(v)).requires_grad_(True)
                 with torch.enable_grad(), self._capture(tensors) as store:
-                    result = self._outputs(self.module(xb))
+                    result = self._run(xb)
                     store.update({k: v for k, v in result.items() if k not in store})
                     store[self.model.input_name] = xb
                     try:

@@ -106,3 +106,33 @@ def test_a_linen_module_needs_its_variables():
     dense = linen.Dense(2)
     with pytest.raises(ox.InputValidationError, match="variables"):
         ox.adapters.jax.export(dense, np.zeros((1, 3), np.float32))
+
+
+def test_a_function_that_resizes_its_images_first_exports_with_a_batch_made_dynamic():
+    """``jax.image.resize`` cannot be traced with a symbolic batch: the example's batch is
+    exported, load makes it dynamic, and the graph's first node (a Resize of NHWC axes)
+    leaves the layout to be named. Occlusion equals occluding by hand in JAX; the torch
+    backend, which cannot interpolate those axes, refuses in our words."""
+    rng = np.random.default_rng(2)
+    w = jnp.asarray(rng.standard_normal((3, 4)).astype(np.float32))
+
+    def fn(x):
+        small = jax.image.resize(x, (x.shape[0], 8, 8, 3), method="linear", antialias=False)
+        return jnp.tanh(small @ w).mean(axis=(1, 2))
+
+    x = rng.random((2, 12, 10, 3), dtype=np.float32)
+    model = ox.adapters.jax.export(fn, x, layout="NHWC")
+    assert model.layout == "NHWC" and model.fixed_batch is None
+    x3 = np.concatenate([x, x[:1]])
+    np.testing.assert_allclose(model.predict(x3), np.asarray(fn(jnp.asarray(x3))), atol=1e-5)
+    ours = ox.Occlusion(model).attribute(x, target=1, sliding_window_shapes=(4, 5, 3), strides=(4, 5, 3))
+    expected = np.zeros_like(x)
+    base = np.asarray(fn(jnp.asarray(x)))[:, 1]
+    for i, j in itertools.product(range(0, 12, 4), range(0, 10, 5)):
+        occluded = x.copy()
+        occluded[:, i:i + 4, j:j + 5, :] = 0
+        change = base - np.asarray(fn(jnp.asarray(occluded)))[:, 1]
+        expected[:, i:i + 4, j:j + 5, :] = change[:, None, None, None]
+    assert max_rel_err(ours, expected) < TOL
+    with pytest.raises(ox.UnsupportedOperatorError, match="cannot run this model"):
+        ox.Saliency(model).attribute(x, target=1)
