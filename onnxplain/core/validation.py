@@ -113,15 +113,20 @@ def check_input(model: Model | None, x: Any, name: str = "inputs") -> np.ndarray
     return np.ascontiguousarray(x, dtype=spec.dtype)
 
 
-def broadcast_to_inputs(value: Any, x: np.ndarray, name: str) -> np.ndarray:
-    """Broadcast a scalar, a single example or a per-example array to ``x``'s shape
-    (read-only view, ``x``'s dtype); ``name`` is the argument named in the error."""
+def as_numbers(value: Any, name: str, dtype: Any = np.float64) -> np.ndarray:
+    """``value`` as an array of ``dtype``; what is not numbers is refused naming ``name``."""
     try:
-        b = np.asarray(value, dtype=x.dtype)
+        return np.asarray(value, dtype=dtype)
     except (TypeError, ValueError):
         raise InputValidationError(
             f"{name} must be numbers (a scalar or an array), got {type(value).__name__} {value!r:.60}"
         ) from None
+
+
+def broadcast_to_inputs(value: Any, x: np.ndarray, name: str) -> np.ndarray:
+    """Broadcast a scalar, a single example or a per-example array to ``x``'s shape
+    (read-only view, ``x``'s dtype); ``name`` is the argument named in the error."""
+    b = as_numbers(value, name, x.dtype)
     if b.ndim == x.ndim - 1:
         b = b[None]
     try:

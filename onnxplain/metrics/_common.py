@@ -82,16 +82,6 @@ def check_real(value: Any, name: str, low: float = 0.0) -> float:
     return float(value)
 
 
-def as_floats(value: Any, name: str) -> np.ndarray:
-    """``value`` as a float64 array; what is not numbers is refused naming ``name``."""
-    try:
-        return np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise InputValidationError(
-            f"{name} must be an array of numbers, got {type(value).__name__}"
-        ) from None
-
-
 def check_model(model: Any, name: str = "model") -> Model:
     if not isinstance(model, Model):
         raise InputValidationError(

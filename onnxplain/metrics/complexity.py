@@ -7,11 +7,12 @@ from typing import Any
 import numpy as np
 
 from onnxplain.core.errors import InputValidationError
-from onnxplain.metrics._common import MetricResult, as_floats
+from onnxplain.core.validation import as_numbers
+from onnxplain.metrics._common import MetricResult
 
 
 def _flat(attributions: Any) -> np.ndarray:
-    a = as_floats(attributions, "attributions")
+    a = as_numbers(attributions, "attributions")
     if a.ndim < 2:
         raise InputValidationError(f"attributions must have a batch axis (N, ...), got shape {a.shape}")
     return np.abs(a.reshape(len(a), -1))

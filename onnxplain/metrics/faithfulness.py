@@ -15,11 +15,11 @@ import numpy as np
 from onnxplain.backends.base import Backend
 from onnxplain.core.errors import InputValidationError
 from onnxplain.core.model import Model
+from onnxplain.core.validation import as_numbers
 from onnxplain.metrics._common import (
     Explainer,
     MetricResult,
     Scorer,
-    as_floats,
     attributions_or_explain,
     check_batch_size,
     check_choice,
@@ -410,7 +410,7 @@ def road(
     """
     model, be, x, classes, batch_size = _setup(model, inputs, target, backend, batch_size)
     check_choice(order, "order", ("morf", "lerf"))
-    pct = as_floats(percentages, "percentages").ravel()
+    pct = as_numbers(percentages, "percentages").ravel()
     noise = check_real(noise, "noise")
     if pct.size == 0 or not np.isfinite(pct).all() or (pct < 0).any() or (pct > 100).any():
         raise InputValidationError(f"percentages must be numbers in [0, 100], got {percentages!r}")

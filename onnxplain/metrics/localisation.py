@@ -8,11 +8,12 @@ from typing import Any
 import numpy as np
 
 from onnxplain.core.errors import InputValidationError
-from onnxplain.metrics._common import MetricResult, as_floats, check_real
+from onnxplain.core.validation import as_numbers
+from onnxplain.metrics._common import MetricResult, check_real
 
 
 def _maps(attributions: Any) -> np.ndarray:
-    a = as_floats(attributions, "attributions")
+    a = as_numbers(attributions, "attributions")
     if a.ndim == 4:
         a = a.sum(axis=1)
     if a.ndim != 3:

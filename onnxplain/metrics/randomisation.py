@@ -21,7 +21,7 @@ from onnx import numpy_helper
 
 from onnxplain.core.errors import InputValidationError
 from onnxplain.core.model import Model
-from onnxplain.core.validation import check_input, check_seed
+from onnxplain.core.validation import as_numbers, check_input, check_seed
 from onnxplain.metrics._common import (
     MetricResult,
     check_batch_size,
@@ -113,7 +113,7 @@ def _box_mean(a: np.ndarray, win: int) -> np.ndarray:
 def _two_maps(name: str, a: np.ndarray, b: np.ndarray, least: int,
               what: str) -> tuple[np.ndarray, np.ndarray]:
     """``a`` and ``b`` as float64, checked to be 2-D maps of one shape, each side ≥ ``least``."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    a, b = as_numbers(a, f"{name}'s first map"), as_numbers(b, f"{name}'s second map")
     if a.shape != b.shape or a.ndim != 2:
         raise InputValidationError(
             f"{name} compares two 2-D maps of one shape, got {a.shape} and {b.shape}; pass one "
