@@ -70,8 +70,9 @@ def export(fn: Any, example: Any, params: Any = None, opset: int | None = None, 
         Tolerance of the check, relative to the largest output.
     layout : str
         The input's layout, as :func:`onnxplain.load` takes it; ``"auto"`` reads it from
-        the graph, which cannot tell when the images are resized before anything else
-        (pass ``"NHWC"`` then).
+        the transpose to channels-first that jax2onnx writes before a convolution (through
+        normalisation and resizing), which a model without convolutions lacks (pass
+        ``"NHWC"`` then).
 
     The batch dimension is exported as dynamic. Where jax2onnx cannot trace a symbolic
     batch (``jax.image.resize``, Keras' ``Resizing``), the example's batch is exported and

@@ -322,8 +322,8 @@ class TorchBackend(Backend):
 
     def _run(self, xb: torch.Tensor) -> dict[str, torch.Tensor]:
         """The converted module on ``xb``, its outputs by name. What onnx2torch converts but
-        cannot compute (a Resize of the channel axis: NHWC images resized by the graph) is
-        an UnsupportedOperatorError."""
+        finds it cannot compute only when it runs (its NotImplementedError) is an
+        UnsupportedOperatorError."""
         try:
             return self._outputs(self.module(xb))
         except NotImplementedError as exc:

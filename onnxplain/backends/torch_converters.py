@@ -33,6 +33,8 @@ from onnx2torch.utils.common import (
 )
 from torch import nn
 
+from onnxplain.backends.torch_resize import Resize
+
 _LOCK = threading.Lock()
 _INSTALLED = False
 
@@ -91,18 +93,6 @@ def _mode_not(*modes: str) -> Check:
     return check
 
 
-def _resize_check(node: OnnxNode, graph: OnnxGraph) -> str | None:
-    return _all(
-        _attr_default("antialias", 0),
-        _attr_default("keep_aspect_ratio_policy", "stretch"),
-        _no_input(4, "axes"),
-    )(node, graph) or (
-        "coordinate_transformation_mode='half_pixel_symmetric' is not supported"
-        if node.attributes.get("coordinate_transformation_mode") == "half_pixel_symmetric"
-        else None
-    )
-
-
 # Operators whose later versions the older converter handles, with what it must check.
 _ALIASES: dict[str, Check] = {
     **{op: _no_check for op in (
@@ -115,7 +105,6 @@ _ALIASES: dict[str, Check] = {
     )},
     "AveragePool": _unit_dilations,
     "Pad": _all(_no_input(3, "axes"), _mode_not("wrap")),
-    "Resize": _resize_check,
     "ScatterND": lambda node, graph: (
         None if node.attributes.get("reduction", "none") in ("none", "add", "mul")
         else f"reduction={node.attributes.get('reduction')!r} is not supported"
@@ -235,6 +224,36 @@ def _module_converter(factory: Callable[[OnnxNode], nn.Module]):
         return OperationConverterResult(torch_module=factory(node), onnx_mapping=onnx_mapping_from_node(node))
 
     return convert
+
+
+class _Resize10(Resize):
+    """Resize-10 and Upsample-9: ``(x, scales)``, asymmetric coordinates."""
+
+    def forward(self, x: torch.Tensor, scales: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+        return super().forward(x, None, scales)
+
+
+def _resize(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    """Every Resize version from 11 on (onnx2torch's interpolate computes few of its modes)."""
+    a = node.attributes
+    module = Resize(
+        mode=a.get("mode", "nearest"),
+        coordinate_transformation_mode=a.get("coordinate_transformation_mode", "half_pixel"),
+        nearest_mode=a.get("nearest_mode", "round_prefer_floor"),
+        cubic_coeff_a=a.get("cubic_coeff_a", -0.75),
+        exclude_outside=a.get("exclude_outside", 0),
+        extrapolation_value=a.get("extrapolation_value", 0.0),
+        antialias=a.get("antialias", 0),
+        axes=a.get("axes"),
+        keep_aspect_ratio_policy=a.get("keep_aspect_ratio_policy", "stretch"),
+    )
+    return OperationConverterResult(torch_module=module, onnx_mapping=onnx_mapping_from_node(node))
+
+
+def _resize10(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    module = _Resize10(mode=node.attributes.get("mode", "nearest"),
+                       coordinate_transformation_mode="asymmetric", nearest_mode="simple")
+    return OperationConverterResult(torch_module=module, onnx_mapping=onnx_mapping_from_node(node))
 
 
 def _split18(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
@@ -551,6 +570,12 @@ def install() -> None:
             _register("DequantizeLinear", version, _dequantize_linear)
         for version in _versions("LSTM"):
             _register("LSTM", version, _lstm)
+        for version in _versions("Resize"):  # replaces onnx2torch's
+            fn = _resize10 if version == 10 else _resize
+            _CONVERTER_REGISTRY[OperationDescription("", "Resize", version)] = fn
+        for version in _versions("Upsample"):
+            if version >= 9:
+                _CONVERTER_REGISTRY[OperationDescription("", "Upsample", version)] = _resize10
         for version in _versions("Col2Im"):
             _register("Col2Im", version, _col2im)
         for version in _registered("LayerNormalization"):  # wraps onnx2torch's: unknown dims

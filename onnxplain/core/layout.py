@@ -44,8 +44,9 @@ LAYOUTS: tuple[str, ...] = ("NCHW", "NHWC", "NHW")
 TO_NCHW = (0, 3, 1, 2)
 TO_NHWC = (0, 2, 3, 1)
 #: Ops that may sit between a channels-last input and its Transpose (normalisation
-#: layers such as Keras' Rescaling/Normalization), computed on the NHWC tensor.
-_PASS_THROUGH = {"Mul", "Add", "Sub", "Div", "Cast", "Identity"}
+#: layers such as Keras' Rescaling/Normalization, and the resizing of Keras' Resizing or
+#: ``jax.image.resize``), computed on the NHWC tensor.
+_PASS_THROUGH = {"Mul", "Add", "Sub", "Div", "Cast", "Identity", "Resize"}
 
 
 def check_layout(layout: Any, name: str = "layout") -> str | None:

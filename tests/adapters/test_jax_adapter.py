@@ -110,9 +110,9 @@ def test_a_linen_module_needs_its_variables():
 
 def test_a_function_that_resizes_its_images_first_exports_with_a_batch_made_dynamic():
     """``jax.image.resize`` cannot be traced with a symbolic batch: the example's batch is
-    exported, load makes it dynamic, and the graph's first node (a Resize of NHWC axes)
-    leaves the layout to be named. Occlusion equals occluding by hand in JAX; the torch
-    backend, which cannot interpolate those axes, refuses in our words."""
+    exported, load makes it dynamic, and the graph (a Resize of NHWC axes, no transpose to
+    read the layout from) leaves the layout to be named. Occlusion equals occluding by hand
+    in JAX, and saliency equals jax.grad (the torch backend resizes channels-last axes)."""
     rng = np.random.default_rng(2)
     w = jnp.asarray(rng.standard_normal((3, 4)).astype(np.float32))
 
@@ -134,5 +134,25 @@ def test_a_function_that_resizes_its_images_first_exports_with_a_batch_made_dyna
         change = base - np.asarray(fn(jnp.asarray(occluded)))[:, 1]
         expected[:, i:i + 4, j:j + 5, :] = change[:, None, None, None]
     assert max_rel_err(ours, expected) < TOL
-    with pytest.raises(ox.UnsupportedOperatorError, match="cannot run this model"):
-        ox.Saliency(model).attribute(x, target=1)
+    grad = jax.grad(lambda v: fn(v)[:, 1].sum())(jnp.asarray(x))
+    assert max_rel_err(ox.Saliency(model).attribute(x, target=1), np.abs(np.asarray(grad))) < TOL
+
+
+def test_a_cnn_that_resizes_its_images_first_is_read_as_channels_last():
+    """A Resize before the transpose to NCHW that jax2onnx writes for a convolution: the
+    layout is read through it, and saliency equals jax.grad."""
+    rng = np.random.default_rng(4)
+    kernel = jnp.asarray(rng.standard_normal((3, 3, 3, 4)).astype(np.float32))
+    w = jnp.asarray(rng.standard_normal((4, 5)).astype(np.float32))
+
+    def fn(x):
+        small = jax.image.resize(x, (x.shape[0], 8, 8, 3), method="linear", antialias=False)
+        h = jax.lax.conv_general_dilated(small, kernel, (1, 1), "SAME",
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return jax.nn.relu(h).mean(axis=(1, 2)) @ w
+
+    x = rng.random((2, 12, 10, 3), dtype=np.float32)
+    model = ox.adapters.jax.export(fn, x)
+    assert model.layout == "NHWC"
+    grad = jax.grad(lambda v: fn(v)[:, 1].sum())(jnp.asarray(x))
+    assert max_rel_err(ox.Saliency(model).attribute(x, target=1), np.abs(np.asarray(grad))) < TOL
