@@ -3,13 +3,16 @@
 TensorFlow image models are channels-last (N, H, W, C); the exported model keeps that
 layout. Keras 3 models on any backend are better served by :mod:`onnxplain.adapters.keras`.
 
-Two things tf2onnx cannot convert are written for it:
+What tf2onnx cannot convert is written for it:
 
 - a function compiled with XLA (``tf.function(jit_compile=True)``), which grappler does not
   inline and tf2onnx leaves as ``StatefulPartitionedCall``: Keras 3 computes grouped
   convolutions so on CPU (ConvNeXt's depthwise ``Conv2D(groups=C)``). The function is
   traced for the conversion with ``jit_compile`` off: the same ops, inlined;
-- ``Erfc``, which TensorFlow's exact GELU computes: written as ``1 − Erf(x)``.
+- ``Erfc``, which TensorFlow's exact GELU computes: written as ``1 − Erf(x)``;
+- ``ScaleAndTranslate`` (``tf.image.resize`` antialiased or with a Lanczos, Gaussian or
+  Mitchell kernel) and ``ResizeArea`` (``method="area"``, which tf2onnx mistranslates):
+  written as two matrix products (:mod:`onnxplain.adapters._tf_resize`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from onnxplain._compat import triton_before_tensorflow
+from onnxplain.adapters import _tf_resize
 from onnxplain.adapters._common import (
     as_example,
     check_rtol,
@@ -229,12 +233,13 @@ def export(
         _patch_tf2onnx_for_numpy2()
     kwargs: dict[str, Any] = {"opset": opset} if opset is not None else {}
     traced = tf.function(forward, input_signature=[spec], autograph=False)
+    handlers = {"Erfc": (_erfc, []), "ResizeArea": (_tf_resize.resize_area_handler, [])}
     try:
         with warnings.catch_warnings(), _without_xla(tf):
             warnings.simplefilter("ignore")
             concrete = traced.get_concrete_function(spec)
             proto, _ = tf2onnx.convert.from_function(traced, input_signature=[spec],
-                                                     custom_op_handlers={"Erfc": (_erfc, [])}, **kwargs)
+                                                     custom_op_handlers=handlers, **kwargs)
     except Exception as exc:
         raise ExportError(
             f"tf2onnx could not convert the {what}: {first_line(exc)}"
@@ -246,4 +251,5 @@ def export(
             f"tf2onnx turned tensors captured by the {what} into extra graph inputs {extra}; hold "
             "the weights in tf.Variable objects tracked by a tf.Module or Keras layer"
         )
+    proto = _tf_resize.rewrite(proto, x)
     return verified_model(explicit_pads(proto), x, expected, rtol, f"tf2onnx ({what})")
