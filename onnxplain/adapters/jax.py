@@ -118,4 +118,35 @@ def export(fn: Any, example: Any, params: Any = None, opset: int | None = None, 
                 f"jax2onnx could not export the {what}: {first_line(symbolic)}; with the example's "
                 f"batch: {first_line(fixed)}"
             ) from symbolic
-    return verified_model(explicit_pads(proto), x, expected, rtol, f"jax2onnx ({what})", layout=layout)
+    return verified_model(explicit_pads(_as_jax_resizes(proto)), x, expected, rtol, f"jax2onnx ({what})",
+                          layout=layout)
+
+
+def _as_jax_resizes(proto: Any) -> Any:
+    """jax2onnx's Resize nodes (``jax.image.resize``, Keras' ``Resizing`` on JAX) made to
+    compute what JAX computes: JAX's nearest takes pixel floor((i + ½)·in/out), which is
+    ``round_prefer_ceil`` (jax2onnx writes ``round_prefer_floor``: 1 % of the output off on a
+    test model); its cubic is Keys' kernel renormalised over the taps inside the image,
+    which is ``exclude_outside=1`` (jax2onnx leaves the edge taps in)."""
+    from onnx import helper
+
+    for node in proto.graph.node:
+        if node.op_type != "Resize":
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if attrs.get("coordinate_transformation_mode", b"half_pixel") != b"half_pixel":
+            continue
+        mode = attrs.get("mode", b"nearest")
+        if mode == b"nearest" and attrs.get("nearest_mode", b"round_prefer_floor") == b"round_prefer_floor":
+            _set_attribute(node, "nearest_mode", "round_prefer_ceil")
+        elif mode == b"cubic" and attrs.get("cubic_coeff_a") == -0.5:
+            _set_attribute(node, "exclude_outside", 1)
+    return proto
+
+
+def _set_attribute(node: Any, name: str, value: Any) -> None:
+    from onnx import helper
+
+    kept = [a for a in node.attribute if a.name != name]
+    del node.attribute[:]
+    node.attribute.extend([*kept, helper.make_attribute(name, value)])

@@ -138,15 +138,18 @@ def test_a_function_that_resizes_its_images_first_exports_with_a_batch_made_dyna
     assert max_rel_err(ox.Saliency(model).attribute(x, target=1), np.abs(np.asarray(grad))) < TOL
 
 
-def test_a_cnn_that_resizes_its_images_first_is_read_as_channels_last():
+@pytest.mark.parametrize("method", ["linear", "nearest", "cubic"])
+def test_a_cnn_that_resizes_its_images_first_is_read_as_channels_last(method):
     """A Resize before the transpose to NCHW that jax2onnx writes for a convolution: the
-    layout is read through it, and saliency equals jax.grad."""
+    layout is read through it, and saliency equals jax.grad. Nearest and cubic compute
+    JAX's rounding and edge weights (jax2onnx's own attributes missed them by 1 % and 2e-4
+    of the output)."""
     rng = np.random.default_rng(4)
     kernel = jnp.asarray(rng.standard_normal((3, 3, 3, 4)).astype(np.float32))
     w = jnp.asarray(rng.standard_normal((4, 5)).astype(np.float32))
 
     def fn(x):
-        small = jax.image.resize(x, (x.shape[0], 8, 8, 3), method="linear", antialias=False)
+        small = jax.image.resize(x, (x.shape[0], 6, 5, 3), method=method, antialias=False)  # ties
         h = jax.lax.conv_general_dilated(small, kernel, (1, 1), "SAME",
                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
         return jax.nn.relu(h).mean(axis=(1, 2)) @ w
