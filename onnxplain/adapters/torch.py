@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import logging
 import warnings
@@ -103,7 +104,9 @@ def export(
     """Export ``module`` (in eval mode) to ONNX and return the loaded :class:`Model`.
 
     ``example``: an input batch (torch tensor or numpy array), N ≥ 1; float, or integer
-    images for a module that converts them itself (see :func:`onnxplain.load`). ``exporter``:
+    images for a module that converts them itself (see :func:`onnxplain.load`). A module in
+    float16 or bfloat16 (with an example of its type) is exported as it is and checked against
+    a float32 copy of it, which computes what the loaded model computes. ``exporter``:
     ``"dynamo"`` (torch.export based), ``"legacy"`` (TorchScript based) or ``"auto"``
     (dynamo, falling back to legacy when it fails or disagrees). The export is run on
     ``example`` and must match the module: max |Δ| ≤ ``rtol`` × max |output|. A module
@@ -125,6 +128,11 @@ def export(
     # torch's exporter needs an example batch of at least 2 to keep the batch dynamic.
     trace_x = torch.cat([x, x]) if dynamic_batch and len(x) == 1 else x
     module, scores = _scores_output(module, x)
+    if x.dtype in (torch.float16, torch.bfloat16):
+        # the graph runs in float32 (see load): checked against the same weights in float32,
+        # which the module's own rounding would miss by far more than rtol
+        scores = copy.deepcopy(module).float()(x.float())
+        x = x.float()
     expected = scores.detach().cpu().numpy()
     order = ["dynamo", "legacy"] if exporter == "auto" else [exporter]
     problems = []

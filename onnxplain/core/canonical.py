@@ -202,6 +202,14 @@ def upcast_float16(proto: onnx.ModelProto) -> bool:
     return _retype(proto, _F16)
 
 
+def upcast_bfloat16(proto: onnx.ModelProto) -> bool:
+    """Turn a bfloat16 graph into a float32 one, in place, as :func:`upcast_float16` does
+    (every bfloat16 is a float32 too). ONNX defines few operators for bfloat16 (not
+    ``Conv``), so a model a torch module in bfloat16 exports is not valid ONNX as it is and
+    runs nowhere; the float32 graph computes its function without its rounding."""
+    return _retype(proto, onnx.TensorProto.BFLOAT16)
+
+
 def downcast_float64(proto: onnx.ModelProto) -> bool:
     """Turn a float64 image model into a float32 one, in place; True when it was converted.
 

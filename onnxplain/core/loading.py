@@ -21,6 +21,7 @@ from onnxplain.core.canonical import (
     downcast_float64,
     float_input,
     float_outputs,
+    upcast_bfloat16,
     upcast_float16,
 )
 from onnxplain.core.errors import InputValidationError, ModelLoadError
@@ -393,10 +394,12 @@ def load(
     - opsets below 11 are upgraded to 13 with ``onnx.version_converter``; opsets newer
       than the installed ONNX Runtime runs (up to ``onnx.defs.onnx_opset_version()``) are
       converted down to its newest (:func:`runtime_limits`); the others load as they are.
-    - float16 models are computed in float32 (weights upcast exactly, results within
-      float16 rounding of the float16 model; ``model.converted_from == "float16"``), and so
-      are float64 models of standard operators, which ONNX Runtime has no CPU convolutions
-      for (results within float32 rounding; ``"float64"``).
+    - float16 and bfloat16 models are computed in float32 (weights upcast exactly, results
+      within float16 or bfloat16 rounding of the model's; ``model.converted_from ==
+      "float16"``, ``"bfloat16"``: ONNX defines no bfloat16 convolution, so a torch module in
+      bfloat16 exports a graph that runs nowhere as it is), and so are float64 models of
+      standard operators, which ONNX Runtime has no CPU convolutions for (results within
+      float32 rounding; ``"float64"``).
     - a model that takes integer images (uint8, int8, uint16, int16) and only casts them to
       float, or dequantizes them per tensor, takes float32 instead: the same results on
       integer values, the same formula between them, which gradients and perturbations
@@ -436,6 +439,8 @@ def load(
     wanted = check_layout(layout)
     image = check_image_shape(image_shape)
     proto, where = _read(source, max_model_bytes, max_external_bytes)
+    was_bfloat16 = _input_dtype(proto) == onnx.TensorProto.BFLOAT16
+    upcast_bf16 = upcast_bfloat16(proto)  # before the check: ONNX's Conv has no bfloat16
     _validate(proto, domains)
     proto = _drop_zipmap(_fit_runtime(_upgrade_opset(proto)))
     # IR 3 (opset 7/8 exports) wants every initializer listed as an input; canonicalisation
@@ -476,10 +481,12 @@ def load(
                   runtime=runtime)
     model.batch_note = note
     saved = dict(ir_model.metadata_props).get(CONVERTED_KEY)  # a model Model.save wrote
-    if saved in ("float16", "float64", *INTEGER_INPUTS.values()):
+    if saved in ("float16", "bfloat16", "float64", *INTEGER_INPUTS.values()):
         model.converted_from = saved
     if upcast and was_float16:
         model.converted_from = "float16"
+    if upcast_bf16 and was_bfloat16:
+        model.converted_from = "bfloat16"
     if downcast:
         model.converted_from = "float64"
     if integer is not None:

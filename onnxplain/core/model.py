@@ -416,8 +416,9 @@ class Model:
         #: Why the batch dimension stayed fixed (None when it is dynamic or was made so).
         self.batch_note: str | None = None
         #: The type the exported graph computed in or took its input as, when load() changed
-        #: it: ``"float16"`` or ``"float64"`` (computed in float32), or an integer input type such as
-        #: ``"uint8"`` (the input is float32; integer arrays are taken too; see
+        #: it: ``"float16"``, ``"bfloat16"`` or ``"float64"`` (computed in float32), or an
+        #: integer input type such as ``"uint8"`` (the input is float32; integer arrays are
+        #: taken too; see
         #: :func:`onnxplain.load`).
         self.converted_from: str | None = None
         self._preprocess = _read_preprocess(dict(ir_model.metadata_props))

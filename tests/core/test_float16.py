@@ -1,4 +1,4 @@
-"""float16 and float64 exports are computed in float32, and opsets 9 to the newest load and
+"""float16, bfloat16 and float64 exports are computed in float32, and opsets 9 to the newest load and
 explain.
 
 A float16 model's weights are the float32 model's rounded to float16 (relative error up
@@ -92,6 +92,27 @@ def test_methods_on_a_float16_export_equal_float32_with_its_weights(pair, x, met
     assert max_rel_err(ours, method(rounded).attribute(x, target=1, **kwargs)) < 1e-5
     if method is not ox.Saliency:  # see the module docstring
         assert max_rel_err(ours, method(fp32).attribute(x, target=1, **kwargs)) < F16_RTOL
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_precision_module_exports_and_is_computed_in_float32(x, exporter, dtype):
+    """The torch adapter checks a float16 or bfloat16 module's export against the module's
+    weights in float32 (its own rounding missed rtol, so both were refused). ONNX has no
+    bfloat16 Conv, so a bfloat16 export is no valid ONNX as it is: it loads computed in
+    float32 too. Both predict the module within its rounding, and saliency is Captum's on the
+    module's own weights in float32 (every float16 and bfloat16 is a float32)."""
+    from captum.attr import Saliency
+
+    module = small_cnn().to(dtype)
+    xb = torch.from_numpy(x).to(dtype)
+    model = ox.adapters.torch.export(module, xb, exporter=exporter)
+    assert model.converted_from == str(dtype).split(".")[1] and model.input_dtype == np.float32
+    native = module(xb).float().detach().numpy()
+    assert max_rel_err(model.predict(xb.float().numpy()), native) < 2e-2  # bfloat16: 8 bits
+    same = small_cnn().to(dtype).float()
+    expected = Saliency(same).attribute(xb.float().requires_grad_(), target=1).numpy()
+    assert max_rel_err(ox.Saliency(model).attribute(xb.float().numpy(), target=1), expected) < 1e-4
 
 
 def test_float64_models_are_computed_in_float32_where_onnx_runtime_has_no_double_kernels(x, tmp_path):
