@@ -44,9 +44,11 @@ LAYOUTS: tuple[str, ...] = ("NCHW", "NHWC", "NHW")
 TO_NCHW = (0, 3, 1, 2)
 TO_NHWC = (0, 2, 3, 1)
 #: Ops that may sit between a channels-last input and its Transpose (normalisation
-#: layers such as Keras' Rescaling/Normalization, and the resizing of Keras' Resizing or
-#: ``jax.image.resize``), computed on the NHWC tensor.
-_PASS_THROUGH = {"Mul", "Add", "Sub", "Div", "Cast", "Identity", "Resize"}
+#: layers such as Keras' Rescaling/Normalization, the resizing of Keras' Resizing or
+#: ``jax.image.resize``, the quantization of an integer TFLite model), computed on the NHWC
+#: tensor.
+_PASS_THROUGH = {"Mul", "Add", "Sub", "Div", "Cast", "Identity", "Resize", "QuantizeLinear",
+                 "DequantizeLinear"}
 
 
 def check_layout(layout: Any, name: str = "layout") -> str | None:

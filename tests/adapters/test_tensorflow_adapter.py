@@ -301,3 +301,36 @@ def test_a_model_that_resizes_as_tf2onnx_cannot_is_exported_and_explained(pair, 
             score = resized(xt)[:, 1]
     expected = np.abs(tape.gradient(score, xt).numpy())
     assert max_rel_err(ox.Saliency(model).attribute(x, target=1), expected) < TOL
+
+
+def test_an_integer_tflite_model_converted_by_tf2onnx_is_read_channels_last(tmp_path):
+    """TFLite's full-integer quantization, converted with ``tf2onnx.convert.from_tflite``:
+    Quantize → Dequantize before the transpose to NCHW. Read as NHWC: CAMs are (N, H, W),
+    and occlusion windows are given in (H, W, C), as occluding by hand shows."""
+    import tf2onnx
+
+    from onnxplain.adapters.tensorflow import _patch_tf2onnx_for_numpy2
+
+    rng = np.random.default_rng(5)
+    inputs = tf.keras.Input((SIZE, SIZE, 3))
+    h = tf.keras.layers.Conv2D(6, 3, activation="relu", padding="same")(inputs)
+    net = tf.keras.Model(inputs, tf.keras.layers.Dense(4)(tf.keras.layers.GlobalAveragePooling2D()(h)))
+    x = rng.random((4, SIZE, SIZE, 3), dtype=np.float32)
+    converter = tf.lite.TFLiteConverter.from_keras_model(net)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([x[i:i + 1]] for i in range(4))
+    path = tmp_path / "int8.tflite"
+    path.write_bytes(converter.convert())
+    _patch_tf2onnx_for_numpy2()
+    proto, _ = tf2onnx.convert.from_tflite(str(path))
+    model = ox.load(proto)
+    assert model.layout == "NHWC" and model.quantized
+    assert ox.GradCAM(model).attribute(x, target=1).shape == (4, SIZE, SIZE)
+    ours = ox.Occlusion(model).attribute(x, target=1, sliding_window_shapes=(8, 8, 3), strides=(8, 8, 3))
+    by_hand = np.zeros_like(x)
+    base = model.predict(x)[:, 1]
+    for i, j in itertools.product(range(0, SIZE, 8), range(0, SIZE, 8)):
+        occluded = x.copy()
+        occluded[:, i:i + 8, j:j + 8, :] = 0
+        by_hand[:, i:i + 8, j:j + 8, :] = (base - model.predict(occluded)[:, 1])[:, None, None, None]
+    assert max_rel_err(ours, by_hand) < 1e-5

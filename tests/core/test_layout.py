@@ -209,3 +209,42 @@ def test_keras_style_channels_last_activations_are_read_through_their_channels_f
     cam = ox.GradCAM(model, layer=relu.name).attribute(x.detach().numpy(), target=1, upsample=False)
     assert max_rel_err(cam, ref) < 1e-5
     np.testing.assert_allclose(model.predict(x.detach().numpy()), net(x).detach().numpy(), atol=1e-5)
+
+
+def _quantized_input(module: nn.Module, x: torch.Tensor) -> ox.Model:
+    """``module``'s export with its input quantized to int8 first (QuantizeLinear →
+    DequantizeLinear, per tensor), as an integer TFLite model converted by tf2onnx begins."""
+    import io
+    import warnings
+
+    import onnx
+    from onnx import helper, numpy_helper
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), (x,), buffer, dynamo=False, input_names=["x"],
+                          dynamic_axes={"x": {0: "batch"}})
+    proto = onnx.load_from_string(buffer.getvalue())
+    graph = proto.graph
+    graph.initializer.extend([numpy_helper.from_array(np.array(0.03, np.float32), "q_scale"),
+                              numpy_helper.from_array(np.array(0, np.int8), "q_zero")])
+    for node in graph.node:
+        node.input[:] = ["x_dq" if i == "x" else i for i in node.input]
+    graph.node.insert(0, helper.make_node("DequantizeLinear", ["x_q", "q_scale", "q_zero"], ["x_dq"]))
+    graph.node.insert(0, helper.make_node("QuantizeLinear", ["x", "q_scale", "q_zero"], ["x_q"]))
+    return ox.load(proto)
+
+
+def test_a_quantized_channels_last_input_is_still_nhwc(x):
+    """Quantize → Dequantize before the transpose (TFLite int8 models through tf2onnx) was
+    read as NCHW, so windows and CAMs took the image's rows for channels. Gradient methods
+    equal the channels-first model's with the same quantization, transposed."""
+    net, example = small_cnn(), torch.randn(2, 3, 32, 32)
+    nchw = _quantized_input(net, example)
+    nhwc = _quantized_input(ChannelsLast(net), example.permute(0, 2, 3, 1))
+    assert nhwc.layout == "NHWC" and nhwc.quantized and nchw.layout == "NCHW"
+    for method in (ox.Saliency, ox.GradCAM):
+        expected = method(nchw).attribute(x, target=1)
+        expected = _nhwc(expected) if expected.ndim == 4 else expected
+        assert max_rel_err(method(nhwc).attribute(_nhwc(x), target=1), expected) < 1e-5
