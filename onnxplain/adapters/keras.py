@@ -106,7 +106,8 @@ def export(model: Any, example: Any, opset: int | None = None, rtol: float = 1e-
                 raise ExportError(
                     f"Keras could not export the model to ONNX on the {backend} backend: {first_line(exc)}"
                 ) from exc
-        return verified_model(explicit_pads(proto), x, expected, rtol, f"keras ({backend} backend)")
+        return verified_model(explicit_pads(proto), x, expected, rtol, f"keras ({backend} backend)",
+                              layout=_layout(x))
     except ExportError as first:
         try:
             return _export_for_inference(model, x, backend, opset, rtol)
@@ -114,20 +115,29 @@ def export(model: Any, example: Any, opset: int | None = None, rtol: float = 1e-
             raise ExportError(f"{first}; exported in inference mode instead: {second}") from first
 
 
+def _layout(x: Any) -> str:
+    """The layout Keras builds images in, ``image_data_format``: the graph cannot always
+    show it (a crop, a clip or a resize before the first convolution hides the transpose
+    that reveals it)."""
+    import keras
+
+    if x.ndim != 4:
+        return "auto"
+    return "NHWC" if keras.config.image_data_format() == "channels_last" else "NCHW"
+
+
 def _export_for_inference(model: Any, x: Any, backend: str, opset: int | None, rtol: float) -> Model:
     """``model(x, training=False)`` exported by the backend's exporter (see the module)."""
     if backend == "tensorflow":
         from onnxplain.adapters import tensorflow
 
-        return tensorflow.export(model, x, opset=opset, rtol=rtol)  # calls it with training=False
+        return tensorflow.export(model, x, opset=opset, rtol=rtol, layout=_layout(x))  # training=False
     if backend == "jax":
-        import keras
 
         from onnxplain.adapters import jax as jax_adapter
 
-        channels_last = x.ndim == 4 and keras.config.image_data_format() == "channels_last"
         return jax_adapter.export(lambda images: model(images, training=False), x, opset=opset, rtol=rtol,
-                                  layout="NHWC" if channels_last else "auto")
+                                  layout=_layout(x))
     import torch
 
     from onnxplain.adapters import torch as torch_adapter

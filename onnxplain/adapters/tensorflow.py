@@ -176,6 +176,7 @@ def export(
     output: str | None = None,
     opset: int | None = None,
     rtol: float = 1e-4,
+    layout: str = "auto",
 ) -> Model:
     """Convert a TensorFlow model with tf2onnx and return the loaded :class:`Model`.
 
@@ -198,6 +199,9 @@ def export(
         ONNX opset (tf2onnx's default otherwise).
     rtol : float
         Tolerance of the check, relative to the largest output.
+    layout : str
+        The input's layout, as :func:`onnxplain.load` takes it; ``"auto"`` reads it from
+        the graph.
 
     The batch dimension is exported as dynamic. Needs ``pip install onnxplain[tensorflow]``
     (tensorflow and tf2onnx).
@@ -252,4 +256,4 @@ def export(
             "the weights in tf.Variable objects tracked by a tf.Module or Keras layer"
         )
     proto = _tf_resize.rewrite(proto, x)
-    return verified_model(explicit_pads(proto), x, expected, rtol, f"tf2onnx ({what})")
+    return verified_model(explicit_pads(proto), x, expected, rtol, f"tf2onnx ({what})", layout=layout)

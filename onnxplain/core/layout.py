@@ -43,12 +43,18 @@ LAYOUTS: tuple[str, ...] = ("NCHW", "NHWC", "NHW")
 #: The transpose that turns an NHWC tensor into NCHW, and its inverse.
 TO_NCHW = (0, 3, 1, 2)
 TO_NHWC = (0, 2, 3, 1)
-#: Ops that may sit between a channels-last input and its Transpose (normalisation
-#: layers such as Keras' Rescaling/Normalization, the resizing of Keras' Resizing or
-#: ``jax.image.resize``, the quantization of an integer TFLite model), computed on the NHWC
-#: tensor.
-_PASS_THROUGH = {"Mul", "Add", "Sub", "Div", "Cast", "Identity", "Resize", "QuantizeLinear",
-                 "DequantizeLinear"}
+#: Ops that may sit between a channels-last input and its Transpose, computed on the NHWC
+#: tensor and keeping its rank: normalisation (Keras' Rescaling and Normalization), resizing
+#: (Resizing, ``jax.image.resize``), cropping and padding (CenterCrop, Cropping2D,
+#: ZeroPadding2D), clipping and other element-wise functions (ReLU(max_value=6)), the
+#: quantization of an integer TFLite model.
+_PASS_THROUGH = {
+    "Mul", "Add", "Sub", "Div", "Cast", "Identity", "Resize", "QuantizeLinear", "DequantizeLinear",
+    "Slice", "Pad", "Clip", "Relu", "LeakyRelu", "Min", "Max", "Neg", "Abs", "Sqrt", "Pow", "Exp",
+    "Log", "Reciprocal", "Floor", "Ceil", "Round", "Sigmoid", "Tanh", "HardSigmoid", "Where",
+}
+#: How many such ops are looked through.
+_PASS_DEPTH = 8
 
 
 def check_layout(layout: Any, name: str = "layout") -> str | None:
@@ -97,16 +103,17 @@ def _rank(node: ir.Node) -> int | None:
 
 def _first_reader(value: ir.Value, rank: int, found: Callable[[ir.Node], bool]) -> ir.Node | None:
     """The first node for which ``found`` holds among those reading ``value``, directly or
-    through element-wise normalisation ops that keep its ``rank`` (Keras' Rescaling and
-    Normalization, a torch export's ``(x - mean) / std``), up to 4 deep; or None."""
+    through ops that keep its ``rank`` (``_PASS_THROUGH``: Keras' Rescaling and
+    Normalization, a torch export's ``(x - mean) / std``, crops, pads, resizes), up to
+    ``_PASS_DEPTH`` deep; or None."""
     frontier = [value]
-    for _ in range(4):
+    for _ in range(_PASS_DEPTH):
         following = []
         for v in frontier:
             for node in v.consumers():
                 if found(node):
                     return node
-                if node.op_type in _PASS_THROUGH and _rank(node) == rank:
+                if node.op_type in _PASS_THROUGH and _rank(node) in (rank, None):
                     following.append(node.outputs[0])
         if not following:
             return None

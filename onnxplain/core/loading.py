@@ -530,6 +530,13 @@ def _channels_first(ir_model: ir.Model, wanted: str | None) -> tuple[ir.Model, s
     props = dict(ir_model.metadata_props)
     saved = check_layout(props.get(LAYOUT_KEY)) if props.get(LAYOUT_KEY) in LAYOUTS else None
     user_layout = wanted or saved or detect_layout(ir_model)
+    if not (wanted or saved) and user_layout == "NCHW" and _looks_channels_last(ir_model):
+        warnings.warn(
+            f"the input's shape {_input_shape(ir_model)} looks channels-last, but no transpose to "
+            "channels-first was found after it, so the model is read as NCHW (axis 1 the "
+            "channels); if its images are (N, H, W, C), load it with layout='NHWC'",
+            UserWarning, stacklevel=3,
+        )
     # a model written by Model.save already has its channels-first input
     already = props.get(GRAPH_LAYOUT_KEY) == "NCHW" and saved is not None and user_layout == saved
     if user_layout != "NCHW" and not already:
@@ -538,6 +545,17 @@ def _channels_first(ir_model: ir.Model, wanted: str | None) -> tuple[ir.Model, s
         except InputValidationError as exc:
             raise ModelLoadError(str(exc)) from None
     return ir_model, user_layout
+
+
+def _input_shape(ir_model: ir.Model) -> tuple:
+    shape = ir_model.graph.inputs[0].shape
+    return tuple(d if isinstance(d, int) else str(d) for d in shape) if shape is not None else ()
+
+
+def _looks_channels_last(ir_model: ir.Model) -> bool:
+    """Whether an image input read as NCHW has 1 or 3 on its last axis and not on axis 1."""
+    shape = _input_shape(ir_model)
+    return len(shape) == 4 and shape[3] in (1, 3) and isinstance(shape[1], int) and shape[1] not in (1, 3)
 
 
 def _input_dtype(proto: onnx.ModelProto) -> int | None:

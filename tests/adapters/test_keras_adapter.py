@@ -272,3 +272,23 @@ def test_a_model_with_augmentation_layers_inside_is_exported_in_inference_mode()
     hidden[:, 16:, :16] = 0
     by_hand = want[:, 2] - net.predict(hidden, verbose=0)[:, 2]
     np.testing.assert_allclose(occlusion[:, 16, 0, 0], by_hand, rtol=1e-4, atol=1e-5)
+
+
+def test_a_model_that_crops_before_its_first_convolution_is_channels_last():
+    """CenterCrop (a Slice) before the first convolution hid the transpose the layout is read
+    from: the adapter names Keras' image_data_format, and an occluded patch (given in
+    (H, W, C)) changes the score as in Keras."""
+    keras.utils.set_random_seed(6)
+    inputs = keras.Input((SIZE + 8, SIZE + 4, 3))
+    x = keras.layers.CenterCrop(SIZE, SIZE)(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, activation="relu")(x))
+    net = keras.Model(inputs, keras.layers.Dense(3)(x))
+    images = np.random.default_rng(9).random((2, SIZE + 8, SIZE + 4, 3), dtype=np.float32)
+    model = ox.adapters.keras.export(net, images)
+    assert model.layout == "NHWC"
+    occlusion = ox.Occlusion(model).attribute(images, target=2, sliding_window_shapes=(8, 8, 3),
+                                              strides=(8, 8, 3))
+    hidden = images.copy()
+    hidden[:, 8:16, 8:16] = 0
+    by_hand = net.predict(images, verbose=0)[:, 2] - net.predict(hidden, verbose=0)[:, 2]
+    np.testing.assert_allclose(occlusion[:, 8, 8, 0], by_hand, rtol=1e-4, atol=1e-5)

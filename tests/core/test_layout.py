@@ -211,21 +211,27 @@ def test_keras_style_channels_last_activations_are_read_through_their_channels_f
     np.testing.assert_allclose(model.predict(x.detach().numpy()), net(x).detach().numpy(), atol=1e-5)
 
 
-def _quantized_input(module: nn.Module, x: torch.Tensor) -> ox.Model:
-    """``module``'s export with its input quantized to int8 first (QuantizeLinear →
-    DequantizeLinear, per tensor), as an integer TFLite model converted by tf2onnx begins."""
+def _export_proto(module: nn.Module, x: torch.Tensor):
+    """``module``'s legacy export with input ``"x"``, batch dynamic, as a ModelProto."""
     import io
     import warnings
 
     import onnx
-    from onnx import helper, numpy_helper
 
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(module.eval(), (x,), buffer, dynamo=False, input_names=["x"],
                           dynamic_axes={"x": {0: "batch"}})
-    proto = onnx.load_from_string(buffer.getvalue())
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def _quantized_input(module: nn.Module, x: torch.Tensor) -> ox.Model:
+    """``module``'s export with its input quantized to int8 first (QuantizeLinear →
+    DequantizeLinear, per tensor), as an integer TFLite model converted by tf2onnx begins."""
+    from onnx import helper, numpy_helper
+
+    proto = _export_proto(module, x)
     graph = proto.graph
     graph.initializer.extend([numpy_helper.from_array(np.array(0.03, np.float32), "q_scale"),
                               numpy_helper.from_array(np.array(0, np.int8), "q_zero")])
@@ -248,3 +254,66 @@ def test_a_quantized_channels_last_input_is_still_nhwc(x):
         expected = method(nchw).attribute(x, target=1)
         expected = _nhwc(expected) if expected.ndim == 4 else expected
         assert max_rel_err(method(nhwc).attribute(_nhwc(x), target=1), expected) < 1e-5
+
+
+class _Before(nn.Module):
+    """``op`` on the NHWC images, then the transpose to NCHW and the network."""
+
+    def __init__(self, net: nn.Module, op: str) -> None:
+        super().__init__()
+        self.net, self.op = net, op
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.op == "crop":  # Keras' CenterCrop, Cropping2D
+            x = x[:, 2:-2, 3:-3, :]
+        elif self.op == "pad":  # ZeroPadding2D
+            x = torch.nn.functional.pad(x, (0, 0, 2, 2, 2, 2))
+        elif self.op == "clip":  # ReLU(max_value=6), then a rescaling
+            x = torch.clamp(x, 0, 6) / 6.0
+        return self.net(x.permute(0, 3, 1, 2))
+
+
+@pytest.mark.parametrize("op", ["crop", "pad", "clip"])
+def test_a_crop_pad_or_clip_before_the_transpose_is_still_nhwc(x, op):
+    """Cropping, padding or clipping the NHWC images before the transpose hid it (the model
+    was read as NCHW, silently): saliency equals the channels-first model's with the same
+    operation, transposed."""
+    net = small_cnn()
+    example = torch.randn(2, 32, 32, 3)
+    nhwc = ox.adapters.torch.export(_Before(net, op), example, exporter="legacy")
+    assert nhwc.layout == "NHWC"
+
+    class First(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = _Before(net, op)
+
+        def forward(self, v):
+            return self.inner(v.permute(0, 2, 3, 1))
+
+    nchw = ox.adapters.torch.export(First(), example.permute(0, 3, 1, 2), exporter="legacy")
+    expected = ox.Saliency(nchw).attribute(x, target=1)
+    assert max_rel_err(ox.Saliency(nhwc).attribute(_nhwc(x), target=1), _nhwc(expected)) < 1e-5
+
+
+def test_an_input_that_looks_channels_last_without_a_transpose_to_show_it_warns():
+    """A graph that makes its images channels-first some other way (here a transpose to
+    (N, C, W, H)) is read as NCHW; its (N, 32, 32, 3) input says that may be wrong, and the
+    warning names the fix. Naming the layout silences it."""
+
+    class Swapped(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = small_cnn()
+
+        def forward(self, v):
+            return self.net(v.permute(0, 3, 2, 1))
+
+    proto = _export_proto(Swapped(), torch.randn(2, 32, 32, 3))
+    with pytest.warns(UserWarning, match="layout='NHWC'"):
+        assert ox.load(proto).layout == "NCHW"
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ox.load(proto, layout="NHWC").layout == "NHWC"
