@@ -444,10 +444,16 @@ class Model:
         if len(self.inputs) > 1:
             described = ", ".join(f"{s.name!r} {s.shape} {np.dtype(s.dtype).name if s.dtype else '?'}"
                                   for s in self.inputs)
+            others = [s for s in self.inputs if s not in floats[:1]]
+            hint = ""  # weights as inputs: no initializers, every other input of a fixed shape
+            if not graph.initializers and all(s.shape and all(isinstance(d, int) for d in s.shape)
+                                              for s in others):
+                hint = ("; the others look like the model's weights, left out of the file (torch's "
+                        "export_params=False): export the model with its parameters")
             raise ModelLoadError(
                 f"the model has {len(self.inputs)} inputs ({described}); "
                 "onnxplain explains one input, the image: hold the others at values with "
-                "load(..., fixed_inputs={name: value})"
+                "load(..., fixed_inputs={name: value})" + hint
             )
         if not self.outputs:
             raise ModelLoadError("the model has no outputs")

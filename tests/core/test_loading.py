@@ -260,3 +260,39 @@ def test_an_integer_output_is_refused_as_the_explained_one():
     assert ox.load(proto).output_name == "score"
     with pytest.raises(ox.InputValidationError, match="'label' holds INT64, not floating-point scores"):
         ox.load(proto, output="label")
+
+
+def test_a_file_exported_without_its_weights_says_so():
+    """torch's export_params=False leaves the weights as graph inputs: the error names them
+    and says what happened; a model whose second input is side information does not get
+    that hint."""
+    import io
+    import warnings
+
+    import torch
+    from helpers import small_cnn
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(small_cnn(), (torch.randn(1, 3, 16, 16),), buffer, dynamo=False,
+                          input_names=["x"], export_params=False)
+    with pytest.raises(ox.ModelLoadError, match="'conv1.weight'.*export_params=False"):
+        ox.load(buffer.getvalue())
+
+    class WithSide(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = small_cnn()
+
+        def forward(self, x, side):
+            return self.net(x) + side
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(WithSide(), (torch.randn(1, 3, 16, 16), torch.randn(1, 5)), buffer, dynamo=False,
+                          input_names=["x", "side"], dynamic_axes={"x": {0: "n"}, "side": {0: "n"}})
+    with pytest.raises(ox.ModelLoadError, match="fixed_inputs") as caught:
+        ox.load(buffer.getvalue())
+    assert "export_params" not in str(caught.value)
