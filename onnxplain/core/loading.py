@@ -394,10 +394,11 @@ def load(
     - opsets below 11 are upgraded to 13 with ``onnx.version_converter``; opsets newer
       than the installed ONNX Runtime runs (up to ``onnx.defs.onnx_opset_version()``) are
       converted down to its newest (:func:`runtime_limits`); the others load as they are.
-    - float16 and bfloat16 models are computed in float32 (weights upcast exactly, results
-      within float16 or bfloat16 rounding of the model's; ``model.converted_from ==
-      "float16"``, ``"bfloat16"``: ONNX defines no bfloat16 convolution, so a torch module in
-      bfloat16 exports a graph that runs nowhere as it is), and so are float64 models of
+    - float16 and bfloat16 models, and mixed-precision ones (Keras' ``mixed_float16``), are
+      computed in float32 (weights upcast exactly, results within float16 or bfloat16
+      rounding of the model's; ``model.converted_from == "float16"``, ``"bfloat16"``: ONNX
+      defines no bfloat16 convolution, so a torch module in bfloat16 exports a graph that
+      runs nowhere as it is), and so are float64 models of
       standard operators, which ONNX Runtime has no CPU convolutions for (results within
       float32 rounding; ``"float64"``).
     - a model that takes integer images (uint8, int8, uint16, int16) and only casts them to
@@ -439,8 +440,10 @@ def load(
     wanted = check_layout(layout)
     image = check_image_shape(image_shape)
     proto, where = _read(source, max_model_bytes, max_external_bytes)
-    was_bfloat16 = _input_dtype(proto) == onnx.TensorProto.BFLOAT16
-    upcast_bf16 = upcast_bfloat16(proto)  # before the check: ONNX's Conv has no bfloat16
+    # before the check: ONNX's Conv has no bfloat16, and jax2onnx's mixed-precision graphs
+    # type float16 values as float32 in places, which computing all in float32 makes true
+    upcast = upcast_float16(proto)
+    upcast_bf16 = upcast_bfloat16(proto)
     _validate(proto, domains)
     proto = _drop_zipmap(_fit_runtime(_upgrade_opset(proto)))
     # IR 3 (opset 7/8 exports) wants every initializer listed as an input; canonicalisation
@@ -452,8 +455,6 @@ def load(
     integer = float_input(proto)
     for name in float_outputs(proto):
         logger.info("the model's integer output %r is dequantized: its scores are the real values", name)
-    was_float16 = _input_dtype(proto) == onnx.TensorProto.FLOAT16
-    upcast = upcast_float16(proto)
     downcast = downcast_float64(proto)
     try:  # canonicalize raises only what reading the graph raises
         ir_model = canonicalize(lambda: ir.from_proto(proto))
@@ -483,9 +484,9 @@ def load(
     saved = dict(ir_model.metadata_props).get(CONVERTED_KEY)  # a model Model.save wrote
     if saved in ("float16", "bfloat16", "float64", *INTEGER_INPUTS.values()):
         model.converted_from = saved
-    if upcast and was_float16:
+    if upcast:  # computed in float16, whole or in part (Keras' mixed_float16)
         model.converted_from = "float16"
-    if upcast_bf16 and was_bfloat16:
+    if upcast_bf16:
         model.converted_from = "bfloat16"
     if downcast:
         model.converted_from = "float64"
@@ -558,9 +559,3 @@ def _looks_channels_last(ir_model: ir.Model) -> bool:
     return len(shape) == 4 and shape[3] in (1, 3) and isinstance(shape[1], int) and shape[1] not in (1, 3)
 
 
-def _input_dtype(proto: onnx.ModelProto) -> int | None:
-    inits = {t.name for t in proto.graph.initializer}
-    for value in proto.graph.input:
-        if value.name not in inits and value.type.HasField("tensor_type"):
-            return value.type.tensor_type.elem_type
-    return None

@@ -159,3 +159,23 @@ def test_a_cnn_that_resizes_its_images_first_is_read_as_channels_last(method):
     assert model.layout == "NHWC"
     grad = jax.grad(lambda v: fn(v)[:, 1].sum())(jnp.asarray(x))
     assert max_rel_err(ox.Saliency(model).attribute(x, target=1), np.abs(np.asarray(grad))) < TOL
+
+
+def test_a_function_computing_in_float16_loads_in_float32_and_has_jax_grads_saliency():
+    """jax2onnx types some float16 values of a float16 computation as float32 (invalid ONNX
+    before the model is computed all in float32); the export loads, and saliency equals
+    jax.grad of the same function in float32 on the float16 weights (1e-4)."""
+    rng = np.random.default_rng(6)
+    kernel = rng.standard_normal((3, 3, 3, 4)).astype(np.float16)
+    w = rng.standard_normal((4, 5)).astype(np.float16)
+
+    def fn(x, dtype=jnp.float16):
+        h = jax.lax.conv_general_dilated(x.astype(dtype), jnp.asarray(kernel, dtype), (1, 1), "SAME",
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return (jax.nn.relu(h).mean(axis=(1, 2)) @ jnp.asarray(w, dtype)).astype(jnp.float32)
+
+    x = rng.random((2, 12, 10, 3), dtype=np.float32)
+    model = ox.adapters.jax.export(fn, x)
+    assert model.converted_from == "float16" and model.layout == "NHWC"
+    grad = jax.grad(lambda v: fn(v, jnp.float32)[:, 1].sum())(jnp.asarray(x))
+    assert max_rel_err(ox.Saliency(model).attribute(x, target=1), np.abs(np.asarray(grad))) < TOL
