@@ -121,9 +121,9 @@ class TorchBackend(Backend):
     ``max_batch_size``: rows per module call (``"auto"``: 32 on CPU, 256 on CUDA); a
     forward pass that runs out of memory is retried at half the batch, and the smaller size
     is kept.
-    ``verify``: compare the converted module with ONNX Runtime once, on a random input,
-    when the input shape is static (a converter bug would otherwise give silently wrong
-    explanations).
+    ``verify``: compare the converted module with ONNX Runtime (a converter bug would
+    otherwise give silently wrong explanations): once, on a random input, when the input
+    shape is static, else on the first rows of each new image shape it is given.
     """
 
     name = "torch"
@@ -184,6 +184,8 @@ class TorchBackend(Backend):
             self._op_types[node.name] = node.op_type
             for i, out in enumerate(node.output):
                 self._producers[out] = (node.name, i)
+        self._verified: set[tuple[int, ...]] = set()
+        self._unverified = False  # True: dynamic image dims, checked per shape as they come
         if verify:
             self._verify()
 
@@ -200,30 +202,42 @@ class TorchBackend(Backend):
             raise InputValidationError(f"no node named {node!r} in the model") from None
 
     def _verify(self) -> None:
+        """Compare the conversion with ONNX Runtime on a random input of a static shape now;
+        a model with dynamic image dims is compared on the first rows of each new image shape
+        it is given (:meth:`_verify_shape`)."""
         shape = self.model.input_spec.shape
         if shape is None or not all(isinstance(d, int) and d > 0 for d in shape[1:]):
-            return
-        if np.prod(shape[1:], dtype=np.float64) > VERIFY_MAX_ELEMENTS:
-            logger.info("input %s too large to verify the conversion on", shape)
+            self._unverified = True
             return
         rng = np.random.default_rng(0)
-        x = rng.standard_normal((min(2, self.model.fixed_batch or 2), *shape[1:])).astype(
-            self.model.input_dtype
-        )
+        x = rng.standard_normal((min(2, self.model.fixed_batch or 2), *shape[1:]))
+        self._verify_shape(x.astype(self.model.input_dtype), always=True)
+
+    def _verify_shape(self, x: np.ndarray, always: bool = False) -> None:
+        """The check of :meth:`_verify` on the first two rows of ``x``, once per image shape."""
+        key = tuple(x.shape[1:])
+        if not (always or self._unverified) or key in self._verified:
+            return
+        self._verified.add(key)
+        if np.prod(key, dtype=np.float64) > VERIFY_MAX_ELEMENTS:
+            logger.info("input %s too large to verify the conversion on", key)
+            return
+        x = np.asarray(x[: min(2, len(x))], dtype=self.model.input_dtype)
         ours = self.predict(x)
         if self.model.quantized:
             ref = _simulation_outputs(self.model, x)
             tolerance = QUANTIZED_TOLERANCE
         else:
             ref, tolerance = self.model.backend("onnxruntime").predict(x), 1e-3
-        err = float(np.abs(ours - ref).max())
-        scale = float(np.abs(ref).max()) + 1e-6
-        logger.info("torch conversion: max |Δ| %.3g of max |output| %.3g", err, scale)
+        both_nan = np.isnan(ours) & np.isnan(ref)
+        err = float(np.where(both_nan, 0.0, np.abs(ours - ref)).max())
+        scale = float(np.nanmax(np.abs(ref), initial=0.0)) + 1e-6
+        logger.info("torch conversion on %s: max |Δ| %.3g of max |output| %.3g", key, err, scale)
         if not err <= tolerance * scale:
             raise ConversionMismatchError(
                 f"the torch conversion differs from ONNX Runtime by {err:.3g} (max |output| "
-                f"{scale:.3g}); gradient methods would be wrong, so they are refused. "
-                "Forward-only methods still run on backend='onnxruntime'."
+                f"{scale:.3g}) on inputs of shape {key}; gradient methods would be wrong, so they "
+                "are refused. Forward-only methods still run on backend='onnxruntime'."
             )
 
     # -- hooks -------------------------------------------------------------------------
@@ -344,6 +358,7 @@ class TorchBackend(Backend):
         return np.concatenate([np.arange(n), np.full(extra, n - 1)])
 
     def forward(self, x: np.ndarray, outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        self._verify_shape(x)
         names = list(outputs) if outputs is not None else [self.model.output_name]
         inner = [n for n in names if n not in self.model.output_names]
         parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
@@ -381,6 +396,7 @@ class TorchBackend(Backend):
         overrides: Mapping[str, np.ndarray] | None = None,
     ) -> GradientResult:
         x = np.asarray(x, dtype=self.model.input_dtype)
+        self._verify_shape(x)
         overrides = dict(overrides or {})
         for name, value in overrides.items():
             if np.shape(value)[:1] != (len(x),):

@@ -189,3 +189,43 @@ def test_a_zero_pad_before_max_pooling_runs_as_written_on_both_backends(exporter
     for backend in ("onnxruntime", "torch"):
         got = model.backend(backend).forward(x.numpy())[model.output_name]
         np.testing.assert_allclose(got, expected, atol=1e-6, err_msg=backend)
+
+
+def _dynamic_size_cnn() -> ox.Model:
+    """The small CNN exported with dynamic batch, height and width."""
+    import io
+    import warnings
+
+    from helpers import small_cnn
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(small_cnn(), (torch.randn(1, 3, 32, 32),), buffer, dynamo=False, input_names=["x"],
+                          dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}})
+    return ox.load(buffer.getvalue())
+
+
+def test_a_conversion_of_a_model_with_dynamic_image_dims_is_verified_on_each_new_shape(monkeypatch):
+    """With no static shape to check the torch conversion on when it is built, the first
+    rows of each new image shape are compared with ONNX Runtime, once per shape; a
+    conversion that computes something else is refused, naming the shape."""
+    from onnxplain.backends.torch_backend import ConversionMismatchError
+
+    model = _dynamic_size_cnn()
+    backend = model.backend("torch")
+    x = np.random.default_rng(0).standard_normal((3, 3, 24, 20)).astype(np.float32)
+    calls = []
+    runtime = model.backend("onnxruntime")
+    original = type(runtime).predict
+    monkeypatch.setattr(type(runtime), "predict", lambda self, v: calls.append(v.shape) or original(self, v))
+    ox.Saliency(model).attribute(x, target=1)
+    ox.Saliency(model).attribute(x, target=2)
+    assert calls == [(2, 3, 24, 20)]  # the first two rows, once
+    monkeypatch.undo()
+    node = next(n for n in model.ir.graph if n.op_type == "Conv")
+    with torch.no_grad():
+        backend.node_module(node.name).weight.mul_(1.5)  # a conversion that computes something else
+    other = np.random.default_rng(1).standard_normal((2, 3, 28, 28)).astype(np.float32)
+    with pytest.raises(ConversionMismatchError, match=r"shape \(3, 28, 28\)"):
+        ox.Saliency(model).attribute(other, target=1)
