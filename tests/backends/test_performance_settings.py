@@ -75,6 +75,7 @@ def test_two_methods_on_one_model_build_one_session_and_one_torch_module(fresh_m
 
 def test_torch_forward_and_activations_run_in_inference_mode(fresh_model, x):
     be = fresh_model.backend("torch")
+    be.forward(x[:2])  # the first call of an image shape also verifies the conversion
     seen = []
     handle = be.module.register_forward_hook(lambda *a: seen.append(torch.is_inference_mode_enabled()))
     try:
