@@ -6,7 +6,8 @@ layout the function takes. Parameters are baked into the graph as initializers.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from onnxplain.adapters._common import (
@@ -108,11 +109,20 @@ def export(fn: Any, example: Any, params: Any = None, opset: int | None = None, 
             return jax2onnx.to_onnx(forward, [spec], return_mode="proto", input_names=["input"],
                                     output_names=["output"], model_name="onnxplain_jax", **kwargs)
 
+    def convert_any(batch: Any) -> Any:
+        try:
+            return convert(batch)
+        except NotImplementedError as exc:  # jax2onnx's resize: antialiased, Lanczos
+            if "resize" not in str(exc):
+                raise
+            with _resize_as_matrices(jax):
+                return convert(batch)
+
     try:
-        proto = convert("batch")
+        proto = convert_any("batch")
     except Exception as symbolic:  # e.g. jax.image.resize: shapes it cannot compute symbolically
         try:
-            proto = convert(x.shape[0])  # the example's batch; load makes it dynamic where provable
+            proto = convert_any(x.shape[0])  # the example's batch; load makes it dynamic where provable
         except Exception as fixed:
             raise ExportError(
                 f"jax2onnx could not export the {what}: {first_line(symbolic)}; with the example's "
@@ -120,6 +130,56 @@ def export(fn: Any, example: Any, params: Any = None, opset: int | None = None, 
             ) from symbolic
     return verified_model(explicit_pads(_as_jax_resizes(proto)), x, expected, rtol, f"jax2onnx ({what})",
                           layout=layout)
+
+
+@contextlib.contextmanager
+def _resize_as_matrices(jax: Any) -> Iterator[None]:
+    """``jax.image.resize`` traced as one matrix product per resized axis, meanwhile.
+
+    jax2onnx converts no antialiased resize (``jax.image.resize``'s default, Keras'
+    ``Resizing(antialias=True)``) and no Lanczos one. Every method but nearest is separable
+    and linear, so each axis's (in, out) matrix is the resize of the identity along it,
+    computed by JAX itself at trace time, and the traced function multiplies by it: what
+    JAX computes, in operations jax2onnx converts."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    original = jax.image.resize
+
+    def resize(image: Any, shape: Any, method: Any, antialias: bool = True, **kwargs: Any) -> Any:
+        if str(getattr(method, "name", method)).lower() == "nearest":
+            return original(image, shape, method, antialias=antialias, **kwargs)
+        def same(size: Any, wanted: Any) -> bool:  # the batch: one symbolic dim
+            return size is wanted or (isinstance(size, int) and isinstance(wanted, int) and size == wanted)
+
+        resized = [(axis, int(size), int(wanted))
+                   for axis, (size, wanted) in enumerate(zip(image.shape, shape)) if not same(size, wanted)]
+        # (N, H, W, C) resized in H and W: computed channels-first, behind the transpose
+        # that shows load the layout
+        nhwc = image.ndim == 4 and {a for a, _, _ in resized} <= {1, 2}
+        out = jnp.transpose(image, (0, 3, 1, 2)) if nhwc else image
+        for axis, size, wanted in resized:
+            with jax.ensure_compile_time_eval():
+                basis = np.eye(size, dtype=np.float32)
+                matrix = np.asarray(original(basis, (size, wanted), method, antialias=antialias, **kwargs))
+            axis = axis + 1 if nhwc else axis
+            out = jnp.moveaxis(jnp.tensordot(out, matrix.astype(out.dtype), axes=([axis], [0])), -1, axis)
+        return jnp.transpose(out, (0, 2, 3, 1)) if nhwc else out
+
+    try:  # jax2onnx patches jax.image.resize with its own primitive while it traces
+        from jax2onnx.plugins.jax.image.resize import ImageResizePlugin
+    except ImportError:
+        ImageResizePlugin = None  # noqa: N806
+    specs = ImageResizePlugin.__dict__.get("binding_specs") if ImageResizePlugin else None
+    jax.image.resize = resize
+    if specs is not None:
+        ImageResizePlugin.binding_specs = classmethod(lambda cls: [])
+    try:
+        yield
+    finally:
+        jax.image.resize = original
+        if specs is not None:
+            ImageResizePlugin.binding_specs = specs
 
 
 def _as_jax_resizes(proto: Any) -> Any:

@@ -179,3 +179,30 @@ def test_a_function_computing_in_float16_loads_in_float32_and_has_jax_grads_sali
     assert model.converted_from == "float16" and model.layout == "NHWC"
     grad = jax.grad(lambda v: fn(v, jnp.float32)[:, 1].sum())(jnp.asarray(x))
     assert max_rel_err(ox.Saliency(model).attribute(x, target=1), np.abs(np.asarray(grad))) < TOL
+
+
+@pytest.mark.parametrize("method", ["linear", "lanczos3"])
+def test_an_antialiased_or_lanczos_resize_jax2onnx_refuses_is_exported_as_matrix_products(method):
+    """jax.image.resize antialiases by default, which jax2onnx does not convert, nor Lanczos
+    kernels: the resize is traced as one matrix product per axis (JAX's own weights), behind
+    a transpose that shows the NHWC layout. Predictions (another batch size) and saliency
+    equal JAX's."""
+    rng = np.random.default_rng(7)
+    kernel = jnp.asarray(rng.standard_normal((3, 3, 3, 4)).astype(np.float32))
+    w = jnp.asarray(rng.standard_normal((4, 5)).astype(np.float32))
+
+    def fn(x):
+        small = jax.image.resize(x, (x.shape[0], 8, 7, 3), method=method)  # antialias=True
+        h = jax.lax.conv_general_dilated(small, kernel, (1, 1), "SAME",
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return jax.nn.relu(h).mean(axis=(1, 2)) @ w
+
+    x = rng.random((2, 20, 18, 3), dtype=np.float32)
+    original = jax.image.resize
+    model = ox.adapters.jax.export(fn, x)
+    assert jax.image.resize is original  # patched while tracing only
+    assert model.layout == "NHWC" and model.fixed_batch is None
+    x3 = np.concatenate([x, x[:1]])
+    assert max_rel_err(model.predict(x3), np.asarray(fn(jnp.asarray(x3)))) < TOL
+    grad = jax.grad(lambda v: fn(v)[:, 1].sum())(jnp.asarray(x))
+    assert max_rel_err(ox.Saliency(model).attribute(x, target=1), np.abs(np.asarray(grad))) < TOL
