@@ -391,6 +391,49 @@ class Col2Im(nn.Module):
         return torch.nn.functional.fold(x, self.size, self.kernel, self.dilation, self.padding, self.stride)
 
 
+class GridSample(nn.Module):
+    """ONNX ``GridSample`` (opsets 16–22, 2-D): ``torch.nn.functional.grid_sample``, which
+    spatial transformer networks export to."""
+
+    _MODES = {"bilinear": "bilinear", "linear": "bilinear", "nearest": "nearest",
+              "bicubic": "bicubic", "cubic": "bicubic"}
+
+    def __init__(self, mode: str, padding_mode: str, align_corners: bool) -> None:
+        super().__init__()
+        if mode not in self._MODES:
+            raise NotImplementedError(f"GridSample: mode={mode!r} is not supported")
+        if padding_mode not in ("zeros", "border", "reflection"):
+            raise NotImplementedError(f"GridSample: padding_mode={padding_mode!r} is not supported")
+        self.mode, self.padding_mode, self.align_corners = self._MODES[mode], padding_mode, align_corners
+
+    def forward(self, x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            raise NotImplementedError(f"GridSample: only 2-D images are supported, got rank {x.dim()}")
+        return torch.nn.functional.grid_sample(x, grid, mode=self.mode, padding_mode=self.padding_mode,
+                                               align_corners=self.align_corners)
+
+
+class AffineGrid(nn.Module):
+    """ONNX ``AffineGrid`` (2-D): ``torch.nn.functional.affine_grid``."""
+
+    def __init__(self, align_corners: bool) -> None:
+        super().__init__()
+        self.align_corners = align_corners
+
+    def forward(self, theta: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+        shape = [int(v) for v in size.tolist()]
+        if len(shape) != 4:
+            raise NotImplementedError(f"AffineGrid: only 2-D grids are supported, got size {shape}")
+        return torch.nn.functional.affine_grid(theta, shape, align_corners=self.align_corners)
+
+
+def _grid_sample(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    a = node.attributes
+    module = GridSample(a.get("mode", "linear"), a.get("padding_mode", "zeros"),  # 16's "bilinear"
+                        bool(a.get("align_corners", 0)))
+    return OperationConverterResult(torch_module=module, onnx_mapping=onnx_mapping_from_node(node))
+
+
 def _col2im(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
     names = node.input_values
     if len(names) < 3 or names[1] not in graph.initializers or names[2] not in graph.initializers:
@@ -576,6 +619,11 @@ def install() -> None:
         for version in _versions("Upsample"):
             if version >= 9:
                 _CONVERTER_REGISTRY[OperationDescription("", "Upsample", version)] = _resize10
+        for version in _versions("GridSample"):  # mode "bilinear" until 20, "linear" from 20
+            _register("GridSample", version, _grid_sample)
+        for version in _versions("AffineGrid"):
+            _register("AffineGrid", version, _module_converter(
+                lambda node: AffineGrid(bool(node.attributes.get("align_corners", 0)))))
         for version in _versions("Col2Im"):
             _register("Col2Im", version, _col2im)
         for version in _registered("LayerNormalization"):  # wraps onnx2torch's: unknown dims

@@ -193,3 +193,44 @@ def test_a_layer_norm_over_a_dim_the_export_leaves_unknown_converts_and_its_grad
     ref = Saliency(net).attribute(x.clone().requires_grad_(True), target=1, abs=False).numpy()
     ours = ox.Saliency(model).attribute(x.numpy(), target=1, abs=False)
     np.testing.assert_allclose(ours, ref, atol=1e-6 * np.abs(ref).max())
+
+
+class _SpatialTransformer(torch.nn.Module):
+    """A spatial transformer network (Jaderberg et al., 2015): a localisation net predicts an
+    affine map, affine_grid and grid_sample resample the image, a CNN classifies it."""
+
+    def __init__(self, mode: str, padding: str, align_corners: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        nn = torch.nn
+        self.loc = nn.Sequential(nn.Conv2d(3, 4, 5), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                 nn.Linear(4, 6))
+        with torch.no_grad():  # near the identity map
+            self.loc[-1].weight.mul_(0.1)
+            self.loc[-1].bias.copy_(torch.tensor([1.0, 0.1, 0.0, -0.1, 1.0, 0.0]))
+        self.net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                 nn.Linear(8, 5))
+        self.mode, self.padding, self.align_corners = mode, padding, align_corners
+
+    def forward(self, x):
+        theta = self.loc(x).view(-1, 2, 3)
+        grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=self.align_corners)
+        return self.net(torch.nn.functional.grid_sample(x, grid, mode=self.mode, padding_mode=self.padding,
+                                                        align_corners=self.align_corners))
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
+@pytest.mark.parametrize(("mode", "padding", "align_corners"), [
+    ("bilinear", "zeros", False), ("nearest", "border", True), ("bicubic", "reflection", False),
+])
+def test_a_spatial_transformer_converts_and_its_gradient_is_captums(exporter, mode, padding, align_corners):
+    """GridSample (opset 16's and 20's) and AffineGrid (the legacy exporter writes it) run on
+    the torch backend: saliency equals Captum's on the module (1e-4)."""
+    from captum.attr import Saliency
+
+    module = _SpatialTransformer(mode, padding, align_corners).eval()
+    x = torch.randn(2, 3, 28, 28, generator=torch.Generator().manual_seed(1))
+    model = ox.adapters.torch.export(module, x, exporter=exporter)
+    expected = Saliency(module).attribute(x.clone().requires_grad_(), target=1).numpy()
+    ours = ox.Saliency(model).attribute(x.numpy(), target=1)
+    assert np.abs(ours - expected).max() <= 1e-4 * np.abs(expected).max()
