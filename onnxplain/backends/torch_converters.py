@@ -5,7 +5,8 @@ the model's opset and knows versions up to opset 16 or so. Most later versions o
 widened the accepted types, so the older converter is right for them; a few added
 attributes or inputs, and there the older converter is right only when the node does not
 use them (checked per node: a node that does is reported as unsupported). New operators
-that CNN exports use (Gelu, GlobalMaxPool, Mish, opset-18 reductions and Split) get
+that CNN exports use (Gelu, GlobalMaxPool, Mish, opset-18 reductions and Split,
+GroupNormalization, RMSNormalization, GridSample, AffineGrid, Resize in all its modes) get
 converters of their own.
 """
 
@@ -427,6 +428,30 @@ class AffineGrid(nn.Module):
         return torch.nn.functional.affine_grid(theta, shape, align_corners=self.align_corners)
 
 
+class GroupNormalization(nn.Module):
+    """ONNX ``GroupNormalization`` (opset 21; opset 18's, with a scale per group, is
+    deprecated and refused by ONNX's checker): ``group_norm``, scale and bias per channel."""
+
+    def __init__(self, num_groups: int, epsilon: float) -> None:
+        super().__init__()
+        self.num_groups, self.epsilon = num_groups, epsilon
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.group_norm(x, self.num_groups, scale, bias, eps=self.epsilon)
+
+
+class RMSNormalization(nn.Module):
+    """ONNX ``RMSNormalization`` (opset 23): x / sqrt(mean(x², axes from ``axis``) + ε) · scale."""
+
+    def __init__(self, axis: int, epsilon: float) -> None:
+        super().__init__()
+        self.axis, self.epsilon = axis, epsilon
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        axes = tuple(range(self.axis % x.dim(), x.dim()))
+        return x * torch.rsqrt(x.pow(2).mean(dim=axes, keepdim=True) + self.epsilon) * scale
+
+
 def _grid_sample(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
     a = node.attributes
     module = GridSample(a.get("mode", "linear"), a.get("padding_mode", "zeros"),  # 16's "bilinear"
@@ -619,6 +644,13 @@ def install() -> None:
         for version in _versions("Upsample"):
             if version >= 9:
                 _CONVERTER_REGISTRY[OperationDescription("", "Upsample", version)] = _resize10
+        for version in _versions("GroupNormalization"):
+            if version >= 21:
+                _register("GroupNormalization", version, _module_converter(lambda node: GroupNormalization(
+                    int(node.attributes["num_groups"]), float(node.attributes.get("epsilon", 1e-5)))))
+        for version in _versions("RMSNormalization"):
+            _register("RMSNormalization", version, _module_converter(lambda node: RMSNormalization(
+                int(node.attributes.get("axis", -1)), float(node.attributes.get("epsilon", 1e-5)))))
         for version in _versions("GridSample"):  # mode "bilinear" until 20, "linear" from 20
             _register("GridSample", version, _grid_sample)
         for version in _versions("AffineGrid"):

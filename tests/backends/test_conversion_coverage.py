@@ -234,3 +234,40 @@ def test_a_spatial_transformer_converts_and_its_gradient_is_captums(exporter, mo
     expected = Saliency(module).attribute(x.clone().requires_grad_(), target=1).numpy()
     ours = ox.Saliency(model).attribute(x.numpy(), target=1)
     assert np.abs(ours - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
+class _Normed(torch.nn.Module):
+    """Conv → GroupNorm or RMSNorm (over the channels, as a channels-last transformer block
+    normalises) → GAP → Linear."""
+
+    def __init__(self, norm: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 8, 3)
+        self.norm = torch.nn.GroupNorm(4, 8) if norm == "group" else torch.nn.RMSNorm(8)
+        with torch.no_grad():
+            self.norm.weight.uniform_(0.5, 1.5)
+        self.fc = torch.nn.Linear(8, 5)
+        self.kind = norm
+
+    def forward(self, x):
+        h = self.conv(x)
+        h = self.norm(h) if self.kind == "group" else self.norm(h.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.fc(torch.relu(h).mean((2, 3)))
+
+
+@pytest.mark.parametrize(("norm", "opset"), [("group", 21), ("rms", 23)])
+def test_group_and_rms_normalization_of_new_opsets_convert_and_their_gradient_is_captums(norm, opset):
+    """The dynamo exporter writes GroupNormalization from opset 21 and RMSNormalization from
+    opset 23, which onnx2torch does not know: saliency equals Captum's (1e-4)."""
+    from captum.attr import Saliency
+
+    module = _Normed(norm).eval()
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    model = ox.adapters.torch.export(module, x, exporter="dynamo", opset=opset)
+    wanted = "GroupNormalization" if norm == "group" else "RMSNormalization"
+    assert wanted in {n.op_type for n in model.ir.graph}
+    expected = Saliency(module).attribute(x.clone().requires_grad_(), target=1).numpy()
+    ours = ox.Saliency(model).attribute(x.numpy(), target=1)
+    assert np.abs(ours - expected).max() <= 1e-4 * np.abs(expected).max()
+
