@@ -502,17 +502,24 @@ def _norm_rule(eps: float, signal: int | None = None, shared: bool = False) -> R
     return fn
 
 
+#: Normalisations the ε rule holds linear by a constant standard deviation (or RMS).
+_NORMALIZATIONS = ("LayerNormalization", "InstanceNormalization", "GroupNormalization", "RMSNormalization")
+
+
 def _layer_norm_rule(eps: float, node: Any) -> Rule:
     """ε on a LayerNormalization made linear by holding its standard deviation constant
     (the LN-rule of Ali et al., ICML 2022): z = γ ⊙ (x − μ(x)) / σ̂ + β with σ̂ detached,
     R_x = x ⊙ Jᵀ(R / stab(z)). The centring stays in the Jacobian, so relevance is conserved
     up to what β absorbs, as a layer's bias does. An InstanceNormalization (and GroupNorm,
     which exporters write as one on the grouped tensor) gets the same rule over its spatial
-    axes, with its per-channel γ and β."""
-    instance = node.op_type == "InstanceNormalization"
+    axes, with its per-channel γ and β; a GroupNormalization over each group of channels; an
+    RMSNormalization (no centring, no β) over its axes, where the rule passes R unchanged."""
+    op = node.op_type
+    instance = op in ("InstanceNormalization", "GroupNormalization")
     axis = 2 if instance else int(_attr(node, "axis", -1))
+    groups = int(_attr(node, "num_groups", 0)) if op == "GroupNormalization" else 0
     norm_eps = float(_attr(node, "epsilon", 1e-5))
-    consts = [_const(v) for v in list(node.inputs)[1:3]]
+    consts = ([_const(v) for v in list(node.inputs)[1:3]] + [None, None])[:2]  # γ, β (RMS: no β)
 
     def fn(ctx: RuleContext) -> tuple[torch.Tensor | None, ...]:
         if 0 not in _diff(ctx):
@@ -530,9 +537,12 @@ def _layer_norm_rule(eps: float, node: Any) -> Rule:
         if instance:  # (C,) → (C, 1, ..., 1): one scale and shift per channel
             params = [q.reshape(-1, *[1] * (x.ndim - 2)) if q is not None else None for q in params]
         with torch.enable_grad():
-            centred = x - x.mean(dims, keepdim=True)
+            grouped = x.reshape(x.shape[0], groups, -1) if groups else x
+            if groups:
+                dims = (2,)
+            centred = grouped if op == "RMSNormalization" else grouped - grouped.mean(dims, keepdim=True)
             std = (centred.detach().square().mean(dims, keepdim=True) + norm_eps).sqrt()
-            z = centred / std
+            z = (centred / std).reshape(x.shape)
             if params[0] is not None:
                 z = z * params[0]
             if params[1] is not None:
@@ -605,7 +615,7 @@ def resolve(rule: BackwardRule, backend: TorchBackend | None, node: str | None) 
         raise InputValidationError(f"backward rule {rule.name!r} needs the node it applies to")
     if rule.name == "lrp.epsilon":
         ir_node = next((n for n in backend.model.ir.graph if n.name == node), None)
-        if ir_node is not None and ir_node.op_type in ("LayerNormalization", "InstanceNormalization"):
+        if ir_node is not None and ir_node.op_type in _NORMALIZATIONS:
             return _layer_norm_rule(float(params.get("epsilon", 1e-6)), ir_node)
         if ir_node is not None and ir_node.op_type not in (
             "Conv",

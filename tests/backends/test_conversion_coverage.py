@@ -271,3 +271,20 @@ def test_group_and_rms_normalization_of_new_opsets_convert_and_their_gradient_is
     ours = ox.Saliency(model).attribute(x.numpy(), target=1)
     assert np.abs(ours - expected).max() <= 1e-4 * np.abs(expected).max()
 
+
+
+def test_lrp_holds_group_and_rms_normalization_linear_as_it_does_layer_norm():
+    """The LN rule on a GroupNormalization (opset 21) gives the map it gives on the same
+    GroupNorm exported as InstanceNormalization of the grouped tensor (opset 20); on an
+    RMSNormalization, whose held-linear form is x·γ/rms, it passes relevance unchanged, as
+    the Pass rule mapped to it does (1e-4)."""
+    module = _Normed("group").eval()
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    maps = [ox.LRP(ox.adapters.torch.export(module, x, exporter="dynamo", opset=opset)).attribute(
+        x.numpy(), target=1) for opset in (21, 20)]
+    assert np.abs(maps[0] - maps[1]).max() <= 1e-4 * np.abs(maps[1]).max()
+    rms = ox.adapters.torch.export(_Normed("rms").eval(), x, exporter="dynamo", opset=23)
+    ours = ox.LRP(rms).attribute(x.numpy(), target=1)
+    passed = ox.lrp.EpsilonPlusFlat(rules=[(ox.lrp.Select(op_type="RMSNormalization"), ox.lrp.Pass())])
+    expected = ox.LRP(rms, composite=passed).attribute(x.numpy(), target=1)
+    assert np.abs(ours - expected).max() <= 1e-4 * np.abs(expected).max()

@@ -248,8 +248,10 @@ def base_entries(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> list[tuple[
         (Select(op_type=tuple(sorted(ROUTING_OPS))), Gradient()),
         (Select(op_type="BatchNormalization"), Epsilon(epsilon)),
         # held linear by a constant standard deviation (Ali et al. 2022's LN-rule; for
-        # InstanceNormalization, and GroupNorm exported as one, over the spatial axes)
-        (Select(op_type=("InstanceNormalization", "LayerNormalization")), Epsilon(epsilon)),
+        # InstanceNormalization, and GroupNorm exported as one, over the spatial axes; for
+        # GroupNormalization over each group; for RMSNormalization by a constant RMS)
+        (Select(op_type=("GroupNormalization", "InstanceNormalization", "LayerNormalization",
+                         "RMSNormalization")), Epsilon(epsilon)),
     ]
 
 
