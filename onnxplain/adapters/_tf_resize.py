@@ -130,7 +130,7 @@ def _evaluate(proto: onnx.ModelProto, names: list[str], x: np.ndarray) -> list[n
 
     graph = helper.make_graph(
         _ancestors(proto.graph, names), "values", list(proto.graph.input),
-        [onnx.ValueInfoProto(name=n) for n in names],  # types left to ONNX Runtime
+        [helper.make_empty_tensor_value_info(n) for n in names],  # types left to ONNX Runtime
         list(proto.graph.initializer),
     )
     model = helper.make_model(graph, opset_imports=list(proto.opset_import), ir_version=proto.ir_version)

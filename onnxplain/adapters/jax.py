@@ -149,6 +149,7 @@ def _resize_as_matrices(jax: Any) -> Iterator[None]:
     def resize(image: Any, shape: Any, method: Any, antialias: bool = True, **kwargs: Any) -> Any:
         if str(getattr(method, "name", method)).lower() == "nearest":
             return original(image, shape, method, antialias=antialias, **kwargs)
+
         def same(size: Any, wanted: Any) -> bool:  # the batch: one symbolic dim
             return size is wanted or (isinstance(size, int) and isinstance(wanted, int) and size == wanted)
 

@@ -131,7 +131,8 @@ def export(
     if x.dtype in (torch.float16, torch.bfloat16):
         # the graph runs in float32 (see load): checked against the same weights in float32,
         # which the module's own rounding would miss by far more than rtol
-        scores = copy.deepcopy(module).float()(x.float())
+        with torch.no_grad():
+            scores = copy.deepcopy(module).float()(x.float())
         x = x.float()
     expected = scores.detach().cpu().numpy()
     order = ["dynamo", "legacy"] if exporter == "auto" else [exporter]
