@@ -83,9 +83,9 @@ def detect_layout(model: ir.Model) -> str:
     and the graph gives it a channel axis (one-channel images without one), else ``"NCHW"``.
 
     Channels-last means: a rank-4 input that reaches a ``Transpose(perm=[0, 3, 1, 2])``
-    directly or through element-wise normalisation ops (Mul/Add/Sub/Div/Cast), as
-    tf2onnx, Keras 3 and jax2onnx emit. A graph whose convolutions read the input directly
-    is channels-first.
+    directly or through ops that keep its rank (normalising, cropping, padding, clipping,
+    resizing, quantizing: ``_PASS_THROUGH``), as tf2onnx, Keras 3 and jax2onnx emit. A
+    graph whose convolutions read the input directly is channels-first.
     """
     value = _float_input(model)
     if value is not None and value.shape is not None and len(value.shape) == 3:
