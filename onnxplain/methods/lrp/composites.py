@@ -246,6 +246,9 @@ def base_entries(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> list[tuple[
         (Select(op_type=tuple(sorted(PROPORTIONAL_OPS))), Norm(stabilizer)),
         (Select(op_type=("Mul", "Div")), Gate()),
         (Select(op_type=tuple(sorted(ROUTING_OPS))), Gradient()),
+        # a spatial transformer's resampling: linear in the image for a given grid, which is
+        # held constant (no relevance into the localisation net that computed it)
+        (Select(op_type="GridSample"), Norm(stabilizer, signal=0)),
         (Select(op_type="BatchNormalization"), Epsilon(epsilon)),
         # held linear by a constant standard deviation (Ali et al. 2022's LN-rule; for
         # InstanceNormalization, and GroupNorm exported as one, over the spatial axes; for
