@@ -216,17 +216,15 @@ class Resize(nn.Module):
         y = x if x.is_floating_point() or self.mode == "nearest" else x.to(dtype)
         for axis, size, out, scale, start, end in self._plan(x.shape, roi, scales, sizes):
             index, weights, outside = self._axis(size, out, scale, start, end, y.device, dtype)
+            view = [1] * y.dim()  # a vector along the resized axis
+            view[axis] = out
             if weights is None:
                 y = y.index_select(axis, index)
             elif index is None:
                 y = torch.tensordot(y, weights, dims=([axis], [1])).movedim(-1, axis)
             else:  # one gather per tap: O(taps) per output, where the matrix costs O(size)
-                view = [1] * y.dim()
-                view[axis] = out
                 y = sum(y.index_select(axis, i) * w.view(view) for i, w in zip(index, weights))
             if outside is not None:
-                view = [1] * y.dim()
-                view[axis] = out
                 flags = outside.view(view)
                 outside_any = flags if outside_any is None else outside_any | flags
         if outside_any is not None:

@@ -95,6 +95,17 @@ def detect_layout(model: ir.Model) -> str:
     return _image_layout(value)
 
 
+def looks_channels_last(model: ir.Model) -> tuple | None:
+    """The image input's shape when it has 1 or 3 on its last axis and not on axis 1 (what
+    an NHWC image looks like), else None: a doubt worth a warning where the graph showed no
+    transpose to channels-first."""
+    value = _float_input(model)
+    if value is None or value.shape is None or len(value.shape) != 4:
+        return None
+    shape = tuple(d if isinstance(d, int) else str(d) for d in value.shape)
+    return shape if shape[3] in (1, 3) and isinstance(shape[1], int) and shape[1] not in (1, 3) else None
+
+
 def _rank(node: ir.Node) -> int | None:
     """The rank of ``node``'s first output, None if unknown."""
     shape = node.outputs[0].shape if node.outputs else None

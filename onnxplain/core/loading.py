@@ -32,6 +32,7 @@ from onnxplain.core.layout import (
     check_layout,
     detect_flattened_image,
     detect_layout,
+    looks_channels_last,
     make_input_channels_first,
     make_input_images,
 )
@@ -398,9 +399,8 @@ def load(
       computed in float32 (weights upcast exactly, results within float16 or bfloat16
       rounding of the model's; ``model.converted_from == "float16"``, ``"bfloat16"``: ONNX
       defines no bfloat16 convolution, so a torch module in bfloat16 exports a graph that
-      runs nowhere as it is), and so are float64 models of
-      standard operators, which ONNX Runtime has no CPU convolutions for (results within
-      float32 rounding; ``"float64"``).
+      runs nowhere as it is), and so are float64 models of standard operators, which ONNX
+      Runtime has no CPU convolutions for (results within float32 rounding; ``"float64"``).
     - a model that takes integer images (uint8, int8, uint16, int16) and only casts them to
       float, or dequantizes them per tensor, takes float32 instead: the same results on
       integer values, the same formula between them, which gradients and perturbations
@@ -531,9 +531,10 @@ def _channels_first(ir_model: ir.Model, wanted: str | None) -> tuple[ir.Model, s
     props = dict(ir_model.metadata_props)
     saved = check_layout(props.get(LAYOUT_KEY)) if props.get(LAYOUT_KEY) in LAYOUTS else None
     user_layout = wanted or saved or detect_layout(ir_model)
-    if not (wanted or saved) and user_layout == "NCHW" and _looks_channels_last(ir_model):
+    suspect = looks_channels_last(ir_model) if not (wanted or saved) and user_layout == "NCHW" else None
+    if suspect is not None:
         warnings.warn(
-            f"the input's shape {_input_shape(ir_model)} looks channels-last, but no transpose to "
+            f"the input's shape {suspect} looks channels-last, but no transpose to "
             "channels-first was found after it, so the model is read as NCHW (axis 1 the "
             "channels); if its images are (N, H, W, C), load it with layout='NHWC'",
             UserWarning, stacklevel=3,
@@ -546,16 +547,5 @@ def _channels_first(ir_model: ir.Model, wanted: str | None) -> tuple[ir.Model, s
         except InputValidationError as exc:
             raise ModelLoadError(str(exc)) from None
     return ir_model, user_layout
-
-
-def _input_shape(ir_model: ir.Model) -> tuple:
-    shape = ir_model.graph.inputs[0].shape
-    return tuple(d if isinstance(d, int) else str(d) for d in shape) if shape is not None else ()
-
-
-def _looks_channels_last(ir_model: ir.Model) -> bool:
-    """Whether an image input read as NCHW has 1 or 3 on its last axis and not on axis 1."""
-    shape = _input_shape(ir_model)
-    return len(shape) == 4 and shape[3] in (1, 3) and isinstance(shape[1], int) and shape[1] not in (1, 3)
 
 
