@@ -1018,6 +1018,23 @@ class UnfuseContribOpsPass(ir.passes.InPlacePass):
         return ir.passes.PassResult(model, modified=unfuse(model) > 0)
 
 
+class AttentionOpPass(ir.passes.InPlacePass):
+    """The standard ``Attention`` operator written out (:mod:`onnxplain.core.sdpa`); with
+    ``infer``, the new values' shapes inferred after."""
+
+    def __init__(self, infer: bool = False) -> None:
+        super().__init__()
+        self.infer = infer
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        from onnxplain.core.sdpa import write_out
+
+        modified = write_out(model) > 0
+        if modified and self.infer:
+            model = ShapeInferencePass()(model).model
+        return ir.passes.PassResult(model, modified=modified)
+
+
 class IdentityGatherPass(ir.passes.InPlacePass):
     """Drop the identity ``as_strided`` gathers of dynamo exports
     (:func:`onnxplain.core.strided.drop_identity_gathers`)."""
@@ -1038,6 +1055,7 @@ def _steps() -> list[ir.passes.PassBase]:
         CastLikePass(),
         UnfuseContribOpsPass(),
         FoldConstantSubgraphsPass(),
+        AttentionOpPass(),
         ConstantIfPass(),
         SplitToSequenceAtPass(),
         NormalizeReshapeAllowZeroPass(),
@@ -1049,6 +1067,7 @@ def _steps() -> list[ir.passes.PassBase]:
         passes.NameFixPass(),
         EinsumAsMatMulPass(),
         ShapeInferencePass(),
+        AttentionOpPass(infer=True),  # again: the sizes it needs may be known only now
         ExplicitSamePadsPass(),
         SplitToSequenceAtPass(),  # again: a scalar split needs the shape inferred now
         CastLikePass(),  # again: the types of computed tensors are known now
