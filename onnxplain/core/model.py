@@ -605,12 +605,33 @@ class Model:
         (``use_logits``, see :class:`~onnxplain.methods.base.Attribution`), because the
         gradient of a probability mixes in every other class.
         """
+        found = self._softmax_tail()
+        return found.inputs[0].name if found is not None else None
+
+    def output_softmax(self) -> str | None:
+        """``"Softmax"`` or ``"LogSoftmax"`` when the explained output is computed by a final
+        one (see :meth:`logits`), else None."""
+        found = self._softmax_tail()
+        return found.op_type if found is not None else None
+
+    def _softmax_tail(self) -> ir.Node | None:
+        """The final Softmax or LogSoftmax node, looked for through reshapes after it
+        (Caffe2's (N, K, 1, 1) Softmax, which the opset upgrade writes as Flatten → Softmax →
+        Reshape) where each example keeps its own scores."""
         value = self._values.get(self.output_name)
         producer = value.producer() if value is not None else None
-        if producer is not None and producer.op_type in ("Softmax", "LogSoftmax") \
-                and producer.domain in ("", "ai.onnx") and producer.inputs[0] is not None:
-            return producer.inputs[0].name
-        return None
+        while producer is not None and producer.op_type in _SHAPE_ONLY | {"Unsqueeze"} \
+                and producer.domain in ("", "ai.onnx") and producer.inputs and producer.inputs[0] is not None:
+            producer = producer.inputs[0].producer()
+        if producer is None or producer.op_type not in ("Softmax", "LogSoftmax") \
+                or producer.domain not in ("", "ai.onnx") or producer.inputs[0] is None:
+            return None
+        logits = producer.inputs[0]
+        if logits is not value:
+            batch_in, batch_out = (_dims(v)[0] if _dims(v) else None for v in (logits, value))
+            if batch_in is None or batch_in != batch_out:
+                return None
+        return producer
 
     def with_targets(self, targets: Sequence[Any], default_output: str | None = None) -> tuple[Model, str]:
         """A model whose output is the scores of ``targets`` (compiled output targets such

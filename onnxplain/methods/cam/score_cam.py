@@ -67,7 +67,7 @@ class ScoreCAM(CAMBase):
         self.batch_size = p.batch_size or self.backend.max_batch_size
         self.weighting, self.align_corners = p.weighting, p.align_corners
         # a model that already ends in Softmax gives probabilities: don't softmax twice
-        self._output_is_softmax = self.model.find_layer(self.model.output_name).op_type == "Softmax"
+        self._output_is_softmax = self.model.output_softmax() == "Softmax"
 
     def channel_weights(self, data: LayerData) -> np.ndarray:
         x, a, objective = data.inputs, data.activations, data.objective
