@@ -18,6 +18,7 @@ from onnxplain.methods.cam import (
     HiResCAM,
     LayerCAM,
     ScoreCAM,
+    SmoothGradCAMPlusPlus,
     XGradCAM,
 )
 from onnxplain.methods.global_views import DGNAM, ActivationMaximization, AttentionMaps, DeconvnetTopK
@@ -81,6 +82,7 @@ __all__ = [
     "ScoreCAM",
     "ShapleyValueSampling",
     "SmoothGrad",
+    "SmoothGradCAMPlusPlus",
     "SoftmaxGradientLRP",
     "SurrogateFit",
     "XGradCAM",

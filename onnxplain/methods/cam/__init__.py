@@ -1,6 +1,7 @@
 """Class activation maps: weight the channels of a feature map and sum them.
 
-Gradient variants (torch backend): GradCAM, GradCAMPlusPlus, XGradCAM, LayerCAM, HiResCAM.
+Gradient variants (torch backend): GradCAM, GradCAMPlusPlus, SmoothGradCAMPlusPlus, XGradCAM, LayerCAM,
+HiResCAM.
 Forward-only variants (ONNX Runtime): CAM, ScoreCAM, AblationCAM, EigenCAM.
 """
 
@@ -13,6 +14,7 @@ from onnxplain.methods.cam.grad_cam_plus_plus import GradCAMPlusPlus
 from onnxplain.methods.cam.hires_cam import HiResCAM
 from onnxplain.methods.cam.layer_cam import LayerCAM
 from onnxplain.methods.cam.score_cam import ScoreCAM
+from onnxplain.methods.cam.smooth_grad_cam_plus_plus import SmoothGradCAMPlusPlus
 from onnxplain.methods.cam.xgrad_cam import XGradCAM
 
 __all__ = [
@@ -26,5 +28,6 @@ __all__ = [
     "LayerCAM",
     "LayerData",
     "ScoreCAM",
+    "SmoothGradCAMPlusPlus",
     "XGradCAM",
 ]
