@@ -28,10 +28,10 @@ from typing import Any
 import numpy as np
 import pydantic
 
-from onnxplain.core.errors import InputValidationError
 from onnxplain.core.targets import TargetLike
 from onnxplain.core.validation import Params, Seed, validate_params
 from onnxplain.methods.cam.base import CAMBase, LayerData
+from onnxplain.methods.gradient.noise_tunnel import checked_noise, noisy_copies
 
 
 class _Params(Params):
@@ -79,33 +79,20 @@ class SmoothGradCAMPlusPlus(CAMBase):
     def _layer_data(self, x: np.ndarray, target: TargetLike, show_progress: bool | None) -> LayerData:
         p, noise = self._noise_settings
         n, name = len(x), self.layer.name
-        if noise is not None:
-            noise = np.asarray(noise)
-            if noise.shape != (p.nt_samples, *x.shape):
-                raise InputValidationError(
-                    f"noise must have shape (nt_samples, *inputs.shape) = {(p.nt_samples, *x.shape)}, "
-                    f"got {noise.shape}"
-                )
-            if not np.isfinite(noise).all():
-                raise InputValidationError("noise contains NaN or Inf values")
+        noise = checked_noise(noise, p.nt_samples, x)
         objective = self._objective(x, target)
         outs = self.backend.forward(x, outputs=list(dict.fromkeys([name, objective.tensor])))
         scores = np.asarray(objective.scores(outs[objective.tensor]), dtype=np.float64)
         grid = self._grid(x, outs[name])
         a = outs[name] if grid is None else grid.to_grid(outs[name])
         stdev = p.stdevs if p.stdevs is not None else 0.15 * float(x.max() - x.min())
-        kind = x.dtype if x.dtype in (np.float32, np.float64) else np.dtype(np.float64)
         rng = np.random.default_rng(p.seed) if noise is None else None
         per_batch = min(p.nt_samples, max(1, self.backend.max_batch_size // n))
         sums = [np.zeros(a.shape, np.float64) for _ in range(3)]  # Σ g, Σ g², Σ g³
         starts = list(range(0, p.nt_samples, per_batch))
         for s0 in self._progress(starts, len(starts), show_progress, "SmoothGradCAMPlusPlus"):
             b = min(per_batch, p.nt_samples - s0)
-            if noise is None:  # drawn in the inputs' float type, as NoiseTunnel draws it
-                eps = rng.standard_normal((b, *x.shape), dtype=kind) * kind.type(stdev)
-            else:
-                eps = noise[s0:s0 + b]
-            noisy = (x[None] + eps).astype(x.dtype).reshape(b * n, *x.shape[1:])  # row s*n + i
+            noisy = noisy_copies(x, noise[s0:s0 + b] if noise is not None else rng, b, stdev)
             rows = np.tile(np.arange(n), b)
             g = self.backend.gradients(noisy, objective.take(rows), wrt=[name]).gradients[name]
             g = (g if grid is None else grid.to_grid(g)).astype(np.float64).reshape(b, n, *a.shape[1:])

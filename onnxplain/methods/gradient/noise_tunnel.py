@@ -98,15 +98,7 @@ class NoiseTunnel(Attribution):
         method = self.attribution_method
         x = method._inputs(inputs)
         n = len(x)
-        if noise is not None:
-            noise = np.asarray(noise)
-            if noise.shape != (p.nt_samples, *x.shape):
-                raise InputValidationError(
-                    f"noise must have shape (nt_samples, *inputs.shape) = {(p.nt_samples, *x.shape)}, "
-                    f"got {noise.shape}"
-                )
-            if not np.isfinite(noise).all():
-                raise InputValidationError("noise contains NaN or Inf values")
+        noise = checked_noise(noise, p.nt_samples, x)
         params = inspect.signature(method.attribute).parameters
         takes_target = "target" in params
         takes_progress = "show_progress" in params  # one switch for our bar and the wrapped one's
@@ -131,12 +123,7 @@ class NoiseTunnel(Attribution):
         starts = list(range(0, p.nt_samples, per_batch))
         for s0 in self._progress(starts, len(starts), show_progress, "NoiseTunnel"):
             b = min(per_batch, p.nt_samples - s0)
-            if noise is None:  # drawn in the inputs' float type (float32: half the time of float64)
-                kind = x.dtype if x.dtype in (np.float32, np.float64) else np.dtype(np.float64)
-                eps = rng.standard_normal((b, *x.shape), dtype=kind) * kind.type(p.stdevs)
-            else:
-                eps = noise[s0:s0 + b]
-            noisy = (x[None] + eps).astype(x.dtype).reshape(b * n, *x.shape[1:])  # row s*n + i
+            noisy = noisy_copies(x, noise[s0:s0 + b] if noise is not None else rng, b, p.stdevs)
             call = {k: _repeat(k, v, n, b, x.ndim) for k, v in kwargs.items()}
             if takes_target:
                 call["target"] = _repeat_target(classes, b)
@@ -183,3 +170,29 @@ def _repeat(name: str, value: Any, n: int, copies: int, ndim: int) -> Any:
     if name in _PER_EXAMPLE and isinstance(value, np.ndarray) and value.ndim == ndim and len(value) == n:
         return np.tile(value, (copies,) + (1,) * (ndim - 1))
     return value
+
+
+def checked_noise(noise: Any, samples: int, x: np.ndarray) -> np.ndarray | None:
+    """Given perturbations as an array of shape (samples, *x.shape) of finite numbers, or None."""
+    if noise is None:
+        return None
+    noise = np.asarray(noise)
+    if noise.shape != (samples, *x.shape):
+        raise InputValidationError(
+            f"noise must have shape (nt_samples, *inputs.shape) = {(samples, *x.shape)}, got {noise.shape}"
+        )
+    if not np.isfinite(noise).all():
+        raise InputValidationError("noise contains NaN or Inf values")
+    return noise
+
+
+def noisy_copies(x: np.ndarray, source: np.ndarray | np.random.Generator, copies: int,
+                 stdev: float) -> np.ndarray:
+    """``copies`` noisy copies of the N examples ``x`` as one (copies · N, ...) batch, row
+    s·N + i being example i in copy s. ``source``: the perturbations (copies, *x.shape), or
+    a generator to draw them from, N(0, stdev²) in the inputs' float type (float32: half
+    the time of float64), so that the draws do not depend on how copies are batched."""
+    if isinstance(source, np.random.Generator):
+        kind = x.dtype if x.dtype in (np.float32, np.float64) else np.dtype(np.float64)
+        source = source.standard_normal((copies, *x.shape), dtype=kind) * kind.type(stdev)
+    return (x[None] + source).astype(x.dtype).reshape(copies * len(x), *x.shape[1:])
