@@ -10,6 +10,9 @@ import contextlib
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+import onnx
+import onnx_ir as ir
+
 from onnxplain.adapters._common import (
     as_example,
     check_rtol,
@@ -72,8 +75,9 @@ def export(fn: Any, example: Any, params: Any = None, opset: int | None = None, 
     layout : str
         The input's layout, as :func:`onnxplain.load` takes it; ``"auto"`` reads it from
         the transpose to channels-first that jax2onnx writes before a convolution (through
-        normalisation and resizing), which a model without convolutions lacks (pass
-        ``"NHWC"`` then).
+        normalisation and resizing); a model without convolutions lacks it, and its images
+        are taken as NHWC, JAX's convention, when they look channels-last (1 or 3 on the
+        last axis, not on axis 1), else as NCHW with :func:`onnxplain.load`'s warning.
 
     The batch dimension is exported as dynamic. Where jax2onnx cannot trace a symbolic
     batch (``jax.image.resize``, Keras' ``Resizing``), the example's batch is exported and
@@ -128,8 +132,20 @@ def export(fn: Any, example: Any, params: Any = None, opset: int | None = None, 
                 f"jax2onnx could not export the {what}: {first_line(symbolic)}; with the example's "
                 f"batch: {first_line(fixed)}"
             ) from symbolic
-    return verified_model(explicit_pads(_as_jax_resizes(proto)), x, expected, rtol, f"jax2onnx ({what})",
-                          layout=layout)
+    proto = explicit_pads(_as_jax_resizes(proto))
+    return verified_model(proto, x, expected, rtol, f"jax2onnx ({what})",
+                          layout=_layout(proto) if layout == "auto" else layout)
+
+
+def _layout(proto: onnx.ModelProto) -> str:
+    """``"NHWC"`` for images the graph shows no layout for (no convolution, so no transpose
+    to channels-first) that look channels-last (1 or 3 on the last axis, not on axis 1):
+    JAX's convention, the only one Flax's convolutions take; else ``"auto"``, the layout
+    :func:`onnxplain.load` reads from the graph."""
+    from onnxplain.core.layout import detect_layout, looks_channels_last
+
+    model = ir.from_proto(proto)
+    return "NHWC" if detect_layout(model) == "NCHW" and looks_channels_last(model) is not None else "auto"
 
 
 @contextlib.contextmanager

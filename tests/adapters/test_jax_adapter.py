@@ -206,3 +206,36 @@ def test_an_antialiased_or_lanczos_resize_jax2onnx_refuses_is_exported_as_matrix
     assert max_rel_err(model.predict(x3), np.asarray(fn(jnp.asarray(x3)))) < TOL
     grad = jax.grad(lambda v: fn(v)[:, 1].sum())(jnp.asarray(x))
     assert max_rel_err(ox.Saliency(model).attribute(x, target=1), np.abs(np.asarray(grad))) < TOL
+
+
+def test_a_model_without_convolutions_takes_nhwc_images_jax_s_convention(recwarn):
+    """Patches → one self-attention (``jax.nn.dot_product_attention``) → head: no convolution,
+    so no transpose shows the layout; the adapter takes JAX's channels-last images (load
+    alone would read them as NCHW and warn), and occlusion windows are (h, w, c)."""
+    rng = np.random.default_rng(0)
+    params = {k: (rng.standard_normal(shape) * 0.3).astype(np.float32)
+              for k, shape in (("patch", (48, 16)), ("q", (16, 16)), ("k", (16, 16)), ("v", (16, 16)),
+                               ("fc", (16, 5)))}
+
+    def fn(p, x):  # (N, 16, 16, 3) → 16 patches of 4 × 4 × 3
+        n = x.shape[0]
+        t = x.reshape(n, 4, 4, 4, 4, 3).transpose(0, 1, 3, 2, 4, 5).reshape(n, 16, 48) @ p["patch"]
+        q, k, v = (jnp.reshape(t @ p[w], (n, 16, 4, 4)) for w in "qkv")
+        y = jax.nn.dot_product_attention(q, k, v).reshape(n, 16, 16)
+        return jax.nn.gelu(t + y).mean(1) @ p["fc"]
+
+    x = rng.standard_normal((2, SIZE, SIZE, 3)).astype(np.float32)
+    model = ox.adapters.jax.export(fn, x, params=params)
+    assert model.layout == "NHWC"
+    assert not [w for w in recwarn if "channels-last" in str(w.message)]
+    ours = ox.Occlusion(model).attribute(x, target=2, sliding_window_shapes=(8, 8, 3), strides=(8, 8, 3),
+                                         show_progress=False)
+    full = np.asarray(fn(params, jnp.asarray(x)))[:, 2]
+    ref = np.zeros_like(x)
+    for i, j in itertools.product((0, 8), (0, 8)):
+        occluded = x.copy()
+        occluded[:, i : i + 8, j : j + 8, :] = 0
+        ref[:, i : i + 8, j : j + 8, :] = (full - np.asarray(fn(params, jnp.asarray(occluded)))[:, 2])[
+            :, None, None, None
+        ]
+    assert max_rel_err(ours, ref) < TOL
