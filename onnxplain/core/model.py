@@ -627,7 +627,7 @@ class Model:
                 or producer.domain not in ("", "ai.onnx") or producer.inputs[0] is None:
             return None
         logits = producer.inputs[0]
-        if logits is not value:
+        if producer.outputs[0] is not value:  # reshaped after: each example keeps its own scores
             batch_in, batch_out = (_dims(v)[0] if _dims(v) else None for v in (logits, value))
             if batch_in is None or batch_in != batch_out:
                 return None

@@ -78,3 +78,16 @@ def test_methods_explain_the_logits_as_on_the_graph_without_its_softmax(models, 
     ours, expected = run(model), run(twin)
     assert np.abs(expected).max() > 0
     assert np.abs(ours - expected).max() <= 1e-6 * np.abs(expected).max()
+
+
+def test_a_softmax_right_at_the_output_is_found_whatever_its_batch_dim_is_called():
+    """skl2onnx's MLP: an unnamed batch dim (shape inference's ``unk__0``) on a final Softmax."""
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["x"], ["flat"]),
+         helper.make_node("Gemm", ["flat", "w"], ["z"]),
+         helper.make_node("Softmax", ["z"], ["p"], axis=1)],
+        "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, 4, 4])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, [None, 5])],
+        [numpy_helper.from_array(RNG.standard_normal((48, 5)).astype(np.float32), "w")])
+    model = ox.load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
+    assert model.logits() == "z" and model.output_softmax() == "Softmax"
