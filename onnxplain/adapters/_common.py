@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 
 from onnxplain.core.errors import ExportError, InputValidationError, OnnxplainError
 from onnxplain.core.loading import load
@@ -216,3 +217,15 @@ def keep_output(proto: onnx.ModelProto, name: str) -> onnx.ModelProto:
     del proto.graph.initializer[:]
     proto.graph.initializer.extend(inits)
     return proto
+
+
+def channels_last_unless_shown(proto: onnx.ModelProto) -> str:
+    """``"NHWC"`` for images the graph shows no layout for (no convolution, so no transpose
+    to channels-first) that look channels-last (1 or 3 on the last axis, not on axis 1):
+    the convention of TensorFlow and JAX, the layout their convolutions take by default
+    (Flax's, the only one); else ``"auto"``, the layout :func:`onnxplain.load` reads from
+    the graph."""
+    from onnxplain.core.layout import detect_layout, looks_channels_last
+
+    model = ir.from_proto(proto)
+    return "NHWC" if detect_layout(model) == "NCHW" and looks_channels_last(model) is not None else "auto"

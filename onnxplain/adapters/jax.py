@@ -10,11 +10,9 @@ import contextlib
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-import onnx
-import onnx_ir as ir
-
 from onnxplain.adapters._common import (
     as_example,
+    channels_last_unless_shown,
     check_rtol,
     explicit_pads,
     first_line,
@@ -134,18 +132,8 @@ def export(fn: Any, example: Any, params: Any = None, opset: int | None = None, 
             ) from symbolic
     proto = explicit_pads(_as_jax_resizes(proto))
     return verified_model(proto, x, expected, rtol, f"jax2onnx ({what})",
-                          layout=_layout(proto) if layout == "auto" else layout)
+                          layout=channels_last_unless_shown(proto) if layout == "auto" else layout)
 
-
-def _layout(proto: onnx.ModelProto) -> str:
-    """``"NHWC"`` for images the graph shows no layout for (no convolution, so no transpose
-    to channels-first) that look channels-last (1 or 3 on the last axis, not on axis 1):
-    JAX's convention, the only one Flax's convolutions take; else ``"auto"``, the layout
-    :func:`onnxplain.load` reads from the graph."""
-    from onnxplain.core.layout import detect_layout, looks_channels_last
-
-    model = ir.from_proto(proto)
-    return "NHWC" if detect_layout(model) == "NCHW" and looks_channels_last(model) is not None else "auto"
 
 
 @contextlib.contextmanager

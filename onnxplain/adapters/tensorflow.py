@@ -29,6 +29,7 @@ from onnxplain._compat import triton_before_tensorflow
 from onnxplain.adapters import _tf_resize
 from onnxplain.adapters._common import (
     as_example,
+    channels_last_unless_shown,
     check_rtol,
     explicit_pads,
     first_line,
@@ -201,7 +202,9 @@ def export(
         Tolerance of the check, relative to the largest output.
     layout : str
         The input's layout, as :func:`onnxplain.load` takes it; ``"auto"`` reads it from
-        the graph.
+        the graph, where the transpose tf2onnx writes before a convolution shows it; images
+        no convolution shows the layout of are taken as NHWC, TensorFlow's convention, when
+        they look channels-last (1 or 3 on the last axis, not on axis 1).
 
     The batch dimension is exported as dynamic. Needs ``pip install onnxplain[tensorflow]``
     (tensorflow and tf2onnx).
@@ -256,4 +259,6 @@ def export(
             "the weights in tf.Variable objects tracked by a tf.Module or Keras layer"
         )
     proto = _tf_resize.rewrite(proto, x)
-    return verified_model(explicit_pads(proto), x, expected, rtol, f"tf2onnx ({what})", layout=layout)
+    proto = explicit_pads(proto)
+    return verified_model(proto, x, expected, rtol, f"tf2onnx ({what})",
+                          layout=channels_last_unless_shown(proto) if layout == "auto" else layout)

@@ -332,3 +332,32 @@ def test_an_integer_tflite_model_converted_by_tf2onnx_is_read_channels_last(tmp_
         occluded[:, i:i + 8, j:j + 8, :] = 0
         by_hand[:, i:i + 8, j:j + 8, :] = (base - model.predict(occluded)[:, 1])[:, None, None, None]
     assert max_rel_err(ours, by_hand) < 1e-5
+
+
+def test_a_model_without_convolutions_takes_nhwc_images_tensorflow_s_convention(recwarn):
+    """4 × 4 patches → a dense layer → ReLU → mean → dense: no convolution, so no transpose
+    shows the layout; the adapter takes TensorFlow's channels-last images (load alone would
+    read them as NCHW and warn), and occlusion windows are (h, w, c)."""
+    rng = np.random.default_rng(0)
+    w1 = tf.constant(rng.standard_normal((48, 16)).astype(np.float32) * 0.3)
+    w2 = tf.constant(rng.standard_normal((16, 5)).astype(np.float32) * 0.3)
+
+    @tf.function(input_signature=[tf.TensorSpec((None, SIZE, SIZE, 3), tf.float32)])
+    def fn(x):
+        grid = tf.transpose(tf.reshape(x, (-1, 4, 4, 4, 4, 3)), (0, 1, 3, 2, 4, 5))
+        patches = tf.reshape(grid, (-1, 16, 48))
+        return tf.reduce_mean(tf.nn.relu(patches @ w1), axis=1) @ w2
+
+    x = rng.standard_normal((2, SIZE, SIZE, 3)).astype(np.float32)
+    model = ox.adapters.tensorflow.export(fn, x)
+    assert model.layout == "NHWC"
+    assert not [w for w in recwarn if "channels-last" in str(w.message)]
+    ours = ox.Occlusion(model).attribute(x, target=2, sliding_window_shapes=(8, 8, 3), strides=(8, 8, 3),
+                                         show_progress=False)
+    full = fn(x).numpy()[:, 2]
+    ref = np.zeros_like(x)
+    for i, j in itertools.product((0, 8), (0, 8)):
+        occluded = x.copy()
+        occluded[:, i : i + 8, j : j + 8, :] = 0
+        ref[:, i : i + 8, j : j + 8, :] = (full - fn(occluded).numpy()[:, 2])[:, None, None, None]
+    assert max_rel_err(ours, ref) < TOL
