@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import onnx
 import torch
@@ -100,3 +102,17 @@ def zennit_relevance(composite, net: nn.Module, x: np.ndarray, target: int, clas
         out = modified(xt)
         (relevance,) = torch.autograd.grad(out, xt, torch.eye(classes)[[target] * len(x)])
     return relevance.numpy() * out[:, target].detach().numpy().reshape(-1, *[1] * (x.ndim - 1))
+
+
+def occluded_by_hand_nhwc(predict, x: np.ndarray, target: int,
+                          window: tuple[int, int] = (8, 8)) -> np.ndarray:
+    """Occlusion of channels-last images (N, H, W, C) by ``window`` (h, w) rectangles of zeros
+    tiling them, computed with ``predict`` (images → scores): the drop of the target's score,
+    spread over its rectangle (as Occlusion with window equal to stride)."""
+    (h, w), full = window, predict(x)[:, target]
+    ref = np.zeros_like(x)
+    for i, j in itertools.product(range(0, x.shape[1], h), range(0, x.shape[2], w)):
+        occluded = x.copy()
+        occluded[:, i : i + h, j : j + w, :] = 0
+        ref[:, i : i + h, j : j + w, :] = (full - predict(occluded)[:, target])[:, None, None, None]
+    return ref

@@ -1,7 +1,6 @@
 """The JAX adapter exports a Flax nnx CNN and a plain JAX function (channels-last); the
 explanations equal the ones JAX computes itself (jax.grad, occlusion by hand)."""
 
-import itertools
 
 import numpy as np
 import pytest
@@ -10,7 +9,7 @@ jax = pytest.importorskip("jax")
 pytest.importorskip("jax2onnx")
 nnx = pytest.importorskip("flax.nnx")
 import jax.numpy as jnp  # noqa: E402
-from helpers import max_rel_err  # noqa: E402
+from helpers import max_rel_err, occluded_by_hand_nhwc  # noqa: E402
 
 import onnxplain as ox  # noqa: E402
 
@@ -62,15 +61,8 @@ def test_occlusion_equals_occluding_by_hand(flax_pair):
     ours = ox.Occlusion(model).attribute(
         x, target=4, sliding_window_shapes=(8, 8, 3), strides=(8, 8, 3), show_progress=False
     )
-    full = np.asarray(net(jnp.asarray(x)))[:, 4]
-    ref = np.zeros_like(x)
-    for i, j in itertools.product((0, 8), (0, 8)):
-        occluded = x.copy()
-        occluded[:, i : i + 8, j : j + 8, :] = 0
-        ref[:, i : i + 8, j : j + 8, :] = (full - np.asarray(net(jnp.asarray(occluded)))[:, 4])[
-            :, None, None, None
-        ]
-    assert max_rel_err(ours, ref) < TOL
+    predict = lambda images: np.asarray(net(jnp.asarray(images)))  # noqa: E731
+    assert max_rel_err(ours, occluded_by_hand_nhwc(predict, x, 4)) < TOL
 
 
 def test_grad_cam_equals_grad_cam_computed_in_jax(flax_pair):
@@ -126,13 +118,7 @@ def test_a_function_that_resizes_its_images_first_exports_with_a_batch_made_dyna
     x3 = np.concatenate([x, x[:1]])
     np.testing.assert_allclose(model.predict(x3), np.asarray(fn(jnp.asarray(x3))), atol=1e-5)
     ours = ox.Occlusion(model).attribute(x, target=1, sliding_window_shapes=(4, 5, 3), strides=(4, 5, 3))
-    expected = np.zeros_like(x)
-    base = np.asarray(fn(jnp.asarray(x)))[:, 1]
-    for i, j in itertools.product(range(0, 12, 4), range(0, 10, 5)):
-        occluded = x.copy()
-        occluded[:, i:i + 4, j:j + 5, :] = 0
-        change = base - np.asarray(fn(jnp.asarray(occluded)))[:, 1]
-        expected[:, i:i + 4, j:j + 5, :] = change[:, None, None, None]
+    expected = occluded_by_hand_nhwc(lambda images: np.asarray(fn(jnp.asarray(images))), x, 1, window=(4, 5))
     assert max_rel_err(ours, expected) < TOL
     grad = jax.grad(lambda v: fn(v)[:, 1].sum())(jnp.asarray(x))
     assert max_rel_err(ox.Saliency(model).attribute(x, target=1), np.abs(np.asarray(grad))) < TOL
@@ -230,12 +216,5 @@ def test_a_model_without_convolutions_takes_nhwc_images_jax_s_convention(recwarn
     assert not [w for w in recwarn if "channels-last" in str(w.message)]
     ours = ox.Occlusion(model).attribute(x, target=2, sliding_window_shapes=(8, 8, 3), strides=(8, 8, 3),
                                          show_progress=False)
-    full = np.asarray(fn(params, jnp.asarray(x)))[:, 2]
-    ref = np.zeros_like(x)
-    for i, j in itertools.product((0, 8), (0, 8)):
-        occluded = x.copy()
-        occluded[:, i : i + 8, j : j + 8, :] = 0
-        ref[:, i : i + 8, j : j + 8, :] = (full - np.asarray(fn(params, jnp.asarray(occluded)))[:, 2])[
-            :, None, None, None
-        ]
-    assert max_rel_err(ours, ref) < TOL
+    predict = lambda images: np.asarray(fn(params, jnp.asarray(images)))  # noqa: E731
+    assert max_rel_err(ours, occluded_by_hand_nhwc(predict, x, 2)) < TOL

@@ -11,7 +11,7 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 pytest.importorskip("tf2onnx")
-from helpers import max_rel_err  # noqa: E402
+from helpers import max_rel_err, occluded_by_hand_nhwc  # noqa: E402
 
 import onnxplain as ox  # noqa: E402
 
@@ -83,13 +83,7 @@ def test_occlusion_equals_occluding_by_hand(pair):
     ours = ox.Occlusion(model).attribute(
         x, target=4, sliding_window_shapes=(8, 8, 3), strides=(8, 8, 3), show_progress=False
     )
-    full = net(x).numpy()[:, 4]
-    ref = np.zeros_like(x)
-    for i, j in itertools.product((0, 8), (0, 8)):
-        occluded = x.copy()
-        occluded[:, i : i + 8, j : j + 8, :] = 0
-        ref[:, i : i + 8, j : j + 8, :] = (full - net(occluded).numpy()[:, 4])[:, None, None, None]
-    assert max_rel_err(ours, ref) < TOL
+    assert max_rel_err(ours, occluded_by_hand_nhwc(lambda images: net(images).numpy(), x, 4)) < TOL
 
 
 def test_grad_cam_equals_grad_cam_computed_with_the_gradient_tape(pair):
@@ -325,13 +319,7 @@ def test_an_integer_tflite_model_converted_by_tf2onnx_is_read_channels_last(tmp_
     assert model.layout == "NHWC" and model.quantized
     assert ox.GradCAM(model).attribute(x, target=1).shape == (4, SIZE, SIZE)
     ours = ox.Occlusion(model).attribute(x, target=1, sliding_window_shapes=(8, 8, 3), strides=(8, 8, 3))
-    by_hand = np.zeros_like(x)
-    base = model.predict(x)[:, 1]
-    for i, j in itertools.product(range(0, SIZE, 8), range(0, SIZE, 8)):
-        occluded = x.copy()
-        occluded[:, i:i + 8, j:j + 8, :] = 0
-        by_hand[:, i:i + 8, j:j + 8, :] = (base - model.predict(occluded)[:, 1])[:, None, None, None]
-    assert max_rel_err(ours, by_hand) < 1e-5
+    assert max_rel_err(ours, occluded_by_hand_nhwc(model.predict, x, 1)) < 1e-5
 
 
 def test_a_model_without_convolutions_takes_nhwc_images_tensorflow_s_convention(recwarn):
@@ -354,10 +342,4 @@ def test_a_model_without_convolutions_takes_nhwc_images_tensorflow_s_convention(
     assert not [w for w in recwarn if "channels-last" in str(w.message)]
     ours = ox.Occlusion(model).attribute(x, target=2, sliding_window_shapes=(8, 8, 3), strides=(8, 8, 3),
                                          show_progress=False)
-    full = fn(x).numpy()[:, 2]
-    ref = np.zeros_like(x)
-    for i, j in itertools.product((0, 8), (0, 8)):
-        occluded = x.copy()
-        occluded[:, i : i + 8, j : j + 8, :] = 0
-        ref[:, i : i + 8, j : j + 8, :] = (full - fn(occluded).numpy()[:, 2])[:, None, None, None]
-    assert max_rel_err(ours, ref) < TOL
+    assert max_rel_err(ours, occluded_by_hand_nhwc(lambda images: fn(images).numpy(), x, 2)) < TOL
