@@ -135,7 +135,6 @@ def export(fn: Any, example: Any, params: Any = None, opset: int | None = None, 
                           layout=channels_last_unless_shown(proto) if layout == "auto" else layout)
 
 
-
 @contextlib.contextmanager
 def _resize_as_matrices(jax: Any) -> Iterator[None]:
     """``jax.image.resize`` traced as one matrix product per resized axis, meanwhile.

@@ -39,15 +39,8 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxplain.core.canonical import _const_array, add_initializer, take_place
-
-
-def _attr(node: ir.Node, name: str, default: object = None) -> object:
-    attr = node.attributes.get(name)
-    return default if attr is None else attr.value
-
-
-def _input(node: ir.Node, index: int) -> ir.Value | None:
-    return node.inputs[index] if len(node.inputs) > index else None
+from onnxplain.core.contrib import _attr
+from onnxplain.core.contrib import _present as _input
 
 
 def _dims(value: ir.Value) -> list[int | None] | None:

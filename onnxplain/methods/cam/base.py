@@ -139,10 +139,15 @@ class CAMBase(Attribution):
         ``target``: see :mod:`onnxplain.core.targets`. ``show_progress``: a progress bar
         for the variants that loop over channels (None: on terminals only).
         """
+        return self._map(inputs, target, relu_attributions, upsample, normalize, show_progress)
+
+    def _map(self, inputs: Any, target: TargetLike, relu_attributions: bool, upsample: bool, normalize: bool,
+             show_progress: bool | None, **layer_options: Any) -> np.ndarray:
+        """:meth:`attribute`'s work, with a variant's own options for its ``_layer_data``."""
         p = validate_params(_CAMParams, type(self).__name__, relu_attributions=relu_attributions,
                             upsample=upsample, normalize=normalize, show_progress=show_progress)
         x = self._inputs(inputs)
-        data = self._layer_data(x, target, p.show_progress)
+        data = self._layer_data(x, target, p.show_progress, **layer_options)
         cam = np.asarray(self.raw_map(data), dtype=np.float64)
         if p.relu_attributions:
             cam = np.maximum(cam, 0)

@@ -69,16 +69,12 @@ class SmoothGradCAMPlusPlus(CAMBase):
         ``nt_samples``.
         """
         p = validate_params(_Params, "SmoothGradCAMPlusPlus", nt_samples=nt_samples, stdevs=stdevs, seed=seed)
-        self._noise_settings = (p, noise)
-        try:
-            return super().attribute(inputs, target, relu_attributions=relu_attributions, upsample=upsample,
-                                     normalize=normalize, show_progress=show_progress)
-        finally:
-            del self._noise_settings
+        return self._map(inputs, target, relu_attributions, upsample, normalize, show_progress,
+                         settings=p, noise=noise)
 
-    def _layer_data(self, x: np.ndarray, target: TargetLike, show_progress: bool | None) -> LayerData:
-        p, noise = self._noise_settings
-        n, name = len(x), self.layer.name
+    def _layer_data(self, x: np.ndarray, target: TargetLike, show_progress: bool | None, settings: _Params,
+                    noise: np.ndarray | None) -> LayerData:
+        p, n, name = settings, len(x), self.layer.name
         noise = checked_noise(noise, p.nt_samples, x)
         objective = self._objective(x, target)
         outs = self.backend.forward(x, outputs=list(dict.fromkeys([name, objective.tensor])))
