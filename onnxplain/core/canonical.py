@@ -760,8 +760,10 @@ class EinsumAsMatMulPass(_RewriteEachNode):
     written as ``bld,dk->blk``. Then LRP's rules for MatMul (the attention rule among them),
     CAM's heads and every other pattern read them as the MatMuls they are. Handled: batch
     letters in both operands and the output, one contracted letter, one letter free in B
-    and one free in A (or, without batch letters, any number free in A); each letter once
-    per operand, no ellipsis. Other equations stay Einsums."""
+    and one free in A (or, without batch letters, any number free in A); and a constant B
+    without batch letters, any number of letters contracted and free (Keras' dense layers
+    to and from attention heads, ``abc,cde->abde``, ``abcd,cde->abe``), its weight reshaped
+    to a matrix. Each letter once per operand, no ellipsis. Other equations stay Einsums."""
 
     @staticmethod
     def _plan(equation: str) -> tuple[list[int], list[int], list[int]] | None:
@@ -786,11 +788,78 @@ class EinsumAsMatMulPass(_RewriteEachNode):
         return [a.index(c) for c in order_a], [b.index(c) for c in order_b], [product.index(c) for c in out]
 
     @staticmethod
+    def _weight_plan(equation: str, weight: np.ndarray) -> tuple[list[int], int, np.ndarray, list[int],
+                                                                  list[int]] | None:
+        """A computed A times a constant B (Keras' dense layers to and from attention heads,
+        ``abc,cde->abde`` and ``abcd,cde->abe``), any number of letters contracted and free
+        in B: (A's permutation to its free then contracted letters, the number of contracted
+        letters, B as a (contracted, free) matrix, the sizes of B's free letters, the
+        permutation of the product's letters (A's free, then B's) to the output's)."""
+        if "." in equation or "->" not in equation:
+            return None
+        ins, out = equation.replace(" ", "").split("->")
+        if ins.count(",") != 1:
+            return None
+        a, b = ins.split(",")
+        if any(len(set(t)) != len(t) for t in (a, b, out)) or len(b) != weight.ndim or set(out) != (
+                set(a) | set(b)) - (set(a) & set(b)):
+            return None
+        contract = [c for c in a if c in b]  # in both operands, so not in the output (checked above)
+        free_a, free_b = [c for c in a if c not in b], [c for c in b if c not in a]
+        if not contract or not free_a or not free_b:
+            return None
+        sizes = [weight.shape[b.index(c)] for c in free_b]
+        matrix = weight.transpose([b.index(c) for c in contract + free_b]).reshape(
+            int(np.prod([weight.shape[b.index(c)] for c in contract])), -1)
+        product = free_a + free_b
+        perm = [a.index(c) for c in free_a + contract]
+        return perm, len(contract), matrix, sizes, [product.index(c) for c in out]
+
+    @staticmethod
+    def _rewrite_weight(graph: ir.Graph, node: ir.Node, plan) -> None:
+        """``node`` as Transpose → Reshape → MatMul by the reshaped weight → Reshape → Transpose."""
+        perm, contracted, matrix, sizes, out_perm = plan
+        new: list[ir.Node] = []
+        dtype = node.outputs[0].dtype
+
+        def step(op: str, inputs: list[ir.Value], tag: str, **attrs: object) -> ir.Value:
+            made = ir.node(op, inputs, attrs, name=f"{node.name}__{tag}")
+            made.outputs[0].name = f"{node.outputs[0].name}__{tag}"
+            if dtype is not None:
+                made.outputs[0].dtype = dtype
+            new.append(made)
+            return made.outputs[0]
+
+        x = node.inputs[0]
+        free = len(perm) - contracted
+        if perm != sorted(perm):
+            x = step("Transpose", [x], "a", perm=perm)
+        if contracted > 1:  # the contracted letters as one axis
+            shape = add_initializer(graph, f"{node.name}__a_shape", np.array([0] * free + [-1], np.int64))
+            x = step("Reshape", [x, shape], "a_flat")
+        weight = matrix.astype(node.inputs[1].dtype.numpy() if node.inputs[1].dtype else matrix.dtype)
+        y = step("MatMul", [x, add_initializer(graph, f"{node.name}__weight", weight)], "matmul")
+        if len(sizes) > 1:  # B's free letters apart again
+            shape = np.array([0] * free + sizes, dtype=np.int64)
+            y = step("Reshape", [y, add_initializer(graph, f"{node.name}__out_shape", shape)], "out_split")
+        if out_perm != sorted(out_perm):
+            y = step("Transpose", [y], "out", perm=out_perm)
+        graph.insert_before(node, new)
+        take_place(node.outputs[0], y)
+        graph.remove(node, safe=True)
+
+    @staticmethod
     def _rewrite(graph: ir.Graph, node: ir.Node) -> bool:
         if node.op_type != "Einsum" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 2:
             return False
         eq = node.attributes.get("equation")
         plan = EinsumAsMatMulPass._plan(eq.as_string()) if eq is not None else None
+        if plan is None and eq is not None and node.inputs[0] is not None:
+            weight = _const_array(node.inputs[1])
+            weighted = EinsumAsMatMulPass._weight_plan(eq.as_string(), weight) if weight is not None else None
+            if weighted is not None:
+                EinsumAsMatMulPass._rewrite_weight(graph, node, weighted)
+                return True
         if plan is None or any(v is None for v in node.inputs):
             return False
         new: list[ir.Node] = []

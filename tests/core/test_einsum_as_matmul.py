@@ -40,6 +40,9 @@ CASES = [  # equation, x's shape, the other operand's shape, is the other a weig
     ("bld,dk->blk", (2, 8, 6), (6, 5), True, True),                  # a dense layer
     ("bld,kd->bkl", (2, 8, 6), (5, 6), True, True),                  # transposed weight and output
     ("blk,bhk->bhl", (2, 8, 6), (2, 8, 6), False, True),             # batch letter, other order
+    ("abc,cde->abde", (2, 8, 6), (6, 3, 4), True, True),             # Keras: to attention heads
+    ("abcd,cde->abe", (2, 8, 3, 2), (3, 2, 5), True, True),          # Keras: from attention heads
+    ("abc,ced->adbe", (2, 8, 6), (6, 4, 3), True, True),             # a permuted weight and output
     ("...d,dk->...k", (2, 8, 6), (6, 5), True, False),               # ellipsis: left alone
     ("bld,bld->bl", (2, 8, 6), (2, 8, 6), False, False),             # no free letter in B
     ("bij,jj->bij", (2, 8, 6), (6, 6), True, False),                 # a repeated letter
@@ -69,3 +72,37 @@ def test_the_plan_of_each_equation():
     assert plan("ij,jk,kl->il") is None  # three operands
     assert plan("ij,jk->i") is None  # k summed in B alone
     assert plan("bij,jk->ik") is None  # b summed in A alone
+
+
+def test_lrp_through_a_dense_einsum_to_heads_is_lrp_through_its_matmul():
+    """``abc,cde->abde`` by a constant weight (Keras' projection to attention heads under JAX
+    and torch) is the MatMul by the weight as a (c, d·e) matrix, reshaped: LRP had no rule
+    for the Einsum and refused; it now gives the MatMul's map (1e-6 of the maximum)."""
+    weight = RNG.standard_normal((6, 3, 4)).astype(np.float32)
+    head = RNG.standard_normal((12, 5)).astype(np.float32)
+
+    def graph(einsum: bool):
+        if einsum:
+            dense = [helper.make_node("Einsum", ["x", "w"], ["h"], equation="abc,cde->abde")]
+            inits = [numpy_helper.from_array(weight, "w")]
+        else:
+            dense = [helper.make_node("MatMul", ["x", "w2"], ["m"]),
+                     helper.make_node("Reshape", ["m", "hs"], ["h"])]
+            inits = [numpy_helper.from_array(weight.reshape(6, 12), "w2"),
+                     numpy_helper.from_array(np.array([0, 0, 3, 4], np.int64), "hs")]
+        nodes = [helper.make_node("Reshape", ["input", "xs"], ["x"]), *dense,
+                 helper.make_node("Relu", ["h"], ["r"]),
+                 helper.make_node("ReduceMean", ["r"], ["p"], axes=[1], keepdims=0),
+                 helper.make_node("Flatten", ["p"], ["f"], axis=1),
+                 helper.make_node("MatMul", ["f", "head"], ["output"])]
+        inits += [numpy_helper.from_array(np.array([2, 8, 6], np.int64), "xs"),
+                  numpy_helper.from_array(head, "head")]
+        g = helper.make_graph(nodes, "g",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [2, 2, 4, 6])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [2, 5])], inits)
+        return ox.load(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8))
+
+    x = RNG.standard_normal((2, 2, 4, 6)).astype(np.float32)
+    ours, reference = (ox.LRP(graph(e)).attribute(x, target=2) for e in (True, False))
+    assert np.abs(reference).max() > 0
+    assert np.abs(ours - reference).max() <= 1e-6 * np.abs(reference).max()
