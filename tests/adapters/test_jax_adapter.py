@@ -218,3 +218,47 @@ def test_a_model_without_convolutions_takes_nhwc_images_jax_s_convention(recwarn
                                          show_progress=False)
     predict = lambda images: np.asarray(fn(params, jnp.asarray(images)))  # noqa: E731
     assert max_rel_err(ours, occluded_by_hand_nhwc(predict, x, 2)) < TOL
+
+
+def test_lrp_through_a_layer_norm_written_as_keras_writes_it_under_jax_is_the_ln_rule():
+    """Keras' LayerNorm under JAX, x·(γ·rsqrt(σ² + ε)) + (β − μ·γ·rsqrt(σ² + ε)), whose rsqrt
+    jax2onnx writes as Div(1, Sqrt): 1/σ is a gate (it was refused as one LRP could not
+    place), and LRP equals LRP of the same network with a LayerNormalization node (the ε
+    LN-rule), exported by torch."""
+    import torch
+
+    rng = np.random.default_rng(6)
+    w = rng.standard_normal((3, 3, 3, 6)).astype(np.float32) * 0.5
+    gamma, beta = rng.standard_normal(6).astype(np.float32), rng.standard_normal(6).astype(np.float32)
+    fc = rng.standard_normal((6, 4)).astype(np.float32)
+
+    def fn(x):
+        h = jax.nn.relu(jax.lax.conv_general_dilated(x, w, (1, 1), "VALID",
+                                                     dimension_numbers=("NHWC", "HWIO", "NHWC")))
+        mean = h.mean(-1, keepdims=True)
+        inverse = jax.lax.rsqrt(((h - mean) ** 2).mean(-1, keepdims=True) + 1e-6) * gamma
+        return (h * inverse + (beta - mean * inverse)).mean((1, 2)) @ fc
+
+    class Fused(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 6, 3, bias=False)
+            self.norm = torch.nn.LayerNorm(6, eps=1e-6)
+            self.fc = torch.nn.Linear(6, 4, bias=False)
+            with torch.no_grad():
+                self.conv.weight.copy_(torch.from_numpy(w.transpose(3, 2, 0, 1)))
+                self.norm.weight.copy_(torch.from_numpy(gamma))
+                self.norm.bias.copy_(torch.from_numpy(beta))
+                self.fc.weight.copy_(torch.from_numpy(fc.T))
+
+        def forward(self, images):
+            h = torch.relu(self.conv(images.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
+            return self.fc(self.norm(h).mean((1, 2)))
+
+    x = rng.random((2, SIZE, SIZE, 3), dtype=np.float32)
+    model = ox.adapters.jax.export(fn, x)
+    fused = ox.adapters.torch.export(Fused().eval(), torch.from_numpy(x), exporter="legacy", opset=17)
+    assert "LayerNormalization" in {n.op_type for n in fused.ir.graph}
+    np.testing.assert_allclose(model.predict(x), fused.predict(x), rtol=1e-5, atol=1e-5)
+    ours, reference = (ox.LRP(m).attribute(x, target=1) for m in (model, fused))
+    assert max_rel_err(ours, reference) < 1e-4

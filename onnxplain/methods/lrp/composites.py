@@ -469,9 +469,10 @@ def _gate_signal(node: ir.Node, live: set[int]) -> int | None:
 
 
 def _inverse(value: ir.Value, live: set[int]) -> bool:
-    """``value`` is a ``Reciprocal``'s output, possibly scaled by constants or reshaped: the
-    1/σ of a LayerNorm written as products (Keras' ``x·γ/σ − μ·γ/σ + β``, whose ``Rsqrt``
-    tf2onnx writes as ``Sqrt`` then ``Reciprocal``)."""
+    """``value`` is a ``Reciprocal``'s output, or a constant divided by a computed tensor,
+    possibly scaled by constants or reshaped: the 1/σ of a LayerNorm written as products
+    (Keras' ``x·γ/σ − μ·γ/σ + β``, whose ``Rsqrt`` tf2onnx writes as ``Sqrt`` then
+    ``Reciprocal`` and jax2onnx as ``Sqrt`` then ``Div(1, ·)``)."""
     producer = value.producer()
     while producer is not None and producer.op_type in ("Mul", *_RESHAPING):
         computed = [v for v in producer.inputs[:2] if not _is_const(v, live)]
@@ -479,6 +480,8 @@ def _inverse(value: ir.Value, live: set[int]) -> bool:
             return False
         following = computed[0] if producer.op_type == "Mul" else producer.inputs[0]
         producer = following.producer() if following is not None else None
+    if producer is not None and producer.op_type == "Div":  # c / σ, a constant over σ (jax2onnx's rsqrt)
+        return _is_const(producer.inputs[0], live) and not _is_const(producer.inputs[1], live)
     return producer is not None and producer.op_type == "Reciprocal"
 
 
