@@ -116,3 +116,25 @@ def occluded_by_hand_nhwc(predict, x: np.ndarray, target: int,
         occluded[:, i : i + h, j : j + w, :] = 0
         ref[:, i : i + h, j : j + w, :] = (full - predict(occluded)[:, target])[:, None, None, None]
     return ref
+
+
+class ConvLayerNormNHWC(nn.Module):
+    """Conv (no bias) → ReLU → LayerNorm over the channels → mean over H, W → Linear (no
+    bias), on channels-last images, with the weights of a TensorFlow/JAX twin: ``w`` (3, 3,
+    C, K) HWIO, ``gamma`` and ``beta`` (K,), ``fc`` (K, classes). Its export has one
+    LayerNormalization node: the reference for the LN rule on decomposed LayerNorms."""
+
+    def __init__(self, w: np.ndarray, gamma: np.ndarray, beta: np.ndarray, fc: np.ndarray) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(w.shape[2], w.shape[3], w.shape[0], bias=False)
+        self.norm = nn.LayerNorm(w.shape[3], eps=1e-6)
+        self.fc = nn.Linear(*fc.shape, bias=False)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.from_numpy(np.ascontiguousarray(w.transpose(3, 2, 0, 1))))
+            self.norm.weight.copy_(torch.from_numpy(gamma))
+            self.norm.bias.copy_(torch.from_numpy(beta))
+            self.fc.weight.copy_(torch.from_numpy(np.ascontiguousarray(fc.T)))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv(images.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
+        return self.fc(self.norm(h).mean((1, 2)))

@@ -766,15 +766,25 @@ class EinsumAsMatMulPass(_RewriteEachNode):
     to a matrix. Each letter once per operand, no ellipsis. Other equations stay Einsums."""
 
     @staticmethod
-    def _plan(equation: str) -> tuple[list[int], list[int], list[int]] | None:
-        """The permutations of A, of B and of the MatMul's output to the Einsum's output."""
+    def _letters(equation: str) -> tuple[str, str, str] | None:
+        """The letters of A, of B and of the output of a two-operand equation with an explicit
+        output, each letter once per operand and no ellipsis; else None."""
         if "." in equation or "->" not in equation:
             return None
         ins, out = equation.replace(" ", "").split("->")
         if ins.count(",") != 1:
             return None
         a, b = ins.split(",")
-        if any(len(set(t)) != len(t) for t in (a, b, out)) or not set(out) <= set(a) | set(b):
+        return None if any(len(set(t)) != len(t) for t in (a, b, out)) else (a, b, out)
+
+    @staticmethod
+    def _plan(equation: str) -> tuple[list[int], list[int], list[int]] | None:
+        """The permutations of A, of B and of the MatMul's output to the Einsum's output."""
+        letters = EinsumAsMatMulPass._letters(equation)
+        if letters is None:
+            return None
+        a, b, out = letters
+        if not set(out) <= set(a) | set(b):
             return None
         batch = [c for c in a if c in b and c in out]
         contract = [c for c in a if c in b and c not in out]
@@ -795,14 +805,11 @@ class EinsumAsMatMulPass(_RewriteEachNode):
         in B: (A's permutation to its free then contracted letters, the number of contracted
         letters, B as a (contracted, free) matrix, the sizes of B's free letters, the
         permutation of the product's letters (A's free, then B's) to the output's)."""
-        if "." in equation or "->" not in equation:
+        letters = EinsumAsMatMulPass._letters(equation)
+        if letters is None:
             return None
-        ins, out = equation.replace(" ", "").split("->")
-        if ins.count(",") != 1:
-            return None
-        a, b = ins.split(",")
-        if any(len(set(t)) != len(t) for t in (a, b, out)) or len(b) != weight.ndim or set(out) != (
-                set(a) | set(b)) - (set(a) & set(b)):
+        a, b, out = letters
+        if len(b) != weight.ndim or set(out) != (set(a) | set(b)) - (set(a) & set(b)):
             return None
         contract = [c for c in a if c in b]  # in both operands, so not in the output (checked above)
         free_a, free_b = [c for c in a if c not in b], [c for c in b if c not in a]

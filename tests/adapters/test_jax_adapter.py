@@ -9,7 +9,7 @@ jax = pytest.importorskip("jax")
 pytest.importorskip("jax2onnx")
 nnx = pytest.importorskip("flax.nnx")
 import jax.numpy as jnp  # noqa: E402
-from helpers import max_rel_err, occluded_by_hand_nhwc  # noqa: E402
+from helpers import ConvLayerNormNHWC, max_rel_err, occluded_by_hand_nhwc  # noqa: E402
 
 import onnxplain as ox  # noqa: E402
 
@@ -239,25 +239,10 @@ def test_lrp_through_a_layer_norm_written_as_keras_writes_it_under_jax_is_the_ln
         inverse = jax.lax.rsqrt(((h - mean) ** 2).mean(-1, keepdims=True) + 1e-6) * gamma
         return (h * inverse + (beta - mean * inverse)).mean((1, 2)) @ fc
 
-    class Fused(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv = torch.nn.Conv2d(3, 6, 3, bias=False)
-            self.norm = torch.nn.LayerNorm(6, eps=1e-6)
-            self.fc = torch.nn.Linear(6, 4, bias=False)
-            with torch.no_grad():
-                self.conv.weight.copy_(torch.from_numpy(w.transpose(3, 2, 0, 1)))
-                self.norm.weight.copy_(torch.from_numpy(gamma))
-                self.norm.bias.copy_(torch.from_numpy(beta))
-                self.fc.weight.copy_(torch.from_numpy(fc.T))
-
-        def forward(self, images):
-            h = torch.relu(self.conv(images.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
-            return self.fc(self.norm(h).mean((1, 2)))
-
     x = rng.random((2, SIZE, SIZE, 3), dtype=np.float32)
     model = ox.adapters.jax.export(fn, x)
-    fused = ox.adapters.torch.export(Fused().eval(), torch.from_numpy(x), exporter="legacy", opset=17)
+    twin = ConvLayerNormNHWC(w, gamma, beta, fc).eval()
+    fused = ox.adapters.torch.export(twin, torch.from_numpy(x), exporter="legacy", opset=17)
     assert "LayerNormalization" in {n.op_type for n in fused.ir.graph}
     np.testing.assert_allclose(model.predict(x), fused.predict(x), rtol=1e-5, atol=1e-5)
     ours, reference = (ox.LRP(m).attribute(x, target=1) for m in (model, fused))
