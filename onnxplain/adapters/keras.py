@@ -133,7 +133,6 @@ def _export_for_inference(model: Any, x: Any, backend: str, opset: int | None, r
 
         return tensorflow.export(model, x, opset=opset, rtol=rtol, layout=_layout(x))  # training=False
     if backend == "jax":
-
         from onnxplain.adapters import jax as jax_adapter
 
         return jax_adapter.export(lambda images: model(images, training=False), x, opset=opset, rtol=rtol,
