@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import io
 import logging
 import threading
 from collections.abc import Sequence
@@ -31,6 +33,27 @@ def _cuda_driver_present() -> bool:
         except OSError:
             continue
     return False
+
+
+def _load_cuda_libraries(ort) -> None:
+    """Let onnxruntime-gpu's CUDA provider find the CUDA and cuDNN libraries pip installed.
+
+    As ONNX Runtime documents: a torch built for the same CUDA major version loads them when
+    imported (torch is a dependency of ours; its import is what a session needs first); for
+    another one, onnxruntime's own ``preload_dlls`` looks for them in the nvidia packages.
+    """
+    import torch
+
+    info = getattr(getattr(ort, "capi", None), "build_and_package_info", None)
+    ort_cuda = str(getattr(info, "cuda_version", "") or "")
+    torch_cuda = str(torch.version.cuda or "")
+    if ort_cuda.split(".")[0] == torch_cuda.split(".")[0] or not hasattr(ort, "preload_dlls"):
+        return
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints its findings
+        try:
+            ort.preload_dlls(msvc=False)
+        except Exception as exc:  # the provider then reports what is missing itself
+            logger.debug("onnxruntime.preload_dlls failed: %s", exc)
 
 
 class OnnxRuntimeBackend(Backend):
@@ -73,6 +96,8 @@ class OnnxRuntimeBackend(Backend):
         use_cuda = self._requested[0] == "CUDAExecutionProvider" or (
             isinstance(self._requested[0], tuple) and self._requested[0][0] == "CUDAExecutionProvider"
         )
+        if use_cuda:
+            _load_cuda_libraries(ort)
         super().__init__(model, resolve_max_batch_size(max_batch_size, "cuda" if use_cuda else "cpu"))
         self.num_threads = physical_cores() if num_threads is None else int(num_threads)
         self._sessions: dict[tuple[str, ...], object] = {}
