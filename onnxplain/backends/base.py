@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -185,6 +185,30 @@ class Backend(ABC):
         """
         raise BackendCapabilityError(f"the {self.name!r} backend cannot compute gradients")
 
+    def path_integral(
+        self,
+        start: np.ndarray,
+        end: np.ndarray,
+        alphas: np.ndarray,
+        weights: np.ndarray,
+        objective: Objective,
+        chunk: int,
+        progress: Callable[[list[slice]], Iterable[slice]] = iter,
+    ) -> np.ndarray:
+        """Σ_k ``weights[k]`` · ∂objective/∂input at ``start + alphas[k] · (end − start)``, per
+        example, in float64: the sum integrated gradients takes.
+
+        The points are the rows of the flattened (steps × examples) grid, row r being step
+        r // N of example r % N (as in Captum), ``chunk`` rows per pass; ``progress`` wraps
+        the list of row slices (a progress bar). This default builds the points and sums
+        the gradients in numpy around :meth:`gradients`; a backend whose tensors live on a
+        device overrides it to keep the whole sum there.
+        """
+        def gradient(points: np.ndarray, examples: np.ndarray) -> np.ndarray:
+            return self.gradients(points, objective.take(examples), wrt=[INPUT]).gradients[INPUT]
+
+        return accumulate_path(start, end, alphas, weights, gradient, chunk, progress)
+
     @contextlib.contextmanager
     def node_rules(self, rules: Mapping[str, Any]) -> Iterator[None]:
         """Within the block, replace the backward rule of the named graph nodes.
@@ -200,3 +224,38 @@ def batches(n: int, size: int) -> Iterator[slice]:
     """Consecutive slices of at most ``size`` covering ``range(n)``."""
     for start in range(0, n, size):
         yield slice(start, min(start + size, n))
+
+
+def accumulate_path(
+    start: np.ndarray,
+    end: np.ndarray,
+    alphas: np.ndarray,
+    weights: np.ndarray,
+    gradient: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    chunk: int,
+    progress: Callable[[list[slice]], Iterable[slice]] = iter,
+) -> np.ndarray:
+    """Σ_k ``weights[k]`` · g(start + alphas[k] (end − start)) per example, in float64.
+
+    ``gradient(points, examples)`` returns the gradient at ``points``, row i belonging to
+    example ``examples[i]``; rows as in :meth:`Backend.path_integral`.
+    """
+    n, steps = len(start), len(alphas)
+    diff = end - start
+    shape = (-1, *([1] * (start.ndim - 1)))
+    total = np.zeros(start.shape, dtype=np.float64)
+    flat = total.reshape(n, -1)
+    for sl in progress(list(batches(n * steps, chunk))):
+        r = np.arange(sl.start, sl.stop)
+        step, example = r // n, r % n
+        points = diff[example]
+        points *= alphas[step].astype(start.dtype).reshape(shape)
+        points += start[example]
+        g = gradient(points, example).reshape(len(r), -1)
+        # the chunk's rows of one example are every n-th row from its first: a weighted sum
+        # of that strided view per example, accumulated in float64 without a float64 copy
+        for first in range(min(n, len(r))):
+            rows = slice(first, None, n)
+            flat[example[first]] += np.einsum("k,kd->d", weights[step[rows]], g[rows], dtype=np.float64,
+                                              casting="unsafe")
+    return total

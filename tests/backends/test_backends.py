@@ -153,20 +153,20 @@ def test_an_exception_mid_method_leaves_the_model_usable(small_model, images):
     be = small_model.backend("torch")
     before = ox.Saliency(small_model).attribute(images, target=2)
     calls = []
-    original = be.gradients
+    original = be._run  # each pass of the converted module
 
-    def failing(*args, **kwargs):
+    def failing(xb):
         calls.append(1)
         if len(calls) == 2:
             raise MemoryError("simulated out of memory")
-        return original(*args, **kwargs)
+        return original(xb)
 
-    be.gradients = failing
+    be._run = failing
     try:
         with pytest.raises(MemoryError):
             ox.IntegratedGradients(small_model).attribute(images, target=2, n_steps=8, internal_batch_size=4)
     finally:
-        del be.gradients
+        del be._run
     np.testing.assert_array_equal(ox.Saliency(small_model).attribute(images, target=2), before)
 
 
@@ -229,3 +229,26 @@ def test_a_conversion_of_a_model_with_dynamic_image_dims_is_verified_on_each_new
     other = np.random.default_rng(1).standard_normal((2, 3, 28, 28)).astype(np.float32)
     with pytest.raises(ConversionMismatchError, match=r"shape \(3, 28, 28\)"):
         ox.Saliency(model).attribute(other, target=1)
+
+
+@pytest.mark.parametrize("target", [[2, 0, 1], "neuron"])
+def test_the_torch_backends_path_integral_equals_the_numpy_default(small_model, images, target):
+    """The torch backend keeps integrated gradients' points, gradients and sum on its device;
+    the sum equals the generic one built around ``gradients`` (three examples in chunks of 4,
+    so a chunk holds several steps of one example and an example's steps span chunks)."""
+    from onnxplain.core.targets import resolve_target
+    from onnxplain.methods.gradient.integrated_gradients import approximation
+
+    be = small_model.backend("torch")
+    x = np.concatenate([images, images[:1] * 0.5])
+    base = np.full_like(x, 0.1)
+    if target == "neuron":
+        target = ox.Neuron(small_model.find_layer().name, (3, 2, 2))
+    objective = resolve_target(target, len(x), small_model.output_name, small_model.num_classes)
+    sizes, alphas = approximation("gausslegendre", 7)
+    seen = []
+    ours = be.path_integral(base, x, alphas, sizes, objective, 4, lambda parts: seen.extend(parts) or parts)
+    ref = Backend.path_integral(be, base, x, alphas, sizes, objective, 4)
+    assert ours.dtype == np.float64 and [s.stop - s.start for s in seen] == [4] * 5 + [1]
+    np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-7 * np.abs(ref).max())
+    assert np.abs(ref).max() > 0

@@ -13,13 +13,13 @@ attributions are ours × (n−1)/n, short of completeness by that factor.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import numpy as np
 import pydantic
 
-from onnxplain.backends.base import INPUT, Capability, batches
+from onnxplain.backends.base import Capability, accumulate_path
 from onnxplain.core.targets import Objective, TargetLike
 from onnxplain.core.validation import Params, validate_params
 from onnxplain.methods.base import Attribution, expand_baseline
@@ -69,27 +69,23 @@ def path_integral(
     params: _IGParams,
     show_progress: bool | None,
 ) -> np.ndarray:
-    """Σ_k w_k · g(start + α_k (end − start)) per example, in float64.
-
-    ``gradient(points, examples)`` returns the gradient at ``points``, row i belonging to
-    example ``examples[i]``. At most ``internal_batch_size`` points (default: the
-    backend's ``max_batch_size``) are evaluated at once; row r of the flattened
-    (steps × examples) grid is step r // N of example r % N, as in Captum.
+    """Σ_k w_k · g(start + α_k (end − start)) per example, in float64, for any gradient
+    function ``gradient(points, examples)`` (row i of ``points`` belonging to example
+    ``examples[i]``). At most ``internal_batch_size`` points (default: the backend's
+    ``max_batch_size``) are evaluated at once; row r of the flattened (steps × examples)
+    grid is step r // N of example r % N, as in Captum.
     """
     sizes, alphas = approximation(params.method, params.n_steps)
-    n = len(start)
-    diff = end - start
-    shape = (-1, *([1] * (start.ndim - 1)))
-    total = np.zeros(start.shape, dtype=np.float64)
-    chunk = params.internal_batch_size or method.backend.max_batch_size
-    parts = list(batches(n * params.n_steps, chunk))
-    for sl in method._progress(parts, len(parts), show_progress, type(method).__name__):
-        r = np.arange(sl.start, sl.stop)
-        step, example = r // n, r % n
-        points = start[example] + alphas[step].astype(start.dtype).reshape(shape) * diff[example]
-        g = gradient(points, example)
-        np.add.at(total, example, g.astype(np.float64) * sizes[step].reshape(shape))
-    return total
+    return accumulate_path(start, end, alphas, sizes, gradient, _chunk(method, params),
+                           _bar(method, show_progress))
+
+
+def _chunk(method: Attribution, params: _IGParams) -> int:
+    return params.internal_batch_size or method.backend.max_batch_size
+
+
+def _bar(method: Attribution, show_progress: bool | None) -> Callable[[list[slice]], Iterable[slice]]:
+    return lambda parts: method._progress(parts, len(parts), show_progress, type(method).__name__)
 
 
 def convergence_delta(
@@ -127,10 +123,11 @@ class IntegratedGradients(Attribution):
         x = self._inputs(inputs)
         base = expand_baseline(baselines, x)
         objective = self._objective(x, target)
-        def gradient(points: np.ndarray, examples: np.ndarray) -> np.ndarray:
-            return self.backend.gradients(points, objective.take(examples), wrt=[INPUT]).gradients[INPUT]
-
-        total = path_integral(self, base, x, gradient, p, show_progress)
+        sizes, alphas = approximation(p.method, p.n_steps)
+        # the backend's own sum: on the torch backend the points, gradients and sum stay
+        # on its device, and only the result comes back
+        total = self.backend.path_integral(base, x, alphas, sizes, objective, _chunk(self, p),
+                                           _bar(self, show_progress))
         attributions = (total * (x - base)).astype(x.dtype)
         if not return_convergence_delta:
             return attributions

@@ -133,11 +133,11 @@ class NoiseTunnel(Attribution):
             if want_delta:
                 out, delta = out
                 deltas[s0:s0 + b] = np.asarray(delta, np.float64).reshape(b, n)
-            a = np.asarray(out, np.float64).reshape(b, n, *np.shape(out)[1:])
-            part = a.sum(0)
+            a = np.asarray(out).reshape(b, n, *np.shape(out)[1:])
+            part = a.sum(0, dtype=np.float64)  # float64 sums without a float64 copy
             total = part if total is None else total + part
             if p.nt_type != "smoothgrad":  # the squares only where the result needs them
-                part_sq = (a * a).sum(0)
+                part_sq = np.einsum("k...,k...->...", a, a, dtype=np.float64, casting="unsafe")
                 total_sq = part_sq if total_sq is None else total_sq + part_sq
         mean = total / p.nt_samples
         mean_sq = None if total_sq is None else total_sq / p.nt_samples
@@ -194,5 +194,9 @@ def noisy_copies(x: np.ndarray, source: np.ndarray | np.random.Generator, copies
     the time of float64), so that the draws do not depend on how copies are batched."""
     if isinstance(source, np.random.Generator):
         kind = x.dtype if x.dtype in (np.float32, np.float64) else np.dtype(np.float64)
-        source = source.standard_normal((copies, *x.shape), dtype=kind) * kind.type(stdev)
-    return (x[None] + source).astype(x.dtype).reshape(copies * len(x), *x.shape[1:])
+        noisy = source.standard_normal((copies, *x.shape), dtype=kind)
+        noisy *= kind.type(stdev)
+        noisy += x[None]  # in place: no temporaries the size of all the copies
+    else:
+        noisy = x[None] + source
+    return noisy.astype(x.dtype, copy=False).reshape(copies * len(x), *x.shape[1:])
