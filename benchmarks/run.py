@@ -122,14 +122,14 @@ def input_buffers(row: np.ndarray, size: int) -> list[np.ndarray]:
 def forward_rows(plan: list[tuple[OnnxRuntimeBackend, int, list[np.ndarray]]]) -> None:
     """The runtime's own forward passes for (backend, rows, input buffers) in ``plan``: ``rows``
     rows in full batches (the buffers in turn) plus the remainder, straight through
-    ``InferenceSession.run``."""
+    ``InferenceSession.run`` (see ``runtime_pass``)."""
     for be, rows, bufs in plan:
-        sess, name = be._session(()), be.model.input_name
+        run = runtime_pass(be)
         size = len(bufs[0])
         for i in range(rows // size):
-            sess.run(None, {name: bufs[i % len(bufs)]})
+            run(bufs[i % len(bufs)])
         if rows % size:
-            sess.run(None, {name: bufs[0][: rows % size]})
+            run(bufs[0][: rows % size])
 
 
 @contextlib.contextmanager
@@ -165,22 +165,31 @@ class RuntimeSpeed:
         return self.per_row[self.best_batch]
 
 
+def runtime_pass(be: OnnxRuntimeBackend) -> Callable[[np.ndarray], object]:
+    """One ``InferenceSession.run`` of a batch to the model's outputs: plain on CPU, through the
+    backend's IO binding where it uses one (CUDA), the way its own passes run."""
+    sess, names = be._session(()), list(be.model.output_names)
+    return lambda batch: be._run(sess, names, batch)
+
+
 def runtime_speed(
     be: OnnxRuntimeBackend, row: np.ndarray, sizes: tuple[int, ...], rows: int, repeat: int
 ) -> RuntimeSpeed:
     """Raw ``InferenceSession.run`` time per row (the runtime's limit, no onnxplain code) at each
-    batch size; the sizes take turns in each round, so that load changes hit them alike."""
-    sess, name = be._session(()), be.model.input_name
+    batch size; the sizes take turns in each round, so that load changes hit them alike. On
+    CUDA the run goes through IO binding, as the backend's own passes do."""
+    run = runtime_pass(be)
     batches = {size: input_buffers(row, size) for size in sizes}
     times: dict[int, list[float]] = {size: [] for size in sizes}
     for bufs in batches.values():
-        sess.run(None, {name: bufs[0]})
+        for _ in range(2):  # the first pass of a shape may tune kernels (cuDNN's search on CUDA)
+            run(bufs[0])
     for _ in range(repeat):
         for size, bufs in batches.items():
             calls = max(1, rows // size)
             start = time.perf_counter()
             for i in range(calls):
-                sess.run(None, {name: bufs[i % len(bufs)]})
+                run(bufs[i % len(bufs)])
             times[size].append((time.perf_counter() - start) / (calls * size))
     return RuntimeSpeed({size: statistics.median(t) for size, t in times.items()})
 
@@ -191,14 +200,14 @@ def lead_sampler(
     """A function that times ``rows`` rows at ``size`` rows per call through ONNX Runtime
     (``InferenceSession.run``) and then through PyTorch eager under ``torch.inference_mode``,
     and returns the seconds per row of each."""
-    sess, name = be._session(()), be.model.input_name
+    run = runtime_pass(be)
     bufs = input_buffers(x[:1], size)
     device = next(net.parameters()).device
     bufs_t = [torch.from_numpy(b).to(device) for b in bufs]
     calls = max(1, rows // size)
 
     def ort_pass(i: int) -> None:
-        sess.run(None, {name: bufs[i % len(bufs)]})
+        run(bufs[i % len(bufs)])
 
     def torch_pass(i: int) -> None:
         with torch.inference_mode():
