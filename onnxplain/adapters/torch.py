@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from onnxplain.adapters._common import first_line
+from onnxplain.adapters._common import first_line, predict_on_cpu
 from onnxplain.core.errors import ExportError, InputValidationError
 from onnxplain.core.loading import load
 from onnxplain.core.model import Model
@@ -143,7 +143,7 @@ def export(
                 warnings.simplefilter("ignore")
                 proto = _to_proto(module, trace_x, which, opset, dynamic_batch)
             model = load(proto)
-            got = model.predict(x.detach().cpu().numpy())
+            got = predict_on_cpu(model, x.detach().cpu().numpy())
         except Exception as exc:  # try the next exporter, report all at the end
             problems.append(f"{which}: {first_line(exc)}")
             continue

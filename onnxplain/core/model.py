@@ -1154,12 +1154,13 @@ class Model:
         be.require(needs, what)
         return be
 
-    def predict(self, x: np.ndarray, batch_size: int | None = None) -> np.ndarray:
-        """The model output for ``x`` (N, ...) in the model's layout, on ONNX Runtime."""
+    def predict(self, x: np.ndarray, batch_size: int | None = None, device: str | None = None) -> np.ndarray:
+        """The model output for ``x`` (N, ...) in the model's layout, on ONNX Runtime
+        (``device``: as the backend's; by default its ``"auto"``)."""
         from onnxplain.core.validation import check_input
 
         x = check_input(self, self.to_internal(x))
-        be = self.backend("onnxruntime")
+        be = self.backend("onnxruntime") if device is None else self.backend("onnxruntime", device=device)
         if batch_size is None:
             return be.predict(x)
         return np.concatenate([be.predict(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])

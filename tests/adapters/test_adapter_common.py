@@ -74,3 +74,29 @@ def test_explicit_pads_compute_what_auto_pad_computes(auto_pad, stride):
     np.testing.assert_allclose(ox.load(fixed).predict(X), expected, atol=1e-5)
     # and the gradient backend, which lacks auto_pad, now converts the model
     assert ox.Saliency(ox.load(fixed)).attribute(X[:1], target=0).shape == (1, 3, 9, 9)
+
+
+def test_an_adapters_check_computes_the_export_on_the_cpu(small_model, images, monkeypatch):
+    """Where the default backend runs on a GPU (ONNX Runtime's CUDA provider computes in TF32
+    by default, about 1e-3 off), the check runs the export on the CPU; where it runs on the
+    CPU, its own session serves and no second one is built."""
+    from onnxplain.adapters._common import predict_on_cpu
+
+    expected = small_model.predict(images)
+    sessions = len(small_model._backends)
+    np.testing.assert_array_equal(predict_on_cpu(small_model, images), expected)
+    assert len(small_model._backends) == sessions
+
+    class OnGpu:
+        device = "cuda"
+
+    real = small_model.backend
+    asked = []
+
+    def backend(name="onnxruntime", **options):
+        asked.append(options)
+        return real(name, **options) if options else OnGpu()
+
+    monkeypatch.setattr(small_model, "backend", backend)
+    np.testing.assert_array_equal(predict_on_cpu(small_model, images), expected)
+    assert {"device": "cpu"} in asked
