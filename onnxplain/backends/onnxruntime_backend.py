@@ -56,6 +56,15 @@ def _load_cuda_libraries(ort) -> None:
             logger.debug("onnxruntime.preload_dlls failed: %s", exc)
 
 
+def _cuda_provider(index: int) -> tuple[str, dict]:
+    """ONNX Runtime's CUDA provider on GPU ``index``, choosing cuDNN's convolution algorithms by
+    its heuristics, as PyTorch does by default: the provider's own default (EXHAUSTIVE) times
+    every algorithm at each new batch shape, in every session, and may pick another one per
+    session, so that a model's sessions (one per set of requested tensors) can disagree in the
+    last bits, and the first pass of each shape takes far longer."""
+    return ("CUDAExecutionProvider", {"device_id": index, "cudnn_conv_algo_search": "HEURISTIC"})
+
+
 class OnnxRuntimeBackend(Backend):
     """Forward passes on ONNX Runtime.
 
@@ -90,9 +99,13 @@ class OnnxRuntimeBackend(Backend):
         import onnxruntime as ort
 
         self._ort = ort
-        self._requested = self._providers(
-            device if device is not None else providers, "device" if device is not None else "providers"
-        )
+        asked = device if device is not None else providers
+        self._requested = self._providers(asked, "device" if device is not None else "providers")
+        # "cuda" as asked: "cuda", or "cuda:N" for an explicit index
+        first = self._requested[0]
+        index = first[1].get("device_id", 0) if isinstance(first, tuple) else 0
+        self._cuda_name = asked.lower() if isinstance(asked, str) and ":" in asked else (
+            f"cuda:{index}" if index else "cuda")
         use_cuda = self._requested[0] == "CUDAExecutionProvider" or (
             isinstance(self._requested[0], tuple) and self._requested[0][0] == "CUDAExecutionProvider"
         )
@@ -113,7 +126,7 @@ class OnnxRuntimeBackend(Backend):
             key = providers.lower()
             if key == "auto":
                 use_cuda = "CUDAExecutionProvider" in available and _cuda_driver_present()
-                return (["CUDAExecutionProvider"] if use_cuda else []) + ["CPUExecutionProvider"]
+                return ([_cuda_provider(0)] if use_cuda else []) + ["CPUExecutionProvider"]
             if key == "cpu":
                 return ["CPUExecutionProvider"]
             if key.startswith("cuda"):
@@ -128,9 +141,7 @@ class OnnxRuntimeBackend(Backend):
                         f"{arg}={providers!r} but no CUDA driver is installed on this machine "
                         f"(libcuda not found); use {arg}='cpu' (or 'auto')"
                     )
-                if ":" in key:
-                    return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
-                return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+                return [_cuda_provider(index), "CPUExecutionProvider"]
             raise InputValidationError(
                 f"{arg} must be 'auto', 'cpu', 'cuda', 'cuda:N' or a list of ORT providers, got {providers!r}"
             )
@@ -143,8 +154,7 @@ class OnnxRuntimeBackend(Backend):
     def device(self) -> str:
         if "CUDAExecutionProvider" not in self.providers:
             return "cpu"
-        first = self._requested[0]  # "cuda" as asked: "cuda", or "cuda:N" for an explicit index
-        return f"cuda:{first[1].get('device_id', 0)}" if isinstance(first, tuple) else "cuda"
+        return self._cuda_name
 
     def _session(self, extra: tuple[str, ...]):
         with self._lock:

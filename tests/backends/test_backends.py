@@ -252,3 +252,24 @@ def test_the_torch_backends_path_integral_equals_the_numpy_default(small_model, 
     assert ours.dtype == np.float64 and [s.stop - s.start for s in seen] == [4] * 5 + [1]
     np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-7 * np.abs(ref).max())
     assert np.abs(ref).max() > 0
+
+
+def test_cuda_sessions_choose_convolution_algorithms_by_heuristics(monkeypatch):
+    """ONNX Runtime's CUDA provider is asked for cuDNN's heuristic choice, as PyTorch makes it;
+    its default times every algorithm at each new shape in every session, and may pick
+    different ones for a model's different sessions (checked without a GPU: the provider
+    list a CUDA request builds)."""
+    import types
+
+    from onnxplain.backends import onnxruntime_backend as orb
+
+    available = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    fake = types.SimpleNamespace(get_available_providers=lambda: available)
+    monkeypatch.setattr(orb, "_cuda_driver_present", lambda: True)
+    owner = types.SimpleNamespace(_ort=fake)
+    heuristic = {"cudnn_conv_algo_search": "HEURISTIC"}
+    for asked, index in [("cuda", 0), ("cuda:1", 1), ("auto", 0)]:
+        got = orb.OnnxRuntimeBackend._providers(owner, asked, "device")
+        assert got == [("CUDAExecutionProvider", {"device_id": index, **heuristic}), "CPUExecutionProvider"]
+    mine = [("CUDAExecutionProvider", {"cudnn_conv_algo_search": "EXHAUSTIVE"}), "CPUExecutionProvider"]
+    assert orb.OnnxRuntimeBackend._providers(owner, mine, "providers") == mine  # an explicit list as given
