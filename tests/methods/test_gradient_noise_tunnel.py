@@ -37,17 +37,17 @@ def _captum_noise(seed, x, nt_samples, batch, stdev):
 
 @pytest.fixture
 def spy(small_model):
-    """Record the batch size of every gradient call of the small model's torch backend."""
+    """Record the batch size of every pass of the small model's torch backend."""
     be = small_model.backend("torch")
-    original, seen = be.gradients, []
+    original, seen = be._run, []
 
-    def gradients(x, *args, **kwargs):
-        seen.append(len(x))
-        return original(x, *args, **kwargs)
+    def run(xb):
+        seen.append(len(xb))
+        return original(xb)
 
-    be.gradients = gradients
+    be._run = run
     yield seen
-    del be.gradients
+    del be._run
 
 
 def test_noise_tunnel_around_integrated_gradients_equals_captum(small_torch, small_model, images):
