@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check for issue 12, prepared to run in under 10 minutes on one CUDA machine (on an H200,
-# 2026-11-30: about 6; parts 1 and 2 take a minute, the benchmark the rest):
+# 2026-11-30, parts 0-3 took about 6 minutes: parts 1 and 2 one, the benchmark the rest):
 #   0. what runs where: the GPU, torch's CUDA build, ONNX Runtime's providers. torch without CUDA
 #      stops here; an onnxruntime without its CUDA provider (the CPU package) is reported and
 #      ONNX Runtime's CUDA parts are skipped, so the torch backend is still checked;
@@ -9,7 +9,9 @@
 #   2. the parity tests against Captum / pytorch-grad-cam / zennit / torch-cam, whose onnxplain
 #      side picks CUDA by itself (device="auto"), with TF32 off so that fp32 tolerances hold;
 #   3. benchmarks/run.py --device cuda (both models, 3 repeats) -> benchmarks/RESULTS_cuda.md
-#      (with the gradient and rule methods only where ONNX Runtime has no CUDA provider).
+#      (with the gradient and rule methods only where ONNX Runtime has no CUDA provider);
+#   4. benchmarks/ort_cuda_modes.py: ONNX Runtime's CUDA passes by cuDNN search mode, pass by
+#      pass, and its CPU fallbacks (where it has a CUDA provider; about a minute).
 # Usage, from the repository root:  bash benchmarks/gpu_check.sh [all|tests|bench]
 # Environment: PYTHON (default .venv/bin/python), JOBS (pytest-xdist workers for part 2, default 4).
 set -uo pipefail
@@ -19,7 +21,7 @@ PART=${1:-all}
 export NVIDIA_TF32_OVERRIDE=0 OMP_WAIT_POLICY=PASSIVE
 status=0
 
-echo "== 0/3 devices"
+echo "== 0/4 devices"
 "$PY" - <<'PYEOF'
 import sys
 
@@ -39,10 +41,10 @@ PYEOF
 ORT_CUDA=$("$PY" -c "import onnxruntime as o; print(int('CUDAExecutionProvider' in o.get_available_providers()))")
 
 if [ "$PART" != bench ]; then
-    echo "== 1/3 CUDA backend tests"
+    echo "== 1/4 CUDA backend tests"
     timeout 90 "$PY" -m pytest -q -p no:cacheprovider -rsx tests/backends/test_cuda.py || status=1
 
-    echo "== 2/3 parity tests with onnxplain on CUDA"
+    echo "== 2/4 parity tests with onnxplain on CUDA"
     # Deselected: integrated gradients and noise tunnels compared across devices (onnxplain on
     # CUDA, Captum on CPU). Their sums over many points cross ReLU and max-pool ties within
     # float32 rounding, which cuDNN's last bits break otherwise than the CPU's; part 1 checks
@@ -61,11 +63,15 @@ if [ "$PART" != bench ]; then
 fi
 
 if [ "$PART" != tests ]; then
-    echo "== 3/3 benchmark on CUDA"
+    echo "== 3/4 benchmark on CUDA"
     METHODS=()
     [ "$ORT_CUDA" = 1 ] || METHODS=(--methods "Saliency,IntegratedGradients,GuidedBackprop,NoiseTunnel,GradCAM,LRP")
     timeout 330 "$PY" benchmarks/run.py --device cuda --repeat 3 --no-memory-scan "${METHODS[@]}" \
         --out benchmarks/RESULTS_cuda.md || status=1
+    if [ "$ORT_CUDA" = 1 ]; then
+        echo "== 4/4 ONNX Runtime's CUDA passes by cuDNN search mode"
+        timeout 90 "$PY" benchmarks/ort_cuda_modes.py || status=1
+    fi
 fi
 
 exit $status
