@@ -101,14 +101,13 @@ class OnnxRuntimeBackend(Backend):
         self._ort = ort
         asked = device if device is not None else providers
         self._requested = self._providers(asked, "device" if device is not None else "providers")
-        # "cuda" as asked: "cuda", or "cuda:N" for an explicit index
         first = self._requested[0]
-        index = first[1].get("device_id", 0) if isinstance(first, tuple) else 0
+        first, options = first if isinstance(first, tuple) else (first, {})
+        use_cuda = first == "CUDAExecutionProvider"
+        # "cuda" as asked: "cuda", or "cuda:N" for an explicit index
+        index = options.get("device_id", 0)
         self._cuda_name = asked.lower() if isinstance(asked, str) and ":" in asked else (
             f"cuda:{index}" if index else "cuda")
-        use_cuda = self._requested[0] == "CUDAExecutionProvider" or (
-            isinstance(self._requested[0], tuple) and self._requested[0][0] == "CUDAExecutionProvider"
-        )
         if use_cuda:
             _load_cuda_libraries(ort)
         super().__init__(model, resolve_max_batch_size(max_batch_size, "cuda" if use_cuda else "cpu"))

@@ -11,6 +11,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from helpers import max_rel_err
 
 import onnxplain as ox
 from onnxplain.backends import INPUT
@@ -99,10 +100,6 @@ def test_methods_on_cuda_match_cpu(resnet_pair, resnet_images, method, kwargs):
     np.testing.assert_allclose(gpu / scale, cpu / scale, atol=1e-3)
 
 
-def _rel(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a - b).max() / np.abs(b).max())
-
-
 @pytest.mark.xfail(strict=False, reason=(
     "measured on an H200 (2026-11-30): ours on CUDA 6.0e-3 of the largest value from float64, "
     "Captum on the same GPU 4.0e-7, ours on the CPU 3.7e-7; the cause is not found yet"))
@@ -121,7 +118,7 @@ def test_integrated_gradients_on_cuda_are_as_exact_as_captum_on_cuda(resnet_pair
     captum = CIntegratedGradients(copy.deepcopy(net).cuda()).attribute(xt.cuda(), target=1, n_steps=8)
     f64 = CIntegratedGradients(copy.deepcopy(net).double()).attribute(xt.double(), target=1, n_steps=8)
     captum, f64 = captum.detach().cpu().numpy(), f64.detach().numpy()
-    assert _rel(ours, f64) <= max(2 * _rel(captum, f64), 1e-4)
+    assert max_rel_err(ours, f64) <= max(2 * max_rel_err(captum, f64), 1e-4)
 
 
 def test_smoothgrad_on_cuda_is_as_exact_as_captum_on_cuda(resnet_pair, resnet_images):
@@ -141,7 +138,7 @@ def test_smoothgrad_on_cuda_is_as_exact_as_captum_on_cuda(resnet_pair, resnet_im
 
     captum = smoothgrad(copy.deepcopy(net).cuda(), torch.float32, "cuda")
     f64 = smoothgrad(copy.deepcopy(net).double(), torch.float64, "cpu")
-    assert _rel(ours, f64) <= max(2 * _rel(captum, f64), 1e-4)
+    assert max_rel_err(ours, f64) <= max(2 * max_rel_err(captum, f64), 1e-4)
 
 
 def test_a_batch_too_big_for_the_device_backs_off_instead_of_failing(resnet_pair):
