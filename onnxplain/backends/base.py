@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
@@ -20,10 +20,15 @@ from onnxplain.core.errors import BackendCapabilityError
 
 if TYPE_CHECKING:
     from onnxplain.core.model import Model
+    from onnxplain.core.noise import NoisyCopies
     from onnxplain.core.targets import Objective
 
 #: Name under which gradients with respect to the model input are returned.
 INPUT = "__input__"
+
+#: What :meth:`Backend.smoothed_gradients` makes of each gradient: itself, its absolute
+#: value, or its product with the (noisy) input.
+GradientPost = Literal["gradient", "abs", "times_input"]
 
 
 class Capability(str, Enum):
@@ -209,6 +214,44 @@ class Backend(ABC):
 
         return accumulate_path(start, end, alphas, weights, gradient, chunk, progress)
 
+    def smoothed_gradients(
+        self,
+        x: np.ndarray,
+        objective: Objective,
+        noise: NoisyCopies,
+        chunk: int,
+        rules: Mapping[str, Any] | None = None,
+        post: GradientPost = "gradient",
+        squares: bool = False,
+        progress: Callable[[list[int]], Iterable[int]] = iter,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Σ_s a_s and (with ``squares``) Σ_s a_s² per example, in float64, over the noisy
+        copies s of ``x`` that ``noise`` describes: the sums of SmoothGrad and its noise-tunnel
+        kin. a_s is the gradient of the objective at copy s, taken under ``rules`` (as in
+        :meth:`gradients`), then ``post``: ``"gradient"`` as is, ``"abs"`` its absolute value,
+        ``"times_input"`` times the noisy input.
+
+        ``chunk`` copies of the N examples go to the model at once (split further at
+        ``max_batch_size`` rows); ``progress`` wraps the list of each chunk's first copy.
+        This default builds the copies and sums the gradients in numpy around
+        :meth:`gradients`; a backend whose tensors live on a device overrides it, so that the
+        noise is drawn and the gradients summed there.
+        """
+        n = len(x)
+        total = np.zeros(x.shape, np.float64)
+        total_sq = np.zeros(x.shape, np.float64) if squares else None
+        for first in progress(list(range(0, noise.copies, chunk))):
+            count = min(chunk, noise.copies - first)
+            noisy = noise.rows(x, first, count)
+            g = self.gradients(noisy, objective.take(np.tile(np.arange(n), count)), wrt=[INPUT],
+                               rules=rules).gradients[INPUT]
+            a = np.abs(g) if post == "abs" else noisy * g if post == "times_input" else g
+            part, part_sq = copy_sums(a.reshape(count, *x.shape), squares)
+            total += part
+            if total_sq is not None:
+                total_sq += part_sq
+        return total, total_sq
+
     @contextlib.contextmanager
     def node_rules(self, rules: Mapping[str, Any]) -> Iterator[None]:
         """Within the block, replace the backward rule of the named graph nodes.
@@ -224,6 +267,14 @@ def batches(n: int, size: int) -> Iterator[slice]:
     """Consecutive slices of at most ``size`` covering ``range(n)``."""
     for start in range(0, n, size):
         yield slice(start, min(start + size, n))
+
+
+def copy_sums(a: np.ndarray, squares: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """Σ_k a[k] and (with ``squares``) Σ_k a[k]², in float64 without a float64 copy of ``a``."""
+    total = a.sum(0, dtype=np.float64)
+    if not squares:
+        return total, None
+    return total, np.einsum("k...,k...->...", a, a, dtype=np.float64, casting="unsafe")
 
 
 def accumulate_path(

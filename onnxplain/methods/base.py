@@ -6,13 +6,14 @@ import contextlib
 import contextvars
 import functools
 import inspect
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from onnxplain.backends.base import Backend, Capability
+from onnxplain.backends.base import Backend, Capability, GradientPost
 from onnxplain.core import layout
 from onnxplain.core.errors import InputValidationError, LayerNotFoundError
 from onnxplain.core.model import MAX_DERIVED, Model
@@ -145,6 +146,17 @@ def _record_init(init: Callable[..., None]) -> Callable[..., None]:
 
     __init__._onnxplain_boundary = True  # type: ignore[attr-defined]
     return __init__
+
+
+@dataclass(frozen=True)
+class GradientView:
+    """A method whose attribution is the input gradient under backward ``rules`` (node name
+    -> rule, as :meth:`~onnxplain.backends.base.Backend.gradients` takes them), made
+    ``post`` (see :meth:`~onnxplain.backends.base.Backend.smoothed_gradients`): what lets
+    :class:`~onnxplain.methods.gradient.NoiseTunnel` hand the whole average to the backend."""
+
+    rules: Mapping[str, Any] | None = None
+    post: GradientPost = "gradient"
 
 
 class Attribution:
@@ -283,6 +295,12 @@ class Attribution:
         index = [column[target_key(t)] for t in targets]
         reduced = [t.output or self._output_tensor() for t in targets]
         return self._rebind(derived), (index[0] if not isinstance(target, (list, tuple)) else index), reduced
+
+    def _gradient_view(self, **kwargs: Any) -> GradientView | None:
+        """The method as a :class:`GradientView` for these ``attribute`` keyword arguments,
+        or None (the default: it is not one). Declared next to the ``attribute`` it
+        describes: a subclass that overrides ``attribute`` alone is not taken for one."""
+        return None
 
     # -- shared helpers ----------------------------------------------------------------
     def _inputs(self, inputs: Any) -> np.ndarray:

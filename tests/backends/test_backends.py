@@ -254,6 +254,42 @@ def test_the_torch_backends_path_integral_equals_the_numpy_default(small_model, 
     assert np.abs(ref).max() > 0
 
 
+@pytest.mark.parametrize("post, rules, target", [
+    ("abs", False, [2, 0, 1]), ("times_input", False, "neuron"), ("gradient", True, [1, 1, 3]),
+])
+def test_the_torch_backends_smoothed_gradients_equal_the_numpy_default(small_model, images, post, rules,
+                                                                       target):
+    """The torch backend draws the noisy copies, takes their gradients and sums them on its
+    device; the sums equal the generic ones built around ``gradients`` (three examples, seven
+    copies in chunks of three, passes of at most four rows: a pass holds parts of two chunks'
+    copies), under guided-backprop rules too, and from given noise as from drawn."""
+    from onnxplain.core.noise import NoisyCopies
+    from onnxplain.core.targets import resolve_target
+    from onnxplain.methods.gradient._modified import rectifier_nodes
+
+    be = small_model.backend("torch")
+    x = np.concatenate([images, images[:1] * 0.5])
+    if target == "neuron":
+        target = ox.Neuron(small_model.find_layer().name, (3, 2, 2))
+    objective = resolve_target(target, len(x), small_model.output_name, small_model.num_classes)
+    node_rules = {n: "guided" for n in rectifier_nodes(small_model)} if rules else None
+    given = np.random.default_rng(2).standard_normal((7, *x.shape)).astype(np.float32) * 0.2
+    for copies in (NoisyCopies(7, 0.3, seed=4), NoisyCopies(7, given=given)):
+        seen: list[int] = []
+        old_size, be.max_batch_size = be.max_batch_size, 4
+        try:
+            ours, ours_sq = be.smoothed_gradients(x, objective, copies, 3, node_rules, post, True,
+                                                  lambda firsts, seen=seen: seen.extend(firsts) or firsts)
+            ref, ref_sq = Backend.smoothed_gradients(be, x, objective, copies, 3, node_rules, post, True)
+        finally:
+            be.max_batch_size = old_size
+        assert ours.dtype == ours_sq.dtype == np.float64 and seen == [0, 3, 6]
+        for a, b in ((ours, ref), (ours_sq, ref_sq)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * np.abs(b).max())
+            assert np.abs(b).max() > 0
+    assert be.smoothed_gradients(x, objective, copies, 7, node_rules, post)[1] is None
+
+
 def test_cuda_sessions_choose_convolution_algorithms_by_heuristics(monkeypatch):
     """ONNX Runtime's CUDA provider is asked for cuDNN's heuristic choice, as PyTorch makes it;
     its default times every algorithm at each new shape in every session, and may pick

@@ -141,6 +141,28 @@ def test_smoothgrad_on_cuda_is_as_exact_as_captum_on_cuda(resnet_pair, resnet_im
     assert max_rel_err(ours, f64) <= max(2 * max_rel_err(captum, f64), 1e-4)
 
 
+def test_the_noise_drawn_on_cuda_is_the_noise_drawn_on_the_cpu():
+    """The words are exact integer arithmetic; only the float64 Box–Muller step may differ in
+    its last bits, far below a float32 draw's resolution."""
+    from onnxplain.core.noise import standard_normal
+
+    cpu = standard_normal(7, 3, 16, 2, (3, 64, 64), dtype=torch.float64)
+    gpu = standard_normal(7, 3, 16, 2, (3, 64, 64), dtype=torch.float64, device="cuda").cpu()
+    assert (gpu - cpu).abs().max().item() < 1e-12
+    single = standard_normal(7, 3, 16, 2, (3, 64, 64), device="cuda").cpu()
+    assert (single - cpu.float()).abs().max().item() <= 1e-6
+
+
+def test_a_noise_tunnel_drawn_and_summed_on_cuda_matches_the_cpu(resnet_pair, resnet_images):
+    """NoiseTunnel(Saliency) under a seed: the torch backend draws the copies and sums their
+    gradients on the GPU; the result is the CPU's, up to cuDNN's last bits."""
+    _, model = resnet_pair
+    kwargs = {"nt_type": "vargrad", "nt_samples": 8, "stdevs": 0.2, "seed": 5, "target": 1}
+    cpu = ox.NoiseTunnel(ox.Saliency(model, device="cpu")).attribute(resnet_images, **kwargs)
+    gpu = ox.NoiseTunnel(ox.Saliency(model, device="cuda")).attribute(resnet_images, **kwargs)
+    assert max_rel_err(gpu, cpu) < 2e-3
+
+
 def test_a_batch_too_big_for_the_device_backs_off_instead_of_failing(resnet_pair):
     _, model = resnet_pair
     be = model.backend("torch", device="cuda", max_batch_size=4096, verify=False)

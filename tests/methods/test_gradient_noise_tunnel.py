@@ -3,6 +3,8 @@ seed, and memory bounded by the batch settings."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -13,9 +15,12 @@ from helpers import max_rel_err
 import onnxplain as ox
 from onnxplain.methods.cam import GradCAM
 from onnxplain.methods.gradient import (
+    Deconvolution,
     GuidedBackprop,
+    InputXGradient,
     IntegratedGradients,
     NoiseTunnel,
+    RectGrad,
     Saliency,
     SmoothGrad,
 )
@@ -195,3 +200,54 @@ def test_show_progress_reaches_the_wrapped_method_and_silences_every_bar(
 def test_noise_tunnel_needs_a_method_instance(small_model):
     with pytest.raises(ox.InputValidationError, match="wraps an onnxplain method"):
         NoiseTunnel(small_model)
+
+
+def _generic(method_cls):
+    """A subclass that overrides ``attribute`` alone: NoiseTunnel must then call it copy by
+    copy instead of asking the backend for the sums."""
+
+    class Generic(method_cls):
+        def attribute(self, inputs, target=None, **kwargs):
+            return super().attribute(inputs, target, **kwargs)
+
+    return Generic
+
+
+@pytest.mark.parametrize("method_cls, kwargs", [
+    (Saliency, {}), (Saliency, {"abs": False}), (InputXGradient, {}), (GuidedBackprop, {}),
+    (Deconvolution, {}), (RectGrad, {"q": 90.0}),
+])
+@pytest.mark.parametrize("nt_type", ["smoothgrad", "vargrad"])
+def test_the_backends_sums_equal_the_wrapped_methods_own_calls(small_model, images, monkeypatch,
+                                                               method_cls, kwargs, nt_type):
+    """Around a gradient viewed as rules + a pointwise step, the backend sums the copies; the
+    result is the one the method's own calls give on the same draws, whatever the batching."""
+    asked = []
+    be = small_model.backend("torch")
+    original = type(be).smoothed_gradients
+    monkeypatch.setattr(type(be), "smoothed_gradients", lambda *a, **k: asked.append(1) or original(*a, **k))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # methods that warn on a model without rectifiers
+        fast = NoiseTunnel(method_cls(small_model)).attribute(
+            images, nt_type=nt_type, nt_samples=5, stdevs=0.2, seed=3, target=[1, 4], nt_samples_batch_size=2,
+            **kwargs)
+        assert asked == [1]
+        slow = NoiseTunnel(_generic(method_cls)(small_model)).attribute(
+            images, nt_type=nt_type, nt_samples=5, stdevs=0.2, seed=3, target=[1, 4], nt_samples_batch_size=3,
+            **kwargs)
+    assert asked == [1]
+    assert max_rel_err(fast, slow) < 1e-5 and np.abs(slow).max() > 0
+
+
+def test_a_method_replaced_on_the_instance_is_called_copy_by_copy(small_model, images):
+    sal = Saliency(small_model)
+    calls = []
+    original = sal.attribute
+
+    def attribute(inputs, target=None, abs=True):
+        calls.append(len(inputs))
+        return original(inputs, target, abs)
+
+    sal.attribute = attribute
+    NoiseTunnel(sal).attribute(images, nt_samples=4, stdevs=0.1, seed=0, target=1, nt_samples_batch_size=2)
+    assert calls == [4, 4]

@@ -28,10 +28,11 @@ from typing import Any
 import numpy as np
 import pydantic
 
+from onnxplain.core.noise import NoisyCopies, fresh_seed
 from onnxplain.core.targets import TargetLike
 from onnxplain.core.validation import Params, Seed, validate_params
 from onnxplain.methods.cam.base import CAMBase, LayerData
-from onnxplain.methods.gradient.noise_tunnel import checked_noise, noisy_copies
+from onnxplain.methods.gradient.noise_tunnel import checked_noise
 
 
 class _Params(Params):
@@ -61,8 +62,8 @@ class SmoothGradCAMPlusPlus(CAMBase):
 
         ``nt_samples``: noisy copies of each input; ``stdevs``: the noise's standard
         deviation σ (default 0.15 × the inputs' range, as :class:`SmoothGrad`); ``seed``:
-        the noise is drawn from ``numpy.random.default_rng(seed)``, copy by copy, as
-        :class:`NoiseTunnel` draws it; ``noise``: the perturbations themselves,
+        the noise is drawn as :class:`NoiseTunnel` draws it (the same on every device and
+        for every batching); ``noise``: the perturbations themselves,
         (nt_samples, N, *inputs.shape[1:]) (``stdevs`` and ``seed`` then unused). The target
         is resolved once, on the noise-free inputs. Memory is bounded by the backend's
         ``max_batch_size`` rows per pass (at least one noisy copy of the N inputs), not by
@@ -82,13 +83,13 @@ class SmoothGradCAMPlusPlus(CAMBase):
         grid = self._grid(x, outs[name])
         a = outs[name] if grid is None else grid.to_grid(outs[name])
         stdev = p.stdevs if p.stdevs is not None else 0.15 * float(x.max() - x.min())
-        rng = np.random.default_rng(p.seed) if noise is None else None
+        copies = NoisyCopies(p.nt_samples, stdev, fresh_seed() if p.seed is None else p.seed, noise)
         per_batch = min(p.nt_samples, max(1, self.backend.max_batch_size // n))
         sums = [np.zeros(a.shape, np.float64) for _ in range(3)]  # Σ g, Σ g², Σ g³
         starts = list(range(0, p.nt_samples, per_batch))
         for s0 in self._progress(starts, len(starts), show_progress, "SmoothGradCAMPlusPlus"):
             b = min(per_batch, p.nt_samples - s0)
-            noisy = noisy_copies(x, noise[s0:s0 + b] if noise is not None else rng, b, stdev)
+            noisy = copies.rows(x, s0, b)
             rows = np.tile(np.arange(n), b)
             g = self.backend.gradients(noisy, objective.take(rows), wrt=[name]).gradients[name]
             g = (g if grid is None else grid.to_grid(g)).astype(np.float64).reshape(b, n, *a.shape[1:])

@@ -22,7 +22,7 @@ import numpy as np
 from onnxplain.backends.base import INPUT, Backend, BackwardRule, Capability
 from onnxplain.core.model import Model
 from onnxplain.core.targets import TargetLike
-from onnxplain.methods.base import Attribution
+from onnxplain.methods.base import Attribution, GradientView
 
 RECTIFIER_OPS = ("Relu", "LeakyRelu", "Clip")
 
@@ -71,8 +71,12 @@ class ModifiedReluGradient(Attribution):
     def backward_rule(self, **params: float) -> BackwardRule:
         raise NotImplementedError
 
-    def _modified_gradients(self, x: np.ndarray, target: TargetLike, **params: float) -> np.ndarray:
+    def _view(self, **params: float) -> GradientView:
+        """The gradient with the family's rule at every rectifier, as a GradientView."""
         rule = self.backward_rule(**params)
+        return GradientView(rules={n: rule for n in self.nodes})
+
+    def _modified_gradients(self, x: np.ndarray, target: TargetLike, **params: float) -> np.ndarray:
         objective = self._objective(x, target)
-        result = self.backend.gradients(x, objective, wrt=[INPUT], rules={n: rule for n in self.nodes})
+        result = self.backend.gradients(x, objective, wrt=[INPUT], rules=self._view(**params).rules)
         return result.gradients[INPUT]

@@ -17,6 +17,7 @@ import numpy as np
 
 from onnxplain.backends.base import BackwardRule
 from onnxplain.core.targets import TargetLike
+from onnxplain.methods.base import GradientView
 from onnxplain.methods.gradient._modified import ModifiedReluGradient
 
 
@@ -30,3 +31,6 @@ class Deconvolution(ModifiedReluGradient):
     def attribute(self, inputs: Any, target: TargetLike = None) -> np.ndarray:
         x = self._inputs(inputs)
         return self._modified_gradients(x, target)
+
+    def _gradient_view(self) -> GradientView:
+        return self._view()

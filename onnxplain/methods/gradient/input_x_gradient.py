@@ -11,7 +11,7 @@ import numpy as np
 
 from onnxplain.backends.base import INPUT, Capability
 from onnxplain.core.targets import TargetLike
-from onnxplain.methods.base import Attribution
+from onnxplain.methods.base import Attribution, GradientView
 
 
 class InputXGradient(Attribution):
@@ -23,3 +23,6 @@ class InputXGradient(Attribution):
         x = self._inputs(inputs)
         grads = self.backend.gradients(x, self._objective(x, target), wrt=[INPUT]).gradients[INPUT]
         return x * grads
+
+    def _gradient_view(self) -> GradientView:
+        return GradientView(post="times_input")

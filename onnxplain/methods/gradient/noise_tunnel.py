@@ -8,7 +8,13 @@ With ε_s ~ N(0, σ²) drawn independently for s = 1 … n (``nt_samples``, σ =
     vargrad:        (1/n) Σ_s A(x + ε_s)² − ((1/n) Σ_s A(x + ε_s))²
 
 as Captum's ``NoiseTunnel``. The target is resolved once, on the noise-free inputs
-(``target=None`` explains the class predicted for x, not for each noisy copy).
+(``target=None`` explains the class predicted for x, not for each noisy copy). The noise
+comes from :mod:`onnxplain.core.noise`: a seed gives the same draws on every device and
+for every batching of the copies. Around a method that is the input gradient under some
+backward rules, made absolute or times the input (Saliency, InputXGradient,
+GuidedBackprop, Deconvolution, RectGrad), the backend computes the sums itself
+(:meth:`~onnxplain.backends.base.Backend.smoothed_gradients`): on a GPU the copies are
+drawn and their gradients summed there.
 """
 
 from __future__ import annotations
@@ -19,10 +25,12 @@ from typing import Any, Literal
 import numpy as np
 import pydantic
 
+from onnxplain.backends.base import copy_sums
 from onnxplain.core.errors import InputValidationError
-from onnxplain.core.targets import Channel, Neuron, TargetLike
+from onnxplain.core.noise import NoisyCopies, fresh_seed
+from onnxplain.core.targets import Channel, Neuron, Objective, TargetLike
 from onnxplain.core.validation import Params, Seed, validate_params
-from onnxplain.methods.base import Attribution
+from onnxplain.methods.base import Attribution, GradientView
 
 NTType = Literal["smoothgrad", "smoothgrad_sq", "vargrad"]
 
@@ -78,8 +86,9 @@ class NoiseTunnel(Attribution):
         once (default: as many as fit the backend's ``max_batch_size`` rows), so memory
         is bounded by ``nt_samples_batch_size`` × N rows, not by ``nt_samples``; a wrapped
         IntegratedGradients further bounds its own passes with ``internal_batch_size``.
-        ``seed``: the noise is drawn from ``numpy.random.default_rng(seed)`` sample by
-        sample, in the inputs' float type, so results do not depend on the batch size.
+        ``seed``: the noise is drawn by :func:`onnxplain.core.noise.standard_normal` under
+        it, in the inputs' float type: the same draws on every device and whatever the
+        batch size (``None``: a fresh seed from the operating system).
         ``noise``: the perturbations themselves, shape ``(nt_samples, N, *inputs.shape[1:])``
         (``noise[s, i]`` is added to example i in copy s; ``stdevs`` and ``seed`` are then
         unused) — the way to reproduce another library's draws exactly (the tests rebuild
@@ -112,32 +121,36 @@ class NoiseTunnel(Attribution):
                     f"NoiseTunnel: {type(method).__name__}.attribute takes no argument {unknown}; "
                     f"it takes {accepted}"
                 )
-        classes = self._explicit_target(x, target) if takes_target else None
+        objective, classes = self._explicit_target(x, target) if takes_target else (None, None)
         want_delta = bool(kwargs.get("return_convergence_delta", False))
 
         per_batch = p.nt_samples_batch_size or max(1, self.backend.max_batch_size // n)
         per_batch = min(per_batch, p.nt_samples)
-        rng = np.random.default_rng(p.seed) if noise is None else None
-        total = total_sq = None
-        deltas = np.zeros((p.nt_samples, n)) if want_delta else None
-        starts = list(range(0, p.nt_samples, per_batch))
-        for s0 in self._progress(starts, len(starts), show_progress, "NoiseTunnel"):
-            b = min(per_batch, p.nt_samples - s0)
-            noisy = noisy_copies(x, noise[s0:s0 + b] if noise is not None else rng, b, p.stdevs)
-            call = {k: _repeat(k, v, n, b, x.ndim) for k, v in kwargs.items()}
-            if takes_target:
-                call["target"] = _repeat_target(classes, b)
-            if takes_progress:
-                call["show_progress"] = show_progress
-            out = method.attribute(noisy, **call)
-            if want_delta:
-                out, delta = out
-                deltas[s0:s0 + b] = np.asarray(delta, np.float64).reshape(b, n)
-            a = np.asarray(out).reshape(b, n, *np.shape(out)[1:])
-            part = a.sum(0, dtype=np.float64)  # float64 sums without a float64 copy
-            total = part if total is None else total + part
-            if p.nt_type != "smoothgrad":  # the squares only where the result needs them
-                part_sq = np.einsum("k...,k...->...", a, a, dtype=np.float64, casting="unsafe")
+        copies = NoisyCopies(p.nt_samples, p.stdevs, fresh_seed() if p.seed is None else p.seed, noise)
+        squares = p.nt_type != "smoothgrad"  # the squares only where the result needs them
+        view = _gradient_view(method, kwargs) if objective is not None else None
+        if view is not None:
+            total, total_sq = self.backend.smoothed_gradients(
+                x, objective, copies, per_batch, view.rules, view.post, squares,
+                progress=lambda starts: self._progress(starts, len(starts), show_progress, "NoiseTunnel"))
+            deltas = None
+        else:
+            total = total_sq = None
+            deltas = np.zeros((p.nt_samples, n)) if want_delta else None
+            starts = list(range(0, p.nt_samples, per_batch))
+            for s0 in self._progress(starts, len(starts), show_progress, "NoiseTunnel"):
+                b = min(per_batch, p.nt_samples - s0)
+                call = {k: _repeat(k, v, n, b, x.ndim) for k, v in kwargs.items()}
+                if takes_target:
+                    call["target"] = _repeat_target(classes, b)
+                if takes_progress:
+                    call["show_progress"] = show_progress
+                out = method.attribute(copies.rows(x, s0, b), **call)
+                if want_delta:
+                    out, delta = out
+                    deltas[s0:s0 + b] = np.asarray(delta, np.float64).reshape(b, n)
+                part, part_sq = copy_sums(np.asarray(out).reshape(b, n, *np.shape(out)[1:]), squares)
+                total = part if total is None else total + part
                 total_sq = part_sq if total_sq is None else total_sq + part_sq
         mean = total / p.nt_samples
         mean_sq = None if total_sq is None else total_sq / p.nt_samples
@@ -150,13 +163,24 @@ class NoiseTunnel(Attribution):
         result = result.astype(np.float32)
         return (result, deltas.T) if want_delta else result
 
-    def _explicit_target(self, x: np.ndarray, target: TargetLike) -> TargetLike:
-        """The target checked against the clean inputs, classes as one int per example
-        (``None``: the class predicted for the clean inputs)."""
+    def _explicit_target(self, x: np.ndarray, target: TargetLike) -> tuple[Objective, TargetLike]:
+        """The objective of the clean inputs, and the target for the wrapped method: classes
+        as one int per example (``None``: the class predicted for the clean inputs)."""
         objective = self.attribution_method._objective(x, target)
         if isinstance(target, (Neuron, Channel)):
-            return target
-        return objective.index[:, 0].copy()
+            return objective, target
+        return objective, objective.index[:, 0].copy()
+
+
+def _gradient_view(method: Attribution, kwargs: dict[str, Any]) -> GradientView | None:
+    """The wrapped method as a GradientView for these arguments, when its class declares
+    one beside the ``attribute`` it runs (not for an ``attribute`` replaced on the instance
+    or overridden by a subclass alone)."""
+    cls = type(method)
+    owner = next(c for c in cls.__mro__ if "attribute" in vars(c))
+    if "attribute" in vars(method) or "_gradient_view" not in vars(owner):
+        return None
+    return method._gradient_view(**kwargs)
 
 
 def _repeat_target(target: TargetLike, copies: int) -> TargetLike:
@@ -184,19 +208,3 @@ def checked_noise(noise: Any, samples: int, x: np.ndarray) -> np.ndarray | None:
     if not np.isfinite(noise).all():
         raise InputValidationError("noise contains NaN or Inf values")
     return noise
-
-
-def noisy_copies(x: np.ndarray, source: np.ndarray | np.random.Generator, copies: int,
-                 stdev: float) -> np.ndarray:
-    """``copies`` noisy copies of the N examples ``x`` as one (copies · N, ...) batch, row
-    s·N + i being example i in copy s. ``source``: the perturbations (copies, *x.shape), or
-    a generator to draw them from, N(0, stdev²) in the inputs' float type (float32: half
-    the time of float64), so that the draws do not depend on how copies are batched."""
-    if isinstance(source, np.random.Generator):
-        kind = x.dtype if x.dtype in (np.float32, np.float64) else np.dtype(np.float64)
-        noisy = source.standard_normal((copies, *x.shape), dtype=kind)
-        noisy *= kind.type(stdev)
-        noisy += x[None]  # in place: no temporaries the size of all the copies
-    else:
-        noisy = x[None] + source
-    return noisy.astype(x.dtype, copy=False).reshape(copies * len(x), *x.shape[1:])

@@ -25,6 +25,7 @@ from onnxplain.backends.base import Backend, BackwardRule
 from onnxplain.core.model import Model
 from onnxplain.core.targets import TargetLike
 from onnxplain.core.validation import Params, validate_params
+from onnxplain.methods.base import GradientView
 from onnxplain.methods.gradient._modified import ModifiedReluGradient
 
 
@@ -48,3 +49,8 @@ class RectGrad(ModifiedReluGradient):
         x = self._inputs(inputs)
         grads = self._modified_gradients(x, target, q=p.q)
         return x * grads if self.multiply_by_inputs else grads
+
+    def _gradient_view(self, q: float = 98.0) -> GradientView:
+        p = validate_params(_RectGradParams, "RectGrad", q=q)
+        view = self._view(q=p.q)
+        return GradientView(view.rules, "times_input" if self.multiply_by_inputs else "gradient")

@@ -11,7 +11,7 @@ import numpy as np
 
 from onnxplain.backends.base import INPUT, Capability
 from onnxplain.core.targets import TargetLike
-from onnxplain.methods.base import Attribution
+from onnxplain.methods.base import Attribution, GradientView
 
 
 class Saliency(Attribution):
@@ -23,3 +23,6 @@ class Saliency(Attribution):
         x = self._inputs(inputs)
         grads = self.backend.gradients(x, self._objective(x, target), wrt=[INPUT]).gradients[INPUT]
         return np.abs(grads) if abs else grads
+
+    def _gradient_view(self, abs: bool = True) -> GradientView:
+        return GradientView(post="abs" if abs else "gradient")
