@@ -25,6 +25,7 @@ from onnxplain.backends.base import (
     Backend,
     BackwardRule,
     Capability,
+    GradientPost,
     GradientResult,
     batches,
 )
@@ -37,6 +38,7 @@ from onnxplain.core.errors import (
 
 if TYPE_CHECKING:
     from onnxplain.core.model import Model
+    from onnxplain.core.noise import NoisyCopies
     from onnxplain.core.targets import Objective
 
 logger = logging.getLogger(__name__)
@@ -472,8 +474,8 @@ class TorchBackend(Backend):
         start, end = np.asarray(start, dtype), np.asarray(end, dtype)
         self._verify_shape(start)
         n, dev = len(start), self._device
-        origin = torch.from_numpy(np.ascontiguousarray(start)).to(dev)
-        diff = torch.from_numpy(np.ascontiguousarray(end)).to(dev) - origin
+        origin = torch.from_numpy(np.require(start, requirements=["C", "W"])).to(dev)
+        diff = torch.from_numpy(np.require(end, requirements=["C", "W"])).to(dev) - origin
         alpha = torch.as_tensor(np.asarray(alphas, dtype), device=dev)
         weight = torch.as_tensor(np.asarray(weights, np.float64), device=dev)
         total = torch.zeros(origin.shape, dtype=torch.float64, device=dev)
@@ -490,6 +492,48 @@ class TorchBackend(Backend):
             if grad is not None:
                 total.index_add_(0, example, grad.to(torch.float64) * weight[step].view(shape))
         return total.cpu().numpy()
+
+    def smoothed_gradients(
+        self,
+        x: np.ndarray,
+        objective: Objective,
+        noise: NoisyCopies,
+        chunk: int,
+        rules: Mapping[str, Rule | str | BackwardRule] | None = None,
+        post: GradientPost = "gradient",
+        squares: bool = False,
+        progress: Callable[[list[int]], Iterable[int]] = iter,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """As :meth:`Backend.smoothed_gradients`, with the noise drawn, the gradients taken and
+        summed (in float64) on this backend's device: only the examples go there and only
+        the sums come back."""
+        if self.model.fixed_batch:  # the default pads each pass to the fixed batch
+            return super().smoothed_gradients(x, objective, noise, chunk, rules, post, squares, progress)
+        x = np.asarray(x, dtype=self.model.input_dtype)
+        self._verify_shape(x)
+        n, dev = len(x), self._device
+        clean = torch.from_numpy(np.require(x, requirements=["C", "W"])).to(dev)
+        total = torch.zeros(clean.shape, dtype=torch.float64, device=dev)
+        total_sq = torch.zeros_like(total) if squares else None
+        rule_ctx = self.node_rules(rules) if rules else contextlib.nullcontext()
+        with rule_ctx:
+            for first in progress(list(range(0, noise.copies, chunk))):
+                count = min(chunk, noise.copies - first)
+                noisy = noise.rows(clean, first, count)
+                for sl in batches(len(noisy), self.max_batch_size):
+                    example = np.arange(sl.start, sl.stop) % n
+                    xb = noisy[sl].requires_grad_(True)
+                    with torch.enable_grad(), self._capture([objective.tensor]) as store:
+                        score = self._scores(xb, store, objective.take(example))
+                        (g,) = torch.autograd.grad(score.sum(), [xb], allow_unused=True)
+                    g = torch.zeros_like(xb) if g is None else g
+                    a = g.abs() if post == "abs" else xb.detach() * g if post == "times_input" else g
+                    a = a.to(torch.float64)
+                    rows = torch.from_numpy(example).to(dev)
+                    total.index_add_(0, rows, a)
+                    if total_sq is not None:
+                        total_sq.index_add_(0, rows, a * a)
+        return total.cpu().numpy(), None if total_sq is None else total_sq.cpu().numpy()
 
     @staticmethod
     def _float_dtype(v: torch.Tensor) -> torch.dtype:
