@@ -2,13 +2,14 @@
 
 The draw for element e of example i in noisy copy s is a function of (seed, s, i, e) alone,
 a counter-based generator (as Random123's, Salmon et al., SC 2011) built from the PCG hash
-of Jarzynski & Olano (JCGT 2020): two 32-bit words per pair of elements, each
-``pcg(pcg(j) ^ key)`` with a key hashed from the seed, s and i, turned into two standard
-normals by Box–Muller in float64. The words are integer arithmetic that is exact in int64
-(values below 2³² times constants below 2³¹), so every device computes the same words; the
-float64 transform can differ between devices in its last bits only, far below a float32
-draw's resolution. Because nothing is sequential, a GPU draws a whole batch of copies in a
-few kernels, where a host generator would send every copy through host memory.
+of Jarzynski & Olano (JCGT 2020): two 32-bit words per pair j of elements (j and
+j + ⌈size/2⌉), each ``pcg(pcg(j) ^ key)`` with a key hashed from the seed, s and i, turned
+into the pair's two standard normals by Box–Muller in float64. The words are integer
+arithmetic that is exact in int64 (values below 2³² times constants below 2³¹), so every
+device computes the same words; the float64 transform can differ between devices in its
+last bits only, far below a float32 draw's resolution. Because nothing is sequential, a
+GPU draws a whole batch of copies in a few kernels, where a host generator would send
+every copy through host memory.
 """
 
 from __future__ import annotations
@@ -77,18 +78,18 @@ def standard_normal(
     copy, example = rows // n, rows % n
     key = _pcg(_pcg(copy ^ _seed_key(seed, device)) ^ example)
     keys = (_pcg(key.clone()), _pcg(key ^ _GOLDEN))
-    pairs = (size + 1) // 2  # Box–Muller gives two normals per pair of words
+    pairs = (size + 1) // 2  # Box–Muller: pair j gives elements j and pairs + j
     element = _pcg(torch.arange(pairs, dtype=torch.int64, device=device))
-    out = torch.empty((len(rows), 2 * pairs), dtype=dtype, device=device)
+    out = torch.empty((len(rows), 2, pairs), dtype=dtype, device=device)
     per_block = len(rows) if torch.device(device).type != "cpu" else max(1, _CPU_BLOCK // pairs)
     for r0 in range(0, len(rows), per_block):
         block = slice(r0, r0 + per_block)
         radius = _pcg(element[None] ^ keys[0][block, None]).to(torch.float64)
         radius.add_(0.5).mul_(2.0**-32).log_().mul_(-2.0).sqrt_()  # √(−2 ln u₁), u₁ ∈ (0, 1)
         angle = _pcg(element[None] ^ keys[1][block, None]).to(torch.float64).mul_(2.0 * torch.pi * 2.0**-32)
-        out[block, 0::2] = torch.cos(angle).mul_(radius)  # r cos 2πu₂ and r sin 2πu₂
-        out[block, 1::2] = angle.sin_().mul_(radius)
-    return out[:, :size].reshape(copies, n, *shape)
+        out[block, 0] = torch.cos(angle).mul_(radius)  # r cos 2πu₂ and r sin 2πu₂
+        out[block, 1] = angle.sin_().mul_(radius)
+    return out.reshape(len(rows), 2 * pairs)[:, :size].reshape(copies, n, *shape)
 
 
 @dataclass(frozen=True)
