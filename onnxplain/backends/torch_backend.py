@@ -245,11 +245,13 @@ class TorchBackend(Backend):
     # -- hooks -------------------------------------------------------------------------
     @contextlib.contextmanager
     def _capture(self, names: Sequence[str]) -> Iterator[dict[str, torch.Tensor]]:
+        """Forward hooks that put the named tensors in the yielded dict as they are computed;
+        the input and the model's outputs need none (:meth:`_scores` stores them)."""
         store: dict[str, torch.Tensor] = {}
         handles = []
         try:
             for name in names:
-                if name == self.model.input_name:
+                if name == self.model.input_name or name in self.model.output_names:
                     continue
                 if name not in self._producers:
                     self.model.check_tensors([name])
@@ -365,7 +367,10 @@ class TorchBackend(Backend):
         inner = [n for n in names if n not in self.model.output_names]
         parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
         n_rows = len(x)
-        x = np.asarray(x, dtype=self.model.input_dtype)[self._pad(n_rows)]
+        x = np.asarray(x, dtype=self.model.input_dtype)
+        rows = self._pad(n_rows)
+        if len(rows) > n_rows:
+            x = x[rows]
         fixed = self.model.fixed_batch
         size, start = self._chunk, 0
         with torch.inference_mode(), self._capture(inner) as store:
@@ -387,7 +392,7 @@ class TorchBackend(Backend):
                     value = xb if n == self.model.input_name else store.get(n, result.get(n))
                     parts[n].append(value.detach().cpu().numpy())
                 start += len(xb)
-        return {n: np.concatenate(p)[:n_rows] for n, p in parts.items()}
+        return {n: _joined(p, n_rows) for n, p in parts.items()}
 
     def gradients(
         self,
@@ -438,9 +443,9 @@ class TorchBackend(Backend):
                     acts[n].append(store[n].detach().cpu().numpy())
                 current.clear()
         return GradientResult(
-            scores=np.concatenate(scores)[:n_rows],
-            gradients={n: np.concatenate(v)[:n_rows] for n, v in grads.items()},
-            activations={n: np.concatenate(v)[:n_rows] for n, v in acts.items()},
+            scores=_joined(scores, n_rows),
+            gradients={n: _joined(v, n_rows) for n, v in grads.items()},
+            activations={n: _joined(v, n_rows) for n, v in acts.items()},
         )
 
     def _scores(self, xb: torch.Tensor, store: dict[str, torch.Tensor], objective: Objective) -> torch.Tensor:
@@ -538,6 +543,12 @@ class TorchBackend(Backend):
     @staticmethod
     def _float_dtype(v: torch.Tensor) -> torch.dtype:
         return v.dtype if v.is_floating_point() else torch.float32
+
+
+def _joined(parts: list[np.ndarray], n_rows: int) -> np.ndarray:
+    """The first ``n_rows`` rows of the parts, one after the other (a single part as it is)."""
+    whole = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    return whole[:n_rows]
 
 
 def _torch_device(device: str) -> torch.device:

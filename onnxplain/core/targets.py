@@ -17,6 +17,7 @@ backend understands: which tensor, and which scalar per example to take from it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -66,6 +67,15 @@ class Objective:
                 f"target has {self.index.shape[0]} entries but the batch has {n} examples"
             )
         self._check_bounds(tuple(int(d) for d in values.shape[1:]))
+        same = self._shared_index
+        if same is not None:  # basic indexing: no index arrays to build (or to send to a GPU)
+            if self.kind == "channel":
+                picked = values[:, same[0]].reshape(n, -1).mean(1)
+            elif len(same) == 1:
+                picked = values.reshape(n, -1)[:, same[0]]
+            else:
+                picked = values[(slice(None), *same)]
+            return picked.copy() if isinstance(picked, np.ndarray) else picked  # no view of values
         rows = np.arange(n)
         if self.kind == "channel":
             selected = values[rows, self.index[:, 0]]
@@ -73,6 +83,13 @@ class Objective:
         if self.index.shape[1] == 1:
             return values.reshape(n, -1)[rows, self.index[:, 0]]
         return values[(rows, *self.index.T)]
+
+    @functools.cached_property
+    def _shared_index(self) -> tuple[int, ...] | None:
+        """The index every example shares (one class for the whole batch), else None."""
+        if len(self.index) and (self.index == self.index[0]).all():
+            return tuple(int(v) for v in self.index[0])
+        return None
 
     def check_shape(self, dims: Sequence[Any] | None) -> None:
         """Check the index against a tensor's declared dims (batch dim first), before any
@@ -84,13 +101,15 @@ class Objective:
         """Refuse an index outside ``shape`` (the tensor's non-batch dims; None: unknown)
         with our error, before numpy or torch raise their own (or, for negative numbers,
         wrap around)."""
-        dims = ", ".join("?" if d is None else str(d) for d in shape)
-        where = f"tensor {self.tensor!r} of shape (N, {dims})"
+        def where() -> str:  # built only for an error: scores() checks on every pass
+            dims = ", ".join("?" if d is None else str(d) for d in shape)
+            return f"tensor {self.tensor!r} of shape (N, {dims})"
+
         if self.kind == "channel":
             top = shape[0] if shape else 0
             if top is not None and ((self.index < 0) | (self.index >= top)).any():
                 raise InputValidationError(
-                    f"target Channel {np.unique(self.index).tolist()} out of range: {where} "
+                    f"target Channel {np.unique(self.index).tolist()} out of range: {where()} "
                     f"has channels 0..{top - 1}"
                 )
             return
@@ -99,7 +118,7 @@ class Objective:
         if self.index.shape[1] == 1:
             if size is not None and ((self.index < 0) | (self.index >= size)).any():
                 raise InputValidationError(
-                    f"target index {np.unique(self.index).tolist()} out of range: {where} has "
+                    f"target index {np.unique(self.index).tolist()} out of range: {where()} has "
                     f"{size} units per example (flattened index 0..{size - 1})"
                 )
             return
@@ -109,7 +128,7 @@ class Objective:
             flat = f"an int 0..{size - 1}" if size is not None else "an int"
             ranges = ", ".join("0..?" if d is None else f"0..{d - 1}" for d in shape)
             raise InputValidationError(
-                f"target index {tuple(self.index[0].tolist())} out of range: {where} takes {flat} "
+                f"target index {tuple(self.index[0].tolist())} out of range: {where()} takes {flat} "
                 f"or a tuple of {len(shape)} indices in ({ranges})"
             )
 

@@ -75,3 +75,26 @@ def test_indices_are_checked_against_the_tensor_shape_on_numpy_and_torch():
     resolve_target(ox.Neuron("f", (0, 99, 0)), 2, "y", None).check_shape(("N", 4, "H", "W"))
     with pytest.raises(ox.InputValidationError, match=r"\(N, 4, \?, \?\) has channels 0..3"):
         resolve_target(ox.Channel("f", 7), 2, "y", None).check_shape(("N", 4, "H", "W"))
+
+
+@pytest.mark.parametrize("kind, index", [("index", [[7]]), ("index", [[2, 1, 3]]), ("channel", [[2]])])
+def test_one_index_for_the_whole_batch_selects_what_per_example_indices_select(kind, index):
+    """A target shared by every example is read by basic indexing (no index arrays, none sent
+    to a GPU); the scores are those of the per-example path, and a numpy result is no view."""
+    import torch
+
+    from onnxplain.core.targets import Objective
+
+    values = np.random.default_rng(0).standard_normal((3, 4, 5, 6))
+    shared = Objective("y", kind, np.repeat(np.asarray(index), 3, axis=0))
+    last = [[1] * len(index[0])]  # another index for the last example
+    mixed = Objective("y", kind, np.concatenate([np.repeat(np.asarray(index), 2, axis=0), last]))
+    assert shared._shared_index is not None and mixed._shared_index is None
+    per_example = mixed.scores(values)
+    got = shared.scores(values)
+    np.testing.assert_array_equal(got[:2], per_example[:2])
+    assert got[2] != per_example[2]
+    got[:] = 0
+    assert np.abs(shared.scores(values)).min() > 0  # values untouched
+    torch_scores = shared.scores(torch.from_numpy(values))
+    np.testing.assert_allclose(torch_scores.numpy(), shared.scores(values), rtol=1e-12)  # the means' rounding
