@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     import torch
 
 _WORD = 0xFFFFFFFF
-_GOLDEN = 0x9E3779B9  # separates the two words of an element
+_GOLDEN = 0x9E3779B9  # separates the two words of a pair
 #: elements hashed at once on a CPU (cache-sized blocks); a GPU hashes a whole request
 _CPU_BLOCK = 1 << 18
 
