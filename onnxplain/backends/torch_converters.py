@@ -605,6 +605,38 @@ def _layer_norm(old):
     return convert
 
 
+class ConstantReshape(nn.Module):
+    """Reshape to a shape that is a constant of the graph, held as Python ints: onnx2torch's
+    Reshape reads its shape tensor on every call, element by element (on a GPU, a device
+    sync per dimension in the middle of the pass)."""
+
+    def __init__(self, shape: tuple[int, ...], allowzero: bool = False) -> None:
+        super().__init__()
+        self.shape = shape
+        self.allowzero = allowzero
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.allowzero:
+            return torch.reshape(x, self.shape)
+        # ONNX: a 0 copies the input's size on that axis (unless allowzero)
+        return torch.reshape(x, tuple(x.shape[i] if d == 0 else d for i, d in enumerate(self.shape)))
+
+
+def _reshape(old):
+    def convert(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+        values = node.input_values
+        try:
+            shape = tuple(int(d) for d in get_const_value(values[1], graph).reshape(-1).tolist())
+        except KeyError:  # a shape computed in the graph: onnx2torch's module reads it per call
+            return old(node, graph)
+        return OperationConverterResult(
+            torch_module=ConstantReshape(shape, bool(node.attributes.get("allowzero", 0))),
+            onnx_mapping=OnnxMapping(inputs=(values[0],), outputs=node.output_values),
+        )
+
+    return convert
+
+
 def install() -> None:
     """Register every missing converter once per process (the registry is global)."""
     global _INSTALLED
@@ -664,6 +696,9 @@ def install() -> None:
         for version in _registered("AveragePool"):  # wraps onnx2torch's: asymmetric pads
             key = OperationDescription("", "AveragePool", version)
             _CONVERTER_REGISTRY[key] = _avg_pool(_CONVERTER_REGISTRY[key])
+        for version in _registered("Reshape"):  # wraps onnx2torch's (and the aliases): constant shapes
+            key = OperationDescription("", "Reshape", version)
+            _CONVERTER_REGISTRY[key] = _reshape(_CONVERTER_REGISTRY[key])
         for version in _versions("DynamicQuantizeLinear"):
             _register("DynamicQuantizeLinear", version,
                       _module_converter(lambda node: DynamicQuantizeLinear()))

@@ -305,3 +305,62 @@ def test_lrp_through_a_spatial_transformer_holds_the_grid_constant():
     ours, plain = (ox.LRP(ox.adapters.torch.export(m, x, exporter="dynamo"), composite=composite).attribute(
         x.numpy(), target=1) for m in (module, module.net))
     assert np.abs(ours - plain).max() <= 1e-5 * np.abs(plain).max()
+
+
+@pytest.mark.parametrize("opset", [13, 21])
+def test_a_constant_reshape_holds_its_shape_and_a_computed_one_still_converts(opset):
+    """A Reshape to a constant shape (0: the input's size, -1: the rest) becomes a module with
+    the shape as Python ints, read from no tensor per call (on a GPU, onnx2torch's reads it
+    element by element, a sync each); a shape the graph computes keeps onnx2torch's module.
+    Both compute what ONNX Runtime does, gradients included."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxplain.backends.torch_converters import ConstantReshape
+
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["f"], pads=[1, 1, 1, 1]),
+        helper.make_node("Reshape", ["f", "const_shape"], ["flat"], name="const_reshape"),  # (N, 4·8·8)
+        helper.make_node("Shape", ["f"], ["f_shape"]),
+        helper.make_node("Gather", ["f_shape", "first"], ["lead"], axis=0),  # (N,)
+        helper.make_node("Concat", ["lead", "rest"], ["computed"], axis=0),
+        helper.make_node("Reshape", ["f", "computed"], ["rows"], name="computed_reshape"),  # (N, 16, 16)
+        helper.make_node("ReduceMean", ["rows"], ["pooled"], axes=[2], keepdims=0)
+        if opset < 18 else helper.make_node("ReduceMean", ["rows", "axis2"], ["pooled"], keepdims=0),
+        helper.make_node("MatMul", ["flat", "head"], ["logits_a"]),
+        helper.make_node("MatMul", ["pooled", "head2"], ["logits_b"]),
+        helper.make_node("Add", ["logits_a", "logits_b"], ["y"]),
+    ]
+    consts = {"w": rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
+              "const_shape": np.array([0, -1], np.int64), "rest": np.array([16, -1], np.int64),
+              "first": np.array([0], np.int64),
+              "axis2": np.array([2], np.int64), "head": rng.standard_normal((256, 5)).astype(np.float32),
+              "head2": rng.standard_normal((16, 5)).astype(np.float32)}
+    graph = helper.make_graph(
+        nodes, "reshapes", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])],
+        initializer=[numpy_helper.from_array(v, k) for k, v in consts.items()])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    proto.ir_version = 8
+    model = ox.load(proto)
+    backend = model.backend("torch")
+    assert isinstance(backend.node_module("const_reshape"), ConstantReshape)
+    assert backend.node_module("const_reshape").shape == (0, -1)
+    assert not isinstance(backend.node_module("computed_reshape"), ConstantReshape)
+    x = rng.standard_normal((3, 3, 8, 8)).astype(np.float32)
+    runtime = model.backend("onnxruntime")
+    np.testing.assert_allclose(backend.predict(x), runtime.predict(x), rtol=1e-5, atol=1e-5)
+    ours = ox.Saliency(backend).attribute(x, target=2, abs=False)
+    eps = 1e-2  # the graph is linear in x: central differences are exact up to float32 rounding
+    bump = np.zeros_like(x)
+    bump[1, 2, 3, 4] = eps
+    up, down = (runtime.predict(x + s * bump)[1, 2] for s in (1, -1))
+    assert abs((up - down) / (2 * eps) - ours[1, 2, 3, 4]) < 1e-2 * max(1.0, abs(ours[1, 2, 3, 4]))
+
+
+def test_a_constant_reshape_with_allowzero_keeps_zero_sized_axes():
+    from onnxplain.backends.torch_converters import ConstantReshape
+
+    x = torch.zeros(2, 0, 3)
+    assert ConstantReshape((0, 3, 2), allowzero=True)(x).shape == (0, 3, 2)
+    assert ConstantReshape((0, 3, 0), allowzero=False)(torch.zeros(2, 3, 4)).shape == (2, 3, 4)
