@@ -637,6 +637,80 @@ def _reshape(old):
     return convert
 
 
+class ConstantSlice(nn.Module):
+    """Slice with constant starts, ends, axes and steps, held as Python slices (onnx2torch's
+    Slice reads its four tensors on every call: device syncs on a GPU). A negative step
+    flips the axis and slices it forward, as onnx2torch does."""
+
+    def __init__(self, starts: list[int], ends: list[int], axes: list[int], steps: list[int]) -> None:
+        super().__init__()
+        self.flip_dims: list[int] = []
+        by_axis: dict[int, slice] = {}
+        for start, end, axis, step in zip(starts, ends, axes, steps):
+            if step < 0:
+                self.flip_dims.append(axis)
+                start, end, step = -start - 1, -end - 1, -step
+            by_axis[axis] = slice(start, end, step)
+        everything = slice(None)
+        self.leading = tuple(by_axis.get(a, everything) for a in range(max(axes) + 1))
+        trailing = tuple(by_axis.get(a, everything) for a in range(min(axes), 0))
+        self.trailing = (Ellipsis, *trailing) if trailing else ()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.flip_dims:
+            x = torch.flip(x, dims=self.flip_dims)
+        if self.leading:
+            x = x[self.leading]
+        if self.trailing:
+            x = x[self.trailing]
+        return x
+
+
+def _constant_ints(node: OnnxNode, graph: OnnxGraph, index: int) -> list[int] | None:
+    """Input ``index`` of ``node`` as Python ints when it is a constant of the graph; None
+    when it is absent; KeyError when it is computed."""
+    values = node.input_values
+    if len(values) <= index or not values[index]:
+        return None
+    return [int(v) for v in get_const_value(values[index], graph).reshape(-1).tolist()]
+
+
+def _slice(old):
+    def convert(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+        try:
+            starts, ends, axes, steps = (_constant_ints(node, graph, i) for i in (1, 2, 3, 4))
+        except KeyError:  # computed in the graph: onnx2torch's module reads them per call
+            return old(node, graph)
+        if not starts:
+            return old(node, graph)
+        axes = axes if axes is not None else list(range(len(starts)))
+        steps = steps if steps is not None else [1] * len(starts)
+        return OperationConverterResult(
+            torch_module=ConstantSlice(starts, ends, axes, steps),
+            onnx_mapping=OnnxMapping(inputs=(node.input_values[0],), outputs=node.output_values),
+        )
+
+    return convert
+
+
+def _squeeze(old):
+    def convert(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+        from onnx2torch.node_converters.squeeze import OnnxSqueezeStaticAxes
+
+        try:
+            axes = _constant_ints(node, graph, 1)
+        except KeyError:
+            return old(node, graph)
+        if axes is None:  # no axes: every axis of size 1, as onnx2torch's module does it
+            return old(node, graph)
+        return OperationConverterResult(
+            torch_module=OnnxSqueezeStaticAxes(axes=axes),
+            onnx_mapping=OnnxMapping(inputs=(node.input_values[0],), outputs=node.output_values),
+        )
+
+    return convert
+
+
 def install() -> None:
     """Register every missing converter once per process (the registry is global)."""
     global _INSTALLED
@@ -696,9 +770,12 @@ def install() -> None:
         for version in _registered("AveragePool"):  # wraps onnx2torch's: asymmetric pads
             key = OperationDescription("", "AveragePool", version)
             _CONVERTER_REGISTRY[key] = _avg_pool(_CONVERTER_REGISTRY[key])
-        for version in _registered("Reshape"):  # wraps onnx2torch's (and the aliases): constant shapes
-            key = OperationDescription("", "Reshape", version)
-            _CONVERTER_REGISTRY[key] = _reshape(_CONVERTER_REGISTRY[key])
+        # wrap onnx2torch's (and the aliases) where the inputs it reads per call are constants
+        for op, wrap, since in (("Reshape", _reshape, 5), ("Slice", _slice, 10), ("Squeeze", _squeeze, 13)):
+            for version in _registered(op):
+                if version >= since:
+                    key = OperationDescription("", op, version)
+                    _CONVERTER_REGISTRY[key] = wrap(_CONVERTER_REGISTRY[key])
         for version in _versions("DynamicQuantizeLinear"):
             _register("DynamicQuantizeLinear", version,
                       _module_converter(lambda node: DynamicQuantizeLinear()))

@@ -364,3 +364,59 @@ def test_a_constant_reshape_with_allowzero_keeps_zero_sized_axes():
     x = torch.zeros(2, 0, 3)
     assert ConstantReshape((0, 3, 2), allowzero=True)(x).shape == (0, 3, 2)
     assert ConstantReshape((0, 3, 0), allowzero=False)(torch.zeros(2, 3, 4)).shape == (2, 3, 4)
+
+
+def test_constant_slices_and_squeezes_hold_their_arguments_and_compute_what_onnx_runtime_does():
+    """Slice with constant starts/ends/axes/steps (a negative step, an end at INT64's bounds,
+    a negative axis, steps of 2) and Squeeze with constant axes become modules holding them
+    as Python values; a Slice whose start the graph computes keeps onnx2torch's module."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxplain.backends.torch_converters import ConstantSlice
+
+    big, small = np.iinfo(np.int64).max, np.iinfo(np.int64).min
+    consts = {
+        "w": np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32),
+        "s1": np.array([1, -2], np.int64), "e1": np.array([big, small], np.int64),
+        "a1": np.array([2, 3], np.int64), "p1": np.array([1, -1], np.int64),  # (N, 4, 7, 7), W reversed
+        "s2": np.array([0], np.int64), "e2": np.array([6], np.int64), "a2": np.array([-1], np.int64),
+        "p2": np.array([2], np.int64),  # (N, 4, 7, 3)
+        "one": np.array([1], np.int64), "big": np.array([big], np.int64), "sq": np.array([3], np.int64),
+        "head": np.random.default_rng(1).standard_normal((4 * 7, 5)).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["f"], pads=[1, 1, 1, 1]),  # (N, 4, 8, 8)
+        helper.make_node("Slice", ["f", "s1", "e1", "a1", "p1"], ["g"], name="slice_a"),
+        helper.make_node("Slice", ["g", "s2", "e2", "a2", "p2"], ["h"], name="slice_b"),
+        helper.make_node("Shape", ["h"], ["h_shape"]),
+        helper.make_node("Slice", ["h_shape", "one", "big"], ["tail"]),  # computed from a shape
+        helper.make_node("ReduceMin", ["tail"], ["least"], keepdims=1),  # 3
+        helper.make_node("Sub", ["least", "one"], ["two"]),  # 2: a start the graph computes
+        helper.make_node("Slice", ["h", "two", "big", "sq"], ["k"], name="slice_computed"),  # (N, 4, 7, 1)
+        helper.make_node("Squeeze", ["k", "sq"], ["m"], name="squeeze_const"),  # (N, 4, 7)
+        helper.make_node("Flatten", ["m"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "head"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "slices", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])],
+        initializer=[numpy_helper.from_array(v, k) for k, v in consts.items()])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    model = ox.load(proto)
+    backend = model.backend("torch")
+    kinds = {n.name: type(backend.node_module(n.name)).__name__ for n in model.ir.graph}
+    assert kinds["slice_a"] == kinds["slice_b"] == ConstantSlice.__name__
+    assert kinds["squeeze_const"] == "OnnxSqueezeStaticAxes"
+    assert kinds["slice_computed"] != ConstantSlice.__name__
+    x = np.random.default_rng(2).standard_normal((3, 3, 8, 8)).astype(np.float32)
+    runtime = model.backend("onnxruntime")
+    np.testing.assert_allclose(backend.predict(x), runtime.predict(x), rtol=1e-5, atol=1e-5)
+    grads = ox.Saliency(backend).attribute(x, target=4, abs=False)
+    zero = (0, 1, 5, 6)  # outside what the slices keep
+    for at in (np.unravel_index(np.abs(grads).argmax(), grads.shape), zero):
+        bump = np.zeros_like(x)
+        bump[at] = 1e-2  # linear in x: central differences exact up to float32 rounding
+        up, down = (runtime.predict(x + s * bump)[at[0], 4] for s in (1, -1))
+        assert abs((up - down) / 2e-2 - grads[at]) < 1e-2 * max(1.0, abs(grads[at]))
+    assert grads[zero] == 0 and np.abs(grads).max() > 0.1
