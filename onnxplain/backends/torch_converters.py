@@ -637,33 +637,61 @@ def _reshape(old):
     return convert
 
 
+def _slice_plan(starts: list[int], ends: list[int], axes: list[int], steps: list[int]):
+    """ONNX Slice's arguments as torch indexing: the axes to flip (a negative step flips
+    the axis and slices it forward, as onnx2torch does) and index tuples for the leading
+    (non-negative) and trailing (negative) axes. Python ints: no int64 overflow at the
+    bounds, and tuples (torch reads a list of slices as a tensor index in time)."""
+    flip: list[int] = []
+    by_axis: dict[int, slice] = {}
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        if step < 0:
+            flip.append(axis)
+            start, end, step = -start - 1, -end - 1, -step
+        by_axis[axis] = slice(start, end, step)
+    everything = slice(None)
+    leading = tuple(by_axis.get(a, everything) for a in range(max(axes) + 1))
+    trailing = tuple(by_axis.get(a, everything) for a in range(min(axes), 0))
+    return flip, leading, (Ellipsis, *trailing) if trailing else ()
+
+
+def _sliced(x: torch.Tensor, plan) -> torch.Tensor:
+    flip, leading, trailing = plan
+    if flip:
+        x = torch.flip(x, dims=flip)
+    if leading:
+        x = x[leading]
+    if trailing:
+        x = x[trailing]
+    return x
+
+
 class ConstantSlice(nn.Module):
     """Slice with constant starts, ends, axes and steps, held as Python slices (onnx2torch's
-    Slice reads its four tensors on every call: device syncs on a GPU). A negative step
-    flips the axis and slices it forward, as onnx2torch does."""
+    Slice reads its four tensors on every call: device syncs on a GPU)."""
 
     def __init__(self, starts: list[int], ends: list[int], axes: list[int], steps: list[int]) -> None:
         super().__init__()
-        self.flip_dims: list[int] = []
-        by_axis: dict[int, slice] = {}
-        for start, end, axis, step in zip(starts, ends, axes, steps):
-            if step < 0:
-                self.flip_dims.append(axis)
-                start, end, step = -start - 1, -end - 1, -step
-            by_axis[axis] = slice(start, end, step)
-        everything = slice(None)
-        self.leading = tuple(by_axis.get(a, everything) for a in range(max(axes) + 1))
-        trailing = tuple(by_axis.get(a, everything) for a in range(min(axes), 0))
-        self.trailing = (Ellipsis, *trailing) if trailing else ()
+        self.plan = _slice_plan(starts, ends, axes, steps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.flip_dims:
-            x = torch.flip(x, dims=self.flip_dims)
-        if self.leading:
-            x = x[self.leading]
-        if self.trailing:
-            x = x[self.trailing]
-        return x
+        return _sliced(x, self.plan)
+
+
+class ComputedSlice(nn.Module):
+    """Slice whose arguments the graph computes: read on every call, then as
+    :class:`ConstantSlice` (onnx2torch's indexes with a list of slices, which torch warns it
+    will read as a tensor index)."""
+
+    def forward(self, x: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor,
+                axes: torch.Tensor | None = None, steps: torch.Tensor | None = None) -> torch.Tensor:
+        def ints(t: torch.Tensor) -> list[int]:
+            return [int(v) for v in t.reshape(-1).tolist()]
+
+        begin, stop = ints(starts), ints(ends)
+        along = ints(axes) if axes is not None else list(range(len(begin)))
+        stride = ints(steps) if steps is not None else [1] * len(begin)
+        return _sliced(x, _slice_plan(begin, stop, along, stride))
 
 
 def _constant_ints(node: OnnxNode, graph: OnnxGraph, index: int) -> list[int] | None:
@@ -679,8 +707,9 @@ def _slice(old):
     def convert(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
         try:
             starts, ends, axes, steps = (_constant_ints(node, graph, i) for i in (1, 2, 3, 4))
-        except KeyError:  # computed in the graph: onnx2torch's module reads them per call
-            return old(node, graph)
+        except KeyError:  # computed in the graph: read on every call
+            return OperationConverterResult(torch_module=ComputedSlice(),
+                                            onnx_mapping=onnx_mapping_from_node(node))
         if not starts:
             return old(node, graph)
         axes = axes if axes is not None else list(range(len(starts)))
@@ -706,6 +735,50 @@ def _squeeze(old):
         return OperationConverterResult(
             torch_module=OnnxSqueezeStaticAxes(axes=axes),
             onnx_mapping=OnnxMapping(inputs=(node.input_values[0],), outputs=node.output_values),
+        )
+
+    return convert
+
+
+def _split(old):
+    def convert(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+        from onnx2torch.node_converters.split import OnnxSplit
+
+        try:
+            sizes = _constant_ints(node, graph, 1)
+        except KeyError:
+            return old(node, graph)
+        if sizes is None:  # equal parts: onnx2torch's module reads no tensor then
+            return old(node, graph)
+        module = OnnxSplit(len(node.output_values), node.attributes.get("axis", 0), sizes)
+        return OperationConverterResult(
+            torch_module=module,
+            onnx_mapping=OnnxMapping(inputs=(node.input_values[0],), outputs=node.output_values),
+        )
+
+    return convert
+
+
+def _pad(old):
+    def convert(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+        from onnx2torch.node_converters.pad import OnnxPadStatic
+
+        values = node.input_values
+        mode = node.attributes.get("mode", "constant")
+        if (len(values) > 3 and values[3]) or mode == "wrap":  # what the old converter refuses
+            return old(node, graph)
+        try:
+            pads = _constant_ints(node, graph, 1)
+            fill = get_const_value(values[2], graph) if len(values) > 2 and values[2] else None
+        except KeyError:
+            return old(node, graph)
+        if pads is None or (fill is not None and fill.numel() != 1):
+            return old(node, graph)
+        module = OnnxPadStatic.create_from_onnx_params(
+            pads, mode, 0.0 if fill is None else float(fill.reshape(-1)[0]))
+        return OperationConverterResult(
+            torch_module=module,
+            onnx_mapping=OnnxMapping(inputs=(values[0],), outputs=node.output_values),
         )
 
     return convert
@@ -771,7 +844,8 @@ def install() -> None:
             key = OperationDescription("", "AveragePool", version)
             _CONVERTER_REGISTRY[key] = _avg_pool(_CONVERTER_REGISTRY[key])
         # wrap onnx2torch's (and the aliases) where the inputs it reads per call are constants
-        for op, wrap, since in (("Reshape", _reshape, 5), ("Slice", _slice, 10), ("Squeeze", _squeeze, 13)):
+        for op, wrap, since in (("Reshape", _reshape, 5), ("Slice", _slice, 10), ("Squeeze", _squeeze, 13),
+                                ("Split", _split, 13), ("Pad", _pad, 11)):
             for version in _registered(op):
                 if version >= since:
                     key = OperationDescription("", op, version)

@@ -408,7 +408,7 @@ def test_constant_slices_and_squeezes_hold_their_arguments_and_compute_what_onnx
     kinds = {n.name: type(backend.node_module(n.name)).__name__ for n in model.ir.graph}
     assert kinds["slice_a"] == kinds["slice_b"] == ConstantSlice.__name__
     assert kinds["squeeze_const"] == "OnnxSqueezeStaticAxes"
-    assert kinds["slice_computed"] != ConstantSlice.__name__
+    assert kinds["slice_computed"] == "ComputedSlice"
     x = np.random.default_rng(2).standard_normal((3, 3, 8, 8)).astype(np.float32)
     runtime = model.backend("onnxruntime")
     np.testing.assert_allclose(backend.predict(x), runtime.predict(x), rtol=1e-5, atol=1e-5)
@@ -420,3 +420,49 @@ def test_constant_slices_and_squeezes_hold_their_arguments_and_compute_what_onnx
         up, down = (runtime.predict(x + s * bump)[at[0], 4] for s in (1, -1))
         assert abs((up - down) / 2e-2 - grads[at]) < 1e-2 * max(1.0, abs(grads[at]))
     assert grads[zero] == 0 and np.abs(grads).max() > 0.1
+
+
+@pytest.mark.parametrize("opset", [13, 18])
+def test_constant_pads_and_split_sizes_are_held_and_compute_what_onnx_runtime_does(opset):
+    """Pad with constant pads and fill (constant and reflect modes) and Split with constant
+    sizes become modules holding them as Python values; the output and its gradient are
+    ONNX Runtime's."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    consts = {
+        "w": np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32),
+        "pads": np.array([0, 0, 1, 2, 0, 0, 1, 0], np.int64), "fill": np.array(0.5, np.float32),
+        "pads2": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "sizes": np.array([3, 7], np.int64),
+        "zero": np.array([0], np.int64), "three": np.array([3], np.int64), "two": np.array([2], np.int64),
+        "head": np.random.default_rng(1).standard_normal((4 * 3 * 20, 5)).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["f"]),  # (N, 4, 6, 6)
+        helper.make_node("Pad", ["f", "pads", "fill"], ["g"], name="pad_const"),  # (N, 4, 8, 8)
+        helper.make_node("Pad", ["g", "pads2"], ["h"], mode="reflect", name="pad_reflect"),  # (N, 4, 10, 10)
+        helper.make_node("Split", ["h", "sizes"], ["top", "rest"], axis=2, name="split_const"),  # 3, 7 rows
+        helper.make_node("Slice", ["rest", "zero", "three", "two"], ["rest3"]),  # (N, 4, 3, 10)
+        helper.make_node("Concat", ["top", "rest3"], ["joined"], axis=3),  # (N, 4, 3, 20)
+        helper.make_node("Flatten", ["joined"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "head"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "pads", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])],
+        initializer=[numpy_helper.from_array(v, k) for k, v in consts.items()])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    proto.ir_version = 8
+    model = ox.load(proto)
+    backend = model.backend("torch")
+    kinds = {n.name: type(backend.node_module(n.name)).__name__ for n in model.ir.graph}
+    assert kinds["pad_const"] == kinds["pad_reflect"] == "OnnxPadStatic"
+    assert kinds["split_const"] == "OnnxSplit"
+    x = np.random.default_rng(2).standard_normal((3, 3, 8, 8)).astype(np.float32)
+    runtime = model.backend("onnxruntime")
+    np.testing.assert_allclose(backend.predict(x), runtime.predict(x), rtol=1e-5, atol=1e-5)
+    grads = ox.Saliency(backend).attribute(x, target=1, abs=False)
+    at = np.unravel_index(np.abs(grads).argmax(), grads.shape)
+    bump = np.zeros_like(x)
+    bump[at] = 1e-2  # linear in x: central differences exact up to float32 rounding
+    up, down = (runtime.predict(x + s * bump)[at[0], 1] for s in (1, -1))
+    assert abs((up - down) / 2e-2 - grads[at]) < 1e-2 * max(1.0, abs(grads[at]))
