@@ -722,22 +722,56 @@ def _slice(old):
     return convert
 
 
-def _squeeze(old):
-    def convert(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
-        from onnx2torch.node_converters.squeeze import OnnxSqueezeStaticAxes
+class ConstantSqueeze(nn.Module):
+    """Squeeze of constant axes, all at once (onnx2torch's squeezes them one by one in
+    descending order, which for several negative axes squeezes the wrong one)."""
 
-        try:
-            axes = _constant_ints(node, graph, 1)
-        except KeyError:
-            return old(node, graph)
-        if axes is None:  # no axes: every axis of size 1, as onnx2torch's module does it
-            return old(node, graph)
-        return OperationConverterResult(
-            torch_module=OnnxSqueezeStaticAxes(axes=axes),
-            onnx_mapping=OnnxMapping(inputs=(node.input_values[0],), outputs=node.output_values),
-        )
+    def __init__(self, axes: list[int]) -> None:
+        super().__init__()
+        self.axes = tuple(axes)
 
-    return convert
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.squeeze(x, dim=self.axes)
+
+
+class ConstantUnsqueeze(nn.Module):
+    """Unsqueeze at constant axes of the output (negative ones counted from its end), in
+    ascending order of the output's axes (onnx2torch sorts the raw numbers, which for
+    negative axes inserts at the wrong places)."""
+
+    def __init__(self, axes: list[int]) -> None:
+        super().__init__()
+        self.axes = tuple(axes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rank = x.dim() + len(self.axes)
+        for axis in sorted(a % rank for a in self.axes):
+            x = torch.unsqueeze(x, axis)
+        return x
+
+
+def _axes_op(module: type[nn.Module]):
+    """Squeeze or Unsqueeze with axes held as Python ints: an attribute (before opset 13) or a
+    constant input (onnx2torch reads that tensor on every call)."""
+
+    def wrap(old):
+        def convert(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+            axes = node.attributes.get("axes")
+            if axes is None:
+                try:
+                    axes = _constant_ints(node, graph, 1)
+                except KeyError:
+                    return old(node, graph)
+            if not axes:  # Squeeze without axes: every axis of size 1, as onnx2torch does it
+                return old(node, graph)
+            return OperationConverterResult(
+                torch_module=module([int(a) for a in axes]),
+                onnx_mapping=OnnxMapping(inputs=(node.input_values[0],), outputs=node.output_values),
+            )
+
+        return convert
+
+    return wrap
 
 
 def _split(old):
@@ -844,8 +878,9 @@ def install() -> None:
             key = OperationDescription("", "AveragePool", version)
             _CONVERTER_REGISTRY[key] = _avg_pool(_CONVERTER_REGISTRY[key])
         # wrap onnx2torch's (and the aliases) where the inputs it reads per call are constants
-        for op, wrap, since in (("Reshape", _reshape, 5), ("Slice", _slice, 10), ("Squeeze", _squeeze, 13),
-                                ("Split", _split, 13), ("Pad", _pad, 11)):
+        for op, wrap, since in (("Reshape", _reshape, 5), ("Slice", _slice, 10), ("Split", _split, 13),
+                                ("Pad", _pad, 11), ("Squeeze", _axes_op(ConstantSqueeze), 1),
+                                ("Unsqueeze", _axes_op(ConstantUnsqueeze), 1)):
             for version in _registered(op):
                 if version >= since:
                     key = OperationDescription("", op, version)

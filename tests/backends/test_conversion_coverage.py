@@ -407,7 +407,7 @@ def test_constant_slices_and_squeezes_hold_their_arguments_and_compute_what_onnx
     backend = model.backend("torch")
     kinds = {n.name: type(backend.node_module(n.name)).__name__ for n in model.ir.graph}
     assert kinds["slice_a"] == kinds["slice_b"] == ConstantSlice.__name__
-    assert kinds["squeeze_const"] == "OnnxSqueezeStaticAxes"
+    assert kinds["squeeze_const"] == "ConstantSqueeze"
     assert kinds["slice_computed"] == "ComputedSlice"
     x = np.random.default_rng(2).standard_normal((3, 3, 8, 8)).astype(np.float32)
     runtime = model.backend("onnxruntime")
@@ -466,3 +466,42 @@ def test_constant_pads_and_split_sizes_are_held_and_compute_what_onnx_runtime_do
     bump[at] = 1e-2  # linear in x: central differences exact up to float32 rounding
     up, down = (runtime.predict(x + s * bump)[at[0], 1] for s in (1, -1))
     assert abs((up - down) / 2e-2 - grads[at]) < 1e-2 * max(1.0, abs(grads[at]))
+
+
+@pytest.mark.parametrize("opset", [11, 13])
+def test_several_negative_axes_squeeze_and_unsqueeze_where_onnx_says(opset):
+    """Unsqueeze at axes (-1, -3) of a (N, 4) tensor gives (N, 4, 1) then (N, 1, 4, 1) in ONNX's
+    reading (axes of the output); Squeeze of (-1, -3) takes them out again. onnx2torch's
+    modules sort the raw numbers and insert or squeeze one by one: wrong shapes here."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxplain.backends.torch_converters import ConstantSqueeze, ConstantUnsqueeze
+
+    consts = {"w": np.random.default_rng(0).standard_normal((3 * 8 * 8, 4)).astype(np.float32),
+              "bias": np.random.default_rng(1).standard_normal((1, 5, 4, 1)).astype(np.float32)}
+    axes = {"axes": [-1, -3]} if opset < 13 else {}
+    if opset >= 13:
+        consts["ax"] = np.array([-1, -3], np.int64)
+    ax_input = ["ax"] if opset >= 13 else []
+    nodes = [
+        helper.make_node("Flatten", ["x"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "w"], ["f"]),  # (N, 4)
+        helper.make_node("Unsqueeze", ["f", *ax_input], ["u"], name="unsqueeze", **axes),  # (N, 1, 4, 1)
+        helper.make_node("Add", ["u", "bias"], ["v"]),  # (N, 5, 4, 1): the shape must be right to broadcast
+        helper.make_node("ReduceMean", ["v"], ["m"], axes=[1], keepdims=1),  # (N, 1, 4, 1)
+        helper.make_node("Squeeze", ["m", *ax_input], ["y"], name="squeeze", **axes),  # (N, 4)
+    ]
+    graph = helper.make_graph(
+        nodes, "axes", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        initializer=[numpy_helper.from_array(v, k) for k, v in consts.items()])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    proto.ir_version = 8
+    model = ox.load(proto)
+    backend = model.backend("torch")
+    assert isinstance(backend.node_module("unsqueeze"), ConstantUnsqueeze)
+    assert isinstance(backend.node_module("squeeze"), ConstantSqueeze)
+    x = np.random.default_rng(2).standard_normal((3, 3, 8, 8)).astype(np.float32)
+    ours = backend.predict(x)
+    assert ours.shape == (3, 4)
+    np.testing.assert_allclose(ours, model.backend("onnxruntime").predict(x), rtol=1e-5, atol=1e-5)
