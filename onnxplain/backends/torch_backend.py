@@ -225,7 +225,16 @@ class TorchBackend(Backend):
             logger.info("input %s too large to verify the conversion on", key)
             return
         x = np.asarray(x[: min(2, len(x))], dtype=self.model.input_dtype)
-        ours = self.predict(x)
+        try:
+            ours = self.predict(x)
+        except OnnxplainError:
+            raise
+        except Exception as exc:  # a converted module that cannot run what ONNX Runtime runs
+            raise ConversionMismatchError(
+                f"the torch conversion cannot run inputs of shape {key} ({type(exc).__name__}: "
+                f"{str(exc)[:300]}), so gradient methods are refused. Forward-only methods still "
+                "run on backend='onnxruntime'."
+            ) from None
         if self.model.quantized:
             ref = _simulation_outputs(self.model, x)
             tolerance = QUANTIZED_TOLERANCE

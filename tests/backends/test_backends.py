@@ -231,6 +231,24 @@ def test_a_conversion_of_a_model_with_dynamic_image_dims_is_verified_on_each_new
         ox.Saliency(model).attribute(other, target=1)
 
 
+def test_a_conversion_that_fails_on_a_new_shape_is_refused_with_our_error_and_forward_methods_still_run():
+    """A converted module that raises where ONNX Runtime computes (a converter's shape slip)
+    is a ConversionMismatchError naming the shape, not torch's own error; ONNX Runtime's
+    methods are untouched."""
+    from onnxplain.backends.torch_backend import ConversionMismatchError
+
+    model = _dynamic_size_cnn()
+    backend = model.backend("torch")
+    node = next(n for n in model.ir.graph if n.op_type == "Conv")
+    module = backend.node_module(node.name)
+    module.register_forward_pre_hook(lambda mod, args: torch.ones(2, 3) @ torch.ones(4, 5))  # raises
+    x = np.random.default_rng(0).standard_normal((2, 3, 20, 28)).astype(np.float32)
+    refused = r"cannot run inputs of shape \(3, 20, 28\) \(RuntimeError"
+    with pytest.raises(ConversionMismatchError, match=refused):
+        ox.Saliency(model).attribute(x, target=1)
+    assert ox.Occlusion(model).attribute(x, target=1, sliding_window_shapes=(3, 8, 8)).shape == x.shape
+
+
 @pytest.mark.parametrize("target", [[2, 0, 1], "neuron"])
 def test_the_torch_backends_path_integral_equals_the_numpy_default(small_model, images, target):
     """The torch backend keeps integrated gradients' points, gradients and sum on its device;
