@@ -307,13 +307,45 @@ def test_lrp_through_a_spatial_transformer_holds_the_grid_constant():
     assert np.abs(ours - plain).max() <= 1e-5 * np.abs(plain).max()
 
 
+def _graph_model(nodes, consts: dict, outputs: int, opset: int) -> ox.Model:
+    """A model of ``nodes`` from x (N, 3, 8, 8) to y (N, ``outputs``), ``consts`` its initializers."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        nodes, "graph", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", outputs])],
+        initializer=[numpy_helper.from_array(v, k) for k, v in consts.items()])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    proto.ir_version = 8
+    return ox.load(proto)
+
+
+def _check_against_runtime(model: ox.Model, target: int, at: tuple[int, ...] | None = None) -> np.ndarray:
+    """The torch backend's output is ONNX Runtime's, and its input gradient of ``target`` the
+    central difference of ONNX Runtime's outputs, at the gradient's largest entry (and at
+    ``at``): exact up to float32 rounding, as these graphs are linear in x. The gradient."""
+    x = np.random.default_rng(2).standard_normal((3, 3, 8, 8)).astype(np.float32)
+    runtime = model.backend("onnxruntime")
+    np.testing.assert_allclose(model.backend("torch").predict(x), runtime.predict(x), rtol=1e-5, atol=1e-5)
+    grads = ox.Saliency(model.backend("torch")).attribute(x, target=target, abs=False)
+    for where in (np.unravel_index(np.abs(grads).argmax(), grads.shape), at):
+        if where is None:
+            continue
+        bump = np.zeros_like(x)
+        bump[where] = 1e-2
+        up, down = (runtime.predict(x + s * bump)[where[0], target] for s in (1, -1))
+        assert abs((up - down) / 2e-2 - grads[where]) < 1e-2 * max(1.0, abs(grads[where]))
+    assert np.abs(grads).max() > 0.1
+    return grads
+
+
 @pytest.mark.parametrize("opset", [13, 21])
 def test_a_constant_reshape_holds_its_shape_and_a_computed_one_still_converts(opset):
     """A Reshape to a constant shape (0: the input's size, -1: the rest) becomes a module with
     the shape as Python ints, read from no tensor per call (on a GPU, onnx2torch's reads it
     element by element, a sync each); a shape the graph computes keeps onnx2torch's module.
     Both compute what ONNX Runtime does, gradients included."""
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper
 
     from onnxplain.backends.torch_converters import ConstantReshape
 
@@ -336,26 +368,12 @@ def test_a_constant_reshape_holds_its_shape_and_a_computed_one_still_converts(op
               "first": np.array([0], np.int64),
               "axis2": np.array([2], np.int64), "head": rng.standard_normal((256, 5)).astype(np.float32),
               "head2": rng.standard_normal((16, 5)).astype(np.float32)}
-    graph = helper.make_graph(
-        nodes, "reshapes", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])],
-        initializer=[numpy_helper.from_array(v, k) for k, v in consts.items()])
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    proto.ir_version = 8
-    model = ox.load(proto)
+    model = _graph_model(nodes, consts, 5, opset)
     backend = model.backend("torch")
     assert isinstance(backend.node_module("const_reshape"), ConstantReshape)
     assert backend.node_module("const_reshape").shape == (0, -1)
     assert not isinstance(backend.node_module("computed_reshape"), ConstantReshape)
-    x = rng.standard_normal((3, 3, 8, 8)).astype(np.float32)
-    runtime = model.backend("onnxruntime")
-    np.testing.assert_allclose(backend.predict(x), runtime.predict(x), rtol=1e-5, atol=1e-5)
-    ours = ox.Saliency(backend).attribute(x, target=2, abs=False)
-    eps = 1e-2  # the graph is linear in x: central differences are exact up to float32 rounding
-    bump = np.zeros_like(x)
-    bump[1, 2, 3, 4] = eps
-    up, down = (runtime.predict(x + s * bump)[1, 2] for s in (1, -1))
-    assert abs((up - down) / (2 * eps) - ours[1, 2, 3, 4]) < 1e-2 * max(1.0, abs(ours[1, 2, 3, 4]))
+    _check_against_runtime(model, target=2)
 
 
 def test_a_constant_reshape_with_allowzero_keeps_zero_sized_axes():
@@ -370,7 +388,7 @@ def test_constant_slices_and_squeezes_hold_their_arguments_and_compute_what_onnx
     """Slice with constant starts/ends/axes/steps (a negative step, an end at INT64's bounds,
     a negative axis, steps of 2) and Squeeze with constant axes become modules holding them
     as Python values; a Slice whose start the graph computes keeps onnx2torch's module."""
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper
 
     from onnxplain.backends.torch_converters import ConstantSlice
 
@@ -397,29 +415,14 @@ def test_constant_slices_and_squeezes_hold_their_arguments_and_compute_what_onnx
         helper.make_node("Flatten", ["m"], ["flat"]),
         helper.make_node("MatMul", ["flat", "head"], ["y"]),
     ]
-    graph = helper.make_graph(
-        nodes, "slices", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])],
-        initializer=[numpy_helper.from_array(v, k) for k, v in consts.items()])
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    proto.ir_version = 8
-    model = ox.load(proto)
+    model = _graph_model(nodes, consts, 5, 17)
     backend = model.backend("torch")
     kinds = {n.name: type(backend.node_module(n.name)).__name__ for n in model.ir.graph}
     assert kinds["slice_a"] == kinds["slice_b"] == ConstantSlice.__name__
     assert kinds["squeeze_const"] == "ConstantSqueeze"
     assert kinds["slice_computed"] == "ComputedSlice"
-    x = np.random.default_rng(2).standard_normal((3, 3, 8, 8)).astype(np.float32)
-    runtime = model.backend("onnxruntime")
-    np.testing.assert_allclose(backend.predict(x), runtime.predict(x), rtol=1e-5, atol=1e-5)
-    grads = ox.Saliency(backend).attribute(x, target=4, abs=False)
-    zero = (0, 1, 5, 6)  # outside what the slices keep
-    for at in (np.unravel_index(np.abs(grads).argmax(), grads.shape), zero):
-        bump = np.zeros_like(x)
-        bump[at] = 1e-2  # linear in x: central differences exact up to float32 rounding
-        up, down = (runtime.predict(x + s * bump)[at[0], 4] for s in (1, -1))
-        assert abs((up - down) / 2e-2 - grads[at]) < 1e-2 * max(1.0, abs(grads[at]))
-    assert grads[zero] == 0 and np.abs(grads).max() > 0.1
+    grads = _check_against_runtime(model, target=4, at=(0, 1, 5, 6))
+    assert grads[0, 1, 5, 6] == 0  # outside what the slices keep
 
 
 @pytest.mark.parametrize("opset", [13, 18])
@@ -427,7 +430,7 @@ def test_constant_pads_and_split_sizes_are_held_and_compute_what_onnx_runtime_do
     """Pad with constant pads and fill (constant and reflect modes) and Split with constant
     sizes become modules holding them as Python values; the output and its gradient are
     ONNX Runtime's."""
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper
 
     consts = {
         "w": np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32),
@@ -446,26 +449,12 @@ def test_constant_pads_and_split_sizes_are_held_and_compute_what_onnx_runtime_do
         helper.make_node("Flatten", ["joined"], ["flat"]),
         helper.make_node("MatMul", ["flat", "head"], ["y"]),
     ]
-    graph = helper.make_graph(
-        nodes, "pads", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])],
-        initializer=[numpy_helper.from_array(v, k) for k, v in consts.items()])
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    proto.ir_version = 8
-    model = ox.load(proto)
+    model = _graph_model(nodes, consts, 5, opset)
     backend = model.backend("torch")
     kinds = {n.name: type(backend.node_module(n.name)).__name__ for n in model.ir.graph}
     assert kinds["pad_const"] == kinds["pad_reflect"] == "OnnxPadStatic"
     assert kinds["split_const"] == "OnnxSplit"
-    x = np.random.default_rng(2).standard_normal((3, 3, 8, 8)).astype(np.float32)
-    runtime = model.backend("onnxruntime")
-    np.testing.assert_allclose(backend.predict(x), runtime.predict(x), rtol=1e-5, atol=1e-5)
-    grads = ox.Saliency(backend).attribute(x, target=1, abs=False)
-    at = np.unravel_index(np.abs(grads).argmax(), grads.shape)
-    bump = np.zeros_like(x)
-    bump[at] = 1e-2  # linear in x: central differences exact up to float32 rounding
-    up, down = (runtime.predict(x + s * bump)[at[0], 1] for s in (1, -1))
-    assert abs((up - down) / 2e-2 - grads[at]) < 1e-2 * max(1.0, abs(grads[at]))
+    _check_against_runtime(model, target=1)
 
 
 @pytest.mark.parametrize("opset", [11, 13])
@@ -473,7 +462,7 @@ def test_several_negative_axes_squeeze_and_unsqueeze_where_onnx_says(opset):
     """Unsqueeze at axes (-1, -3) of a (N, 4) tensor gives (N, 4, 1) then (N, 1, 4, 1) in ONNX's
     reading (axes of the output); Squeeze of (-1, -3) takes them out again. onnx2torch's
     modules sort the raw numbers and insert or squeeze one by one: wrong shapes here."""
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper
 
     from onnxplain.backends.torch_converters import ConstantSqueeze, ConstantUnsqueeze
 
@@ -491,13 +480,7 @@ def test_several_negative_axes_squeeze_and_unsqueeze_where_onnx_says(opset):
         helper.make_node("ReduceMean", ["v"], ["m"], axes=[1], keepdims=1),  # (N, 1, 4, 1)
         helper.make_node("Squeeze", ["m", *ax_input], ["y"], name="squeeze", **axes),  # (N, 4)
     ]
-    graph = helper.make_graph(
-        nodes, "axes", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
-        initializer=[numpy_helper.from_array(v, k) for k, v in consts.items()])
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    proto.ir_version = 8
-    model = ox.load(proto)
+    model = _graph_model(nodes, consts, 4, opset)
     backend = model.backend("torch")
     assert isinstance(backend.node_module("unsqueeze"), ConstantUnsqueeze)
     assert isinstance(backend.node_module("squeeze"), ConstantSqueeze)
