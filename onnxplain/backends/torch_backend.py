@@ -384,7 +384,7 @@ class TorchBackend(Backend):
         size, start = self._chunk, 0
         with torch.inference_mode(), self._capture(inner) as store:
             while start < len(x):
-                xb = torch.from_numpy(np.ascontiguousarray(x[start : start + size])).to(self._device)
+                xb = _tensor(x[start : start + size]).to(self._device)
                 store.clear()
                 try:
                     result = self._run(xb)
@@ -435,7 +435,7 @@ class TorchBackend(Backend):
         with rule_ctx, self._overridden(list(overrides), current):
             for sl in batches(len(x), self._chunk):
                 xs = x[sl] if input_override is None else np.asarray(input_override[sl], x.dtype)
-                xb = torch.from_numpy(np.ascontiguousarray(xs)).to(self._device)
+                xb = _tensor(xs).to(self._device)
                 xb.requires_grad_(True)
                 for name, value in overrides.items():
                     v = torch.as_tensor(np.ascontiguousarray(value[sl]), device=self._device)
@@ -488,8 +488,8 @@ class TorchBackend(Backend):
         start, end = np.asarray(start, dtype), np.asarray(end, dtype)
         self._verify_shape(start)
         n, dev = len(start), self._device
-        origin = torch.from_numpy(np.require(start, requirements=["C", "W"])).to(dev)
-        diff = torch.from_numpy(np.require(end, requirements=["C", "W"])).to(dev) - origin
+        origin = _tensor(start).to(dev)
+        diff = _tensor(end).to(dev) - origin
         alpha = torch.as_tensor(np.asarray(alphas, dtype), device=dev)
         weight = torch.as_tensor(np.asarray(weights, np.float64), device=dev)
         total = torch.zeros(origin.shape, dtype=torch.float64, device=dev)
@@ -526,7 +526,7 @@ class TorchBackend(Backend):
         x = np.asarray(x, dtype=self.model.input_dtype)
         self._verify_shape(x)
         n, dev = len(x), self._device
-        clean = torch.from_numpy(np.require(x, requirements=["C", "W"])).to(dev)
+        clean = _tensor(x).to(dev)
         total = torch.zeros(clean.shape, dtype=torch.float64, device=dev)
         total_sq = torch.zeros_like(total) if squares else None
         rule_ctx = self.node_rules(rules) if rules else contextlib.nullcontext()
@@ -552,6 +552,12 @@ class TorchBackend(Backend):
     @staticmethod
     def _float_dtype(v: torch.Tensor) -> torch.dtype:
         return v.dtype if v.is_floating_point() else torch.float32
+
+
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    """A CPU tensor on ``a``'s memory, or on a C-ordered writable copy of it (torch takes
+    neither a read-only nor a strided array without a warning or a copy of its own)."""
+    return torch.from_numpy(np.require(a, requirements=["C", "W"]))
 
 
 def _joined(parts: list[np.ndarray], n_rows: int) -> np.ndarray:

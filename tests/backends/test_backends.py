@@ -327,3 +327,19 @@ def test_cuda_sessions_choose_convolution_algorithms_by_heuristics(monkeypatch):
         assert got == [("CUDAExecutionProvider", {"device_id": index, **heuristic}), "CPUExecutionProvider"]
     mine = [("CUDAExecutionProvider", {"cudnn_conv_algo_search": "EXHAUSTIVE"}), "CPUExecutionProvider"]
     assert orb.OnnxRuntimeBackend._providers(owner, mine, "providers") == mine  # an explicit list as given
+
+
+def test_read_only_inputs_pass_through_the_torch_backend_without_warnings(small_model, images):
+    """Arrays the user marked read-only (or numpy views of them) are copied where torch needs
+    writable memory, instead of torch warning about them."""
+    import warnings
+
+    x = images.copy()
+    x.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        small_model.backend("torch").predict(x)
+        ox.Saliency(small_model).attribute(x, target=1)
+        ox.IntegratedGradients(small_model).attribute(x, target=1, n_steps=4, show_progress=False)
+        ox.NoiseTunnel(ox.Saliency(small_model)).attribute(x, target=1, nt_samples=3, seed=0)
+    assert not x.flags.writeable
