@@ -469,6 +469,14 @@ class TorchBackend(Backend):
             raise InputValidationError(f"target tensor {objective.tensor!r} was not computed") from None
         return objective.scores(target)
 
+    def _input_gradient(self, xb: torch.Tensor, objective: Objective) -> torch.Tensor:
+        """∂ sum(objective's scores) / ∂ ``xb`` (which requires grad) on the device; zeros
+        where the objective does not depend on the input."""
+        with torch.enable_grad(), self._capture([objective.tensor]) as store:
+            score = self._scores(xb, store, objective)
+            (grad,) = torch.autograd.grad(score.sum(), [xb], allow_unused=True)
+        return torch.zeros_like(xb) if grad is None else grad
+
     def path_integral(
         self,
         start: np.ndarray,
@@ -500,11 +508,8 @@ class TorchBackend(Backend):
             step, example = rows // n, rows % n
             xb = diff[example] * alpha[step].view(shape)
             xb = (xb + origin[example]).requires_grad_(True)
-            with torch.enable_grad(), self._capture([objective.tensor]) as store:
-                score = self._scores(xb, store, objective.take(r % n))
-                (grad,) = torch.autograd.grad(score.sum(), [xb], allow_unused=True)
-            if grad is not None:
-                total.index_add_(0, example, grad.to(torch.float64) * weight[step].view(shape))
+            grad = self._input_gradient(xb, objective.take(r % n))
+            total.index_add_(0, example, grad.to(torch.float64) * weight[step].view(shape))
         return total.cpu().numpy()
 
     def smoothed_gradients(
@@ -537,10 +542,7 @@ class TorchBackend(Backend):
                 for sl in batches(len(noisy), self.max_batch_size):
                     example = np.arange(sl.start, sl.stop) % n
                     xb = noisy[sl].requires_grad_(True)
-                    with torch.enable_grad(), self._capture([objective.tensor]) as store:
-                        score = self._scores(xb, store, objective.take(example))
-                        (g,) = torch.autograd.grad(score.sum(), [xb], allow_unused=True)
-                    g = torch.zeros_like(xb) if g is None else g
+                    g = self._input_gradient(xb, objective.take(example))
                     a = g.abs() if post == "abs" else xb.detach() * g if post == "times_input" else g
                     a = a.to(torch.float64)
                     rows = torch.from_numpy(example).to(dev)
