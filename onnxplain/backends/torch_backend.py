@@ -20,6 +20,7 @@ import torch
 from onnx import defs
 
 from onnxplain._compat import triton_before_tensorflow
+from onnxplain.backends import torch_fusion
 from onnxplain.backends.base import (
     INPUT,
     Backend,
@@ -181,11 +182,21 @@ class TorchBackend(Backend):
         self._modules: dict[str, torch.nn.Module] = {}
         self._op_types: dict[str, str] = {}
         self._producers: dict[str, tuple[str, int]] = {}
-        for unique, node in zip(graph.nodes, proto.graph.node):
-            self._modules[node.name] = module.get_submodule(unique)
+        unique = dict(zip((node.name for node in proto.graph.node), graph.nodes))
+        for node in proto.graph.node:
+            self._modules[node.name] = module.get_submodule(unique[node.name])
             self._op_types[node.name] = node.op_type
             for i, out in enumerate(node.output):
                 self._producers[out] = (node.name, i)
+        # the module for passes that hook none of the nodes it changes (see torch_fusion):
+        # activations and linear layers written out as several nodes in one call each,
+        # shape arithmetic computed once per input shape
+        shapes = torch_fusion.shape_arithmetic(proto.graph)
+        changed = {n for v in shapes for n in v.nodes}
+        fusions = torch_fusion.find(proto.graph, taken=changed)
+        changed.update(n for f in fusions for n in f.nodes)
+        self._fused = torch_fusion.build(self.module, unique, fusions, shapes)
+        self._fused_nodes = [self._modules[n] for n in changed]
         self._verified: set[tuple[int, ...]] = set()
         self._unverified = False  # True: dynamic image dims, checked per shape as they come
         if verify:
@@ -351,8 +362,11 @@ class TorchBackend(Backend):
         """The converted module on ``xb``, its outputs by name. What onnx2torch converts but
         finds it cannot compute only when it runs (its NotImplementedError) is an
         UnsupportedOperatorError."""
+        module = self.module
+        if self._fused is not None and not torch_fusion.hooked(self._fused_nodes):
+            module = self._fused
         try:
-            return self._outputs(self.module(xb))
+            return self._outputs(module(xb))
         except NotImplementedError as exc:
             raise UnsupportedOperatorError(
                 f"the torch backend cannot run this model: {exc}; forward-only methods still run "
