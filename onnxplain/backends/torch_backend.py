@@ -191,12 +191,18 @@ class TorchBackend(Backend):
         # the module for passes that hook none of the nodes it changes (see torch_fusion):
         # activations and linear layers written out as several nodes in one call each,
         # shape arithmetic computed once per input shape
-        shapes = torch_fusion.shape_arithmetic(proto.graph)
-        changed = {n for v in shapes for n in v.nodes}
-        fusions = torch_fusion.find(proto.graph, taken=changed)
-        changed.update(n for f in fusions for n in f.nodes)
-        self._fused = torch_fusion.build(self.module, unique, fusions, shapes)
-        self._fused_nodes = [self._modules[n] for n in changed]
+        self._fused: torch.nn.Module | None = None
+        self._fused_nodes: list[torch.nn.Module] = []
+        try:
+            shapes = torch_fusion.shape_arithmetic(proto.graph)
+            changed = {n for v in shapes for n in v.nodes}
+            fusions = torch_fusion.find(proto.graph, taken=changed)
+            changed.update(n for f in fusions for n in f.nodes)
+            self._fused = torch_fusion.build(self.module, unique, fusions, shapes)
+            self._fused_nodes = [self._modules[n] for n in changed]
+        except Exception as exc:  # an optimisation: never a reason to refuse the model
+            logger.warning("the torch backend runs every node as its own module (%s: %s)",
+                           type(exc).__name__, exc)
         self._verified: set[tuple[int, ...]] = set()
         self._unverified = False  # True: dynamic image dims, checked per shape as they come
         if verify:
@@ -227,7 +233,8 @@ class TorchBackend(Backend):
         self._verify_shape(x.astype(self.model.input_dtype), always=True)
 
     def _verify_shape(self, x: np.ndarray, always: bool = False) -> None:
-        """The check of :meth:`_verify` on the first two rows of ``x``, once per image shape."""
+        """The check of :meth:`_verify` on the first two rows of ``x``, once per image shape.
+        A plain module that fails it is dropped for the node-by-node module."""
         key = tuple(x.shape[1:])
         if not (always or self._unverified) or key in self._verified:
             return
@@ -236,16 +243,27 @@ class TorchBackend(Backend):
             logger.info("input %s too large to verify the conversion on", key)
             return
         x = np.asarray(x[: min(2, len(x))], dtype=self.model.input_dtype)
+        problem = self._mismatch(x)
+        if problem is not None and self._fused is not None:
+            logger.warning("the torch backend's fused module failed its check (%s); it runs every "
+                           "node as its own module from now on", problem)
+            self._fused = None
+            problem = self._mismatch(x)
+        if problem is not None:
+            raise ConversionMismatchError(problem)
+
+    def _mismatch(self, x: np.ndarray) -> str | None:
+        """What is wrong with the converted module's outputs on ``x`` against ONNX Runtime's
+        (None: nothing)."""
+        key = tuple(x.shape[1:])
         try:
             ours = self.predict(x)
         except OnnxplainError:
             raise
         except Exception as exc:  # a converted module that cannot run what ONNX Runtime runs
-            raise ConversionMismatchError(
-                f"the torch conversion cannot run inputs of shape {key} ({type(exc).__name__}: "
-                f"{str(exc)[:300]}), so gradient methods are refused. Forward-only methods still "
-                "run on backend='onnxruntime'."
-            ) from None
+            return (f"the torch conversion cannot run inputs of shape {key} ({type(exc).__name__}: "
+                    f"{str(exc)[:300]}), so gradient methods are refused. Forward-only methods still "
+                    "run on backend='onnxruntime'.")
         if self.model.quantized:
             ref = _simulation_outputs(self.model, x)
             tolerance = QUANTIZED_TOLERANCE
@@ -256,11 +274,10 @@ class TorchBackend(Backend):
         scale = float(np.nanmax(np.abs(ref), initial=0.0)) + 1e-6
         logger.info("torch conversion on %s: max |Δ| %.3g of max |output| %.3g", key, err, scale)
         if not err <= tolerance * scale:
-            raise ConversionMismatchError(
-                f"the torch conversion differs from ONNX Runtime by {err:.3g} (max |output| "
-                f"{scale:.3g}) on inputs of shape {key}; gradient methods would be wrong, so they "
-                "are refused. Forward-only methods still run on backend='onnxruntime'."
-            )
+            return (f"the torch conversion differs from ONNX Runtime by {err:.3g} (max |output| "
+                    f"{scale:.3g}) on inputs of shape {key}; gradient methods would be wrong, so they "
+                    "are refused. Forward-only methods still run on backend='onnxruntime'.")
+        return None
 
     # -- hooks -------------------------------------------------------------------------
     @contextlib.contextmanager

@@ -28,13 +28,15 @@ plain module computes each once per set of input shapes and keeps it
 (a Reshape's shape), on the host.
 
 :func:`build` makes a second :class:`torch.fx.GraphModule` over the same submodules
-and weights in which each chain is one call. The backend runs it for plain passes; a
-pass that hooks a node inside a chain (a layer captured, a value overridden, a backward
-rule such as LRP's gate rule) runs the unfused module, which has every node.
+and weights in which each chain is one call and each shape value is read from its
+cache. The backend runs it for plain passes; a pass that hooks a node it changed (a layer
+captured, a value overridden, a backward rule such as LRP's on a linear layer) runs the
+node-by-node module.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -81,6 +83,8 @@ _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 #: What replaces each kind of fusion.
 _FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {**_ACTIVATIONS, "linear": _linear}
 
+_FLOATS = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
+                     onnx.TensorProto.BFLOAT16})
 #: Largest cone looked at (tanh-GELU written out with x·x·x has 10 nodes).
 MAX_NODES = 16
 #: Probe values of x, and how close (relative to 1 + |f|) a cone must be to an activation:
@@ -162,13 +166,13 @@ def _linear_layer(g: _Graph, add: onnx.NodeProto) -> Fusion | None:
             continue
         if name in g.outputs or len(g.consumers[name]) != 1 or mm.input[0] in g.constants:
             continue
-        w, b = g.constant(mm.input[1]), g.constant(add.input[1 - j])
-        if w is None or b is None or w.ndim != 2 or w.dtype != b.dtype:
+        w, b = g.constants.get(mm.input[1]), g.constants.get(add.input[1 - j])
+        if w is None or b is None or len(w.dims) != 2 or w.data_type != b.data_type:
             continue
-        if not np.issubdtype(w.dtype, np.floating) or b.size != w.shape[1] or b.shape[-1:] != w.shape[1:]:
+        if w.data_type not in _FLOATS or math.prod(b.dims) != w.dims[1] or list(b.dims[-1:]) != w.dims[1:]:
             continue
         rank = g.ranks.get(mm.input[0])
-        if b.ndim > 1 and (rank is None or b.ndim > rank):
+        if len(b.dims) > 1 and (rank is None or len(b.dims) > rank):
             continue  # a bias of higher rank would change the output's shape
         return Fusion("linear", (mm.name, add.name), ((mm.name, 0), (mm.name, 1), (add.name, 1 - j)))
     return None

@@ -250,3 +250,27 @@ def test_shape_arithmetic_never_takes_random_draws():
     values = torch_fusion.shape_arithmetic(proto.graph)
     assert [v.name for v in values] == ["s"]  # the shape itself, read by the draw
     assert all("r" not in v.nodes for v in values)
+
+
+def test_a_plain_module_that_fails_the_conversion_check_is_dropped_for_the_node_by_node_one(monkeypatch,
+                                                                                           caplog):
+    """The plain module is an optimisation: one that computes something else than ONNX
+    Runtime (here: a GELU chain replaced by SiLU) or cannot be built is never used, and the
+    model keeps its gradient methods."""
+    x = np.random.default_rng(0).standard_normal((4, 5)).astype(np.float32)
+    monkeypatch.setitem(torch_fusion._FUNCTIONS, "gelu", torch.nn.functional.silu)
+    model = _chain_model(_gelu_nodes(), GELU_CONSTS)
+    with caplog.at_level("WARNING"):
+        backend = model.backend("torch", device="cpu")
+    assert backend._fused is None and "failed its check" in caplog.text
+    expected = model.backend("onnxruntime").predict(x)
+    np.testing.assert_allclose(backend.predict(x), expected, rtol=1e-5, atol=1e-6)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no")
+
+    monkeypatch.setattr(torch_fusion, "build", broken)
+    model = _chain_model(_gelu_nodes(), GELU_CONSTS)
+    backend = model.backend("torch", device="cpu")
+    assert backend._fused is None
+    assert np.abs(ox.Saliency(backend).attribute(x, target=0)).max() > 0
