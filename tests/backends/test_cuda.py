@@ -175,3 +175,41 @@ def test_a_batch_too_big_for_the_device_backs_off_instead_of_failing(resnet_pair
         torch.cuda.set_per_process_memory_fraction(1.0)
         torch.cuda.empty_cache()
     assert out.shape[0] == 4096 and be.max_batch_size < 4096
+
+
+def test_the_plain_module_on_cuda_matches_the_node_by_node_one_on_the_cpu():
+    """Fused GELU and linear layers, and shape arithmetic kept on the host for the numbers
+    a reshape reads and on the device for the attention scale a product reads, mixed with
+    CUDA activations: forward and gradient equal the CPU's node-by-node module's, and a
+    second batch size fills its own cache entries."""
+    import io
+
+    class Block(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.patch = torch.nn.Conv2d(3, 16, 4, stride=4)
+            self.fc1, self.fc2 = torch.nn.Linear(16, 32), torch.nn.Linear(32, 16)
+            self.head = torch.nn.Linear(16, 5)
+
+        def forward(self, x):
+            t = self.patch(x)
+            t = t.reshape(t.shape[0], t.shape[1], -1).transpose(1, 2)
+            t = t + torch.nn.functional.scaled_dot_product_attention(t, t, t)
+            t = t + self.fc2(torch.nn.functional.gelu(self.fc1(t)))
+            return self.head(t.mean(1))
+
+    buf = io.BytesIO()
+    torch.onnx.export(Block().eval(), torch.randn(2, 3, 32, 32), buf, dynamo=False, opset_version=17,
+                      input_names=["x"], dynamic_axes={"x": {0: "n"}})
+    model = ox.load(buf.getvalue())
+    cuda = model.backend("torch", device="cuda")
+    cpu = model.backend("torch", device="cpu")
+    assert cuda._fused is not None
+    cpu._fused = None
+    rng = np.random.default_rng(0)
+    for n in (3, 5):
+        x = rng.standard_normal((n, 3, 32, 32)).astype(np.float32)
+        np.testing.assert_allclose(cuda.predict(x), cpu.predict(x), **TOL)
+        np.testing.assert_allclose(ox.Saliency(cuda).attribute(x, target=2, abs=False),
+                                   ox.Saliency(cpu).attribute(x, target=2, abs=False), **TOL)
