@@ -195,9 +195,13 @@ def _cone(g: _Graph, root: onnx.NodeProto) -> list[onnx.NodeProto]:
     return sorted(cone.values(), key=lambda n: g.order[n.name])
 
 
+#: Every known activation has one of these (a cone without one is not evaluated).
+_SQUASHING = frozenset({"Erf", "Tanh", "Sigmoid", "Softplus"})
+
+
 def _match(g: _Graph, root: onnx.NodeProto) -> Fusion | None:
     cone = _cone(g, root)
-    if len(cone) < 2:
+    if len(cone) < 2 or not any(n.op_type in _SQUASHING for n in cone):
         return None
     # candidate sources, the outermost first: inputs from outside, then inside the cone
     inside = {n.output[0] for n in cone}
