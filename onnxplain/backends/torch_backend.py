@@ -4,7 +4,9 @@ Each ONNX node becomes one torch module, so a tensor of the graph is a module ou
 (captured with a forward hook), a tensor's value can be replaced during the forward pass
 (``overrides``, a forward hook that returns the replacement) and a node's backward rule
 can be replaced by hooking its module (named rules live in :mod:`torch_rules`). Hooks are
-always registered in context managers that remove them.
+always registered in context managers that remove them. Passes that hook none of the nodes
+it changes run a plain module instead, with activations and linear layers written out as
+several nodes fused and shape arithmetic cached (:mod:`torch_fusion`).
 """
 
 from __future__ import annotations
