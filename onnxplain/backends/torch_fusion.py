@@ -16,7 +16,9 @@ Any order of the factors, ``Div(x, √2)`` or ``Mul(x, 1/√2)``, ``Pow(x, 3)`` 
 
 A linear layer on a sequence (B, L, C) is exported as MatMul with the weight, then Add
 with the bias; torch's own layer is one ``addmm`` (the bias added inside the matrix
-product), which :func:`find` restores.
+product), which :func:`find` restores. Below opset 17 a layer normalisation is written out
+as ReduceMean, Sub, Pow, ReduceMean, Add, Sqrt, Div, Mul, Add; :func:`find` makes it one
+``F.layer_norm`` (over the last axis; any other is left alone).
 
 Exports that keep the batch size dynamic compute shapes in the graph: ``Shape`` of an
 activation, then Gather, Unsqueeze, Concat ... into a Reshape's shape (swin_t from torch's
@@ -80,8 +82,17 @@ _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "silu": F.silu,
     "mish": F.mish,
 }
+def _layer_norm(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                *, eps: float) -> torch.Tensor:
+    """Layer normalisation over the last axis, as torch's layer (ONNX's before opset 17 writes
+    it out as ReduceMean, Sub, Pow, ReduceMean, Add, Sqrt, Div, Mul, Add)."""
+    return F.layer_norm(x, x.shape[-1:], None if weight is None else weight.reshape(-1),
+                        None if bias is None else bias.reshape(-1), eps)
+
+
 #: What replaces each kind of fusion.
-_FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {**_ACTIVATIONS, "linear": _linear}
+_FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {**_ACTIVATIONS, "linear": _linear,
+                                                       "layer_norm": _layer_norm}
 
 _FLOATS = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
                      onnx.TensorProto.BFLOAT16})
@@ -98,11 +109,12 @@ TOLERANCE = 1e-6
 class Fusion:
     """Nodes ``nodes`` (``root`` last) compute ``function`` (a key of :data:`_FUNCTIONS`)
     of the tensors that ``operands`` point to: (node, input number) where a node of the
-    chain reads each."""
+    chain reads each; ``keywords``: the function's other arguments."""
 
     function: str
     nodes: tuple[str, ...]
     operands: tuple[tuple[str, int], ...]
+    keywords: tuple[tuple[str, float], ...] = ()
 
     @property
     def root(self) -> str:
@@ -148,7 +160,8 @@ def find(graph: onnx.GraphProto, taken: Iterable[str] = ()) -> list[Fusion]:
     for root in reversed(g.nodes):
         if root.name in taken:
             continue
-        fusion = _linear_layer(g, root) or (_match(g, root) if g.elementwise(root) else None)
+        fusion = (_linear_layer(g, root) or _layer_norm_at(g, root)
+                  or (_match(g, root) if g.elementwise(root) else None))
         if fusion is not None and taken.isdisjoint(fusion.nodes):
             found.append(fusion)
             taken.update(fusion.nodes)
@@ -176,6 +189,78 @@ def _linear_layer(g: _Graph, add: onnx.NodeProto) -> Fusion | None:
             continue  # a bias of higher rank would change the output's shape
         return Fusion("linear", (mm.name, add.name), ((mm.name, 0), (mm.name, 1), (add.name, 1 - j)))
     return None
+
+
+def _last_axis_mean(g: _Graph, node: onnx.NodeProto | None, x: str) -> bool:
+    """``node`` is ReduceMean of ``x`` over its last axis alone, keeping the axis."""
+    if node is None or node.op_type != "ReduceMean" or node.input[0] != x:
+        return False
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    axes = attrs.get("axes")
+    if len(node.input) > 1 and node.input[1]:
+        const = g.constant(node.input[1])
+        axes = None if const is None else const.reshape(-1).tolist()
+    rank = g.ranks.get(x)
+    return (attrs.get("keepdims", 1) == 1 and axes is not None and len(axes) == 1
+            and (axes[0] == -1 or (rank is not None and axes[0] == rank - 1)))
+
+
+def _per_channel(g: _Graph, name: str) -> bool:
+    """A float constant of one axis (or ones before its last)."""
+    t = g.constants.get(name)
+    return t is not None and t.data_type in _FLOATS and len(t.dims) >= 1 and math.prod(t.dims[:-1]) == 1
+
+
+def _layer_norm_at(g: _Graph, root: onnx.NodeProto) -> Fusion | None:
+    """``root`` (Add of β, Mul by γ, or the Div) ends a layer normalisation over the last
+    axis written out as (x - μ) / √(mean((x - μ)²) + ε), each inner value read only inside."""
+    if root.domain not in ("", "ai.onnx"):
+        return None
+    node, tail, params = root, [], []  # tail: the affine nodes after the Div; params: (γ, β)
+    for op in ("Add", "Mul"):
+        if node.op_type != op or len(node.input) != 2:
+            continue
+        j = next((i for i in range(2) if _per_channel(g, node.input[i])), None)
+        producer = g.producer.get(node.input[1 - j]) if j is not None else None
+        if producer is None:
+            return None
+        tail.append(node)
+        params.insert(0, (node.name, j))
+        node = producer
+    if tail and tail[0].op_type == "Add" and len(tail) == 1:
+        return None  # β without γ
+    if node.op_type != "Div" or len(node.input) != 2:
+        return None
+    div = node
+    sub, sqrt = g.producer.get(div.input[0]), g.producer.get(div.input[1])
+    if sub is None or sub.op_type != "Sub" or sqrt is None or sqrt.op_type != "Sqrt":
+        return None
+    x, mean = sub.input[0], g.producer.get(sub.input[1])
+    plus = g.producer.get(sqrt.input[0])
+    if not _last_axis_mean(g, mean, x) or plus is None or plus.op_type != "Add":
+        return None
+    k = next((i for i in range(2) if g.constant(plus.input[i]) is not None), None)
+    eps = g.constant(plus.input[k]) if k is not None else None
+    if eps is None or eps.size != 1:
+        return None
+    var = g.producer.get(plus.input[1 - k])
+    square = g.producer.get(var.input[0]) if var is not None else None
+    d = div.input[0]
+    if not _last_axis_mean(g, var, square.output[0] if square is not None else ""):
+        return None
+    two = g.constant(square.input[1]) if square.op_type == "Pow" else None
+    if not ((square.op_type == "Pow" and square.input[0] == d and two is not None and two.size == 1
+             and float(two.reshape(())) == 2.0)
+            or (square.op_type == "Mul" and list(square.input) == [d, d])):
+        return None
+    nodes = [mean, sub, square, var, plus, sqrt, div, *reversed(tail)]
+    names = {n.name for n in nodes}
+    for n in nodes[:-1]:
+        out = n.output[0]
+        if out in g.outputs or any(c.name not in names for c in g.consumers[out]):
+            return None
+    return Fusion("layer_norm", tuple(n.name for n in nodes), ((sub.name, 0), *params),
+                  (("eps", float(eps.reshape(()))),))
 
 
 def _cone(g: _Graph, root: onnx.NodeProto) -> list[onnx.NodeProto]:
@@ -419,7 +504,7 @@ def build(module: torch.fx.GraphModule, unique: Mapping[str, str], fusions: Iter
         if None in operands:
             continue
         with graph.inserting_before(root):
-            call = graph.call_function(_FUNCTIONS[f.function], tuple(operands))
+            call = graph.call_function(_FUNCTIONS[f.function], tuple(operands), dict(f.keywords))
         root.replace_all_uses_with(call)
         for node in reversed(nodes):  # the chain, then constants nothing else reads
             args = [a for a in node.all_input_nodes if a.op == "get_attr"]

@@ -274,3 +274,51 @@ def test_a_plain_module_that_fails_the_conversion_check_is_dropped_for_the_node_
     backend = model.backend("torch", device="cpu")
     assert backend._fused is None
     assert np.abs(ox.Saliency(backend).attribute(x, target=0)).max() > 0
+
+
+class _Normed(torch.nn.Module):
+    def __init__(self, affine: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc, self.norm = torch.nn.Linear(8, 6), torch.nn.LayerNorm(6, elementwise_affine=affine)
+        if affine:
+            with torch.no_grad():
+                self.norm.weight.uniform_(0.5, 1.5)
+                self.norm.bias.uniform_(-0.5, 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.fc(x)).mean(1)
+
+
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
+def test_a_layer_norm_written_out_before_opset_17_becomes_one_call(affine):
+    """torch's legacy exporter below opset 17 writes LayerNorm as ReduceMean, Sub, Pow,
+    ReduceMean, Add, Sqrt, Div (then Mul by γ, Add of β)."""
+    x = torch.randn(2, 4, 8)
+    buf = io.BytesIO()
+    torch.onnx.export(_Normed(affine), x, buf, dynamo=False, opset_version=14, input_names=["x"],
+                      dynamic_axes={"x": {0: "n"}})
+    model = ox.load(buf.getvalue())
+    found = [f for f in torch_fusion.find(model.proto().graph) if f.function == "layer_norm"]
+    assert len(found) == 1 and len(found[0].nodes) == (9 if affine else 7)
+    _same_as_unfused(model, np.random.default_rng(0).standard_normal((3, 4, 8)).astype(np.float32))
+
+
+def test_a_normalisation_over_another_axis_is_left_alone():
+    """Mean and variance over axis 1 of (N, 4, 6): not torch's layer norm over the last axis."""
+    steps = [("ReduceMean", ["x"], "mu"), ("Sub", ["x", "mu"], "d"), ("Mul", ["d", "d"], "d2"),
+             ("ReduceMean", ["d2"], "var"), ("Add", ["var", "eps"], "ve"), ("Sqrt", ["ve"], "s"),
+             ("Div", ["d", "s"], "y")]
+    nodes = [helper.make_node(op, ins, [out], name=out, **({"axes": [1]} if op == "ReduceMean" else {}))
+             for op, ins, out in steps]
+    graph = helper.make_graph(
+        nodes, "norm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 6])],
+        initializer=[numpy_helper.from_array(np.array(1e-5, np.float32), "eps")])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert torch_fusion.find(proto.graph) == []
+    last = onnx.helper.make_attribute("axes", [-1])
+    for n in proto.graph.node:
+        if n.op_type == "ReduceMean":
+            n.attribute[0].CopyFrom(last)
+    assert [f.function for f in torch_fusion.find(proto.graph)] == ["layer_norm"]  # the Mul(d, d) form
