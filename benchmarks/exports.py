@@ -6,8 +6,8 @@ Run by hand (not part of the test suite; about 10 minutes on 2 cores):
     .venv/bin/python benchmarks/exports.py [--archs swin_t,vit_b_16,...] [--repeat 15] [--out F]
 
 For each architecture (torchvision, or timm with ``timm:``; seeded random weights) and
-exporter (torch's legacy TorchScript exporter at opset 17, and the dynamo exporter; both
-with a dynamic batch), one 224×224 image: Saliency (one forward and backward pass) by
+exporter (torch's legacy TorchScript exporter at opset 17, ``legacy14`` at opset 14, and
+the dynamo exporter; all with a dynamic batch), one 224×224 image: Saliency (one forward and backward pass) by
 onnxplain's torch backend and by Captum on the original module, timed alternately
 (one call of each per round, ``--repeat`` rounds after a warm-up; times are medians over
 the rounds, ratios the medians of each round's own ratio). ``node by node`` is
@@ -63,9 +63,9 @@ def export(net: torch.nn.Module, x: torch.Tensor, exporter: str) -> bytes:
         if exporter == "dynamo":
             torch.onnx.export(net, (torch.cat([x, x]),), buf, dynamo=True, input_names=["x"],
                               dynamic_shapes={"x": {0: torch.export.Dim("n", min=1, max=256)}})
-        else:
-            torch.onnx.export(net, x, buf, dynamo=False, opset_version=17, input_names=["x"],
-                              dynamic_axes={"x": {0: "n"}})
+        else:  # "legacy" (opset 17) or "legacyNN" (opset NN)
+            torch.onnx.export(net, x, buf, dynamo=False, opset_version=int(exporter[6:] or 17),
+                              input_names=["x"], dynamic_axes={"x": {0: "n"}})
     return buf.getvalue()
 
 
