@@ -456,6 +456,8 @@ def _gate_signal(node: ir.Node, live: set[int]) -> int | None:
     inverses = [i for i in range(2) if node.op_type == "Mul" and _inverse(ins[i], live)]
     if len(inverses) == 1:  # a product by 1/σ is the Div by σ (below), whatever broadcasts
         return 1 - inverses[0]
+    if node.op_type == "Div" and _statistic(ins[1], live):  # by σ, whatever the shapes tell
+        return 0
     known = all(v.shape is not None for v in (*ins[:2], node.outputs[0]))
     full = [i for i in range(2) if _same_shape(_unexpanded(ins[i]), node.outputs[0])] if known else []
     if len(full) == 1:  # the gate is the broadcast one (a shape not known tells nothing)
@@ -483,6 +485,27 @@ def _inverse(value: ir.Value, live: set[int]) -> bool:
     if producer is not None and producer.op_type == "Div":  # c / σ, a constant over σ (jax2onnx's rsqrt)
         return _is_const(producer.inputs[0], live) and not _is_const(producer.inputs[1], live)
     return producer is not None and producer.op_type == "Reciprocal"
+
+
+#: Reductions whose output, scaled, shifted or rooted, is a divisor that normalises.
+_STATISTICS = frozenset({"ReduceMean", "ReduceSum", "ReduceL2", "ReduceSumSquare", "ReduceL1"})
+
+
+def _statistic(value: ir.Value, live: set[int]) -> bool:
+    """``value`` is a reduction over the tensor it divides, possibly shifted or scaled by
+    constants, rooted, clipped away from zero or broadcast: a decomposed LayerNorm's σ,
+    an L2 normalisation's norm, found where shape inference cannot tell the broadcast
+    (swin's patch-merging norm after strided slices)."""
+    producer = value.producer()
+    while producer is not None and producer.op_type in ("Sqrt", "Add", "Mul", "Max", "Clip", "Expand",
+                                                          *_RESHAPING):
+        computed = [v for v in producer.inputs if v is not None and not _is_const(v, live)]
+        if producer.op_type == "Expand":
+            computed = computed[:1]
+        if len(computed) != 1:
+            return False
+        producer = computed[0].producer()
+    return producer is not None and producer.op_type in _STATISTICS
 
 
 def _unexpanded(value: ir.Value) -> ir.Value:

@@ -452,3 +452,42 @@ def test_an_assignment_into_a_slice_routes_relevance_to_where_each_value_came_fr
     model = _lrp0_is_gradient_times_input_of(_SliceAssign(), _SliceAssign(), images[:, :, :16, :16], 2,
                                              exporter=exporter)
     assert "ScatterND" in {node.op_type for node in model.ir.graph}
+
+
+class _PatchMerging(torch.nn.Module):
+    """Conv → channels-last map → swin's patch merging (padded to even sides by pads the
+    graph computes, the four strided quarters concatenated, reshaped to tokens) → LayerNorm
+    → Linear → mean → Linear. The legacy exporter at opset 14 writes the LayerNorm out, and
+    shape inference cannot tell the shapes after the computed pad. ``detach``: each std
+    held."""
+
+    def __init__(self, detach: bool = False) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.norm, self.reduce = torch.nn.LayerNorm(16), torch.nn.Linear(16, 8)
+        self.head = torch.nn.Linear(8, 5)
+        self.detach = detach
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x).permute(0, 2, 3, 1)
+        h, w = x.shape[-3], x.shape[-2]
+        x = torch.nn.functional.pad(x, (0, 0, 0, w % 2, 0, h % 2))  # as torchvision's swin
+        quarters = [x[:, i::2, j::2, :] for j in (0, 1) for i in (0, 1)]
+        t = torch.cat(quarters, -1)
+        t = t.reshape(t.shape[0], -1, t.shape[-1])
+        if self.detach:
+            centred = t - t.mean(-1, keepdim=True)
+            std = (centred.square().mean(-1, keepdim=True) + self.norm.eps).sqrt()
+            t = centred / std.detach() * self.norm.weight + self.norm.bias
+        else:
+            t = self.norm(t)
+        return self.head(self.reduce(t).mean(1))
+
+
+def test_a_layer_norm_written_out_where_shapes_are_unknown_still_gets_the_ln_rule(images):
+    """The Div by σ is told by σ being a reduction, not by the shapes (which shape inference
+    leaves unknown here): LRP-0 equals x ⊙ ∇S_c with the std detached."""
+    torch.manual_seed(7)
+    model = _lrp0_is_gradient_times_input_of(_PatchMerging(), _PatchMerging(detach=True), images, 2,
+                                             exporter="legacy", opset=14)
+    assert "LayerNormalization" not in [node.op_type for node in model.ir.graph]
