@@ -21,7 +21,6 @@ Writes a markdown table (``--out``, default benchmarks/EXPORTS.md).
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import platform
 import statistics
@@ -56,17 +55,14 @@ def network(arch: str) -> torch.nn.Module:
     return net
 
 
-def export(net: torch.nn.Module, x: torch.Tensor, exporter: str) -> bytes:
-    buf = io.BytesIO()
+def export(net: torch.nn.Module, x: torch.Tensor, exporter: str) -> ox.Model:
+    """``net`` exported with a dynamic batch: ``"dynamo"``, ``"legacy"`` (opset 17) or
+    ``"legacyNN"`` (opset NN)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if exporter == "dynamo":
-            torch.onnx.export(net, (torch.cat([x, x]),), buf, dynamo=True, input_names=["x"],
-                              dynamic_shapes={"x": {0: torch.export.Dim("n", min=1, max=256)}})
-        else:  # "legacy" (opset 17) or "legacyNN" (opset NN)
-            torch.onnx.export(net, x, buf, dynamo=False, opset_version=int(exporter[6:] or 17),
-                              input_names=["x"], dynamic_axes={"x": {0: "n"}})
-    return buf.getvalue()
+            return ox.adapters.torch.export(net, x, exporter="dynamo")
+        return ox.adapters.torch.export(net, x, exporter="legacy", opset=int(exporter[6:] or 17))
 
 
 def median_time(fn, calls: int = 3) -> float:
@@ -84,7 +80,7 @@ def measure(arch: str, exporter: str, repeat: int) -> dict[str, object]:
     net = network(arch)
     x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
     xt = torch.from_numpy(x)
-    model = ox.load(export(net, xt, exporter))
+    model = export(net, xt, exporter)
     backend = model.backend("torch", device="cpu")
     ours = ox.Saliency(backend)
     theirs = Saliency(net)

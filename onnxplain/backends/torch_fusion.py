@@ -127,7 +127,6 @@ class _Graph:
     def __init__(self, graph: onnx.GraphProto) -> None:
         self.nodes = list(graph.node)
         self.order = {n.name: i for i, n in enumerate(self.nodes)}
-        self.by_name = {n.name: n for n in self.nodes}
         self.producer = {out: n for n in self.nodes for out in n.output if out}
         self.consumers: dict[str, list[onnx.NodeProto]] = {}
         for n in self.nodes:
@@ -506,12 +505,8 @@ def build(module: torch.fx.GraphModule, unique: Mapping[str, str], fusions: Iter
         with graph.inserting_before(root):
             call = graph.call_function(_FUNCTIONS[f.function], tuple(operands), dict(f.keywords))
         root.replace_all_uses_with(call)
-        for node in reversed(nodes):  # the chain, then constants nothing else reads
-            args = [a for a in node.all_input_nodes if a.op == "get_attr"]
-            graph.erase_node(node)
-            for a in args:
-                if not a.users:
-                    graph.erase_node(a)
+        for node in reversed(nodes):
+            _erase(graph, node)
         fused += 1
     if not fused:
         return None
@@ -540,12 +535,17 @@ def _cache_shapes(module: torch.fx.GraphModule, graph: torch.fx.Graph,
         cached += 1
     for node in reversed(list(graph.nodes)):
         if node in arithmetic and not node.users:
-            args = [a for a in node.all_input_nodes if a.op == "get_attr"]
-            graph.erase_node(node)
-            for a in args:
-                if not a.users:
-                    graph.erase_node(a)
+            _erase(graph, node)
     return cached
+
+
+def _erase(graph: torch.fx.Graph, node: torch.fx.Node) -> None:
+    """``node`` out of ``graph``, and the constants it read that nothing else reads."""
+    constants = [a for a in node.all_input_nodes if a.op == "get_attr"]
+    graph.erase_node(node)
+    for a in constants:
+        if not a.users:
+            graph.erase_node(a)
 
 
 def _arg(node: torch.fx.Node, i: int) -> torch.fx.Node | None:

@@ -182,8 +182,6 @@ def test_the_plain_module_on_cuda_matches_the_node_by_node_one_on_the_cpu():
     a reshape reads and on the device for the attention scale a product reads, mixed with
     CUDA activations: forward and gradient equal the CPU's node-by-node module's, and a
     second batch size fills its own cache entries."""
-    import io
-
     class Block(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -199,10 +197,7 @@ def test_the_plain_module_on_cuda_matches_the_node_by_node_one_on_the_cpu():
             t = t + self.fc2(torch.nn.functional.gelu(self.fc1(t)))
             return self.head(t.mean(1))
 
-    buf = io.BytesIO()
-    torch.onnx.export(Block().eval(), torch.randn(2, 3, 32, 32), buf, dynamo=False, opset_version=17,
-                      input_names=["x"], dynamic_axes={"x": {0: "n"}})
-    model = ox.load(buf.getvalue())
+    model = ox.adapters.torch.export(Block(), torch.randn(2, 3, 32, 32), exporter="legacy", opset=17)
     cuda = model.backend("torch", device="cuda")
     cpu = model.backend("torch", device="cpu")
     assert cuda._fused is not None

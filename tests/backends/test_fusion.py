@@ -4,7 +4,6 @@ node-by-node module's (onnxplain.backends.torch_fusion)."""
 
 from __future__ import annotations
 
-import io
 import math
 
 import numpy as np
@@ -18,16 +17,12 @@ from onnxplain.backends import torch_fusion
 from onnxplain.backends.torch_fusion import CachedValue
 
 
-def _export(net: torch.nn.Module, shape: tuple[int, ...], dynamo: bool = False) -> ox.Model:
-    x = torch.randn(*shape)
-    buf = io.BytesIO()
-    if dynamo:
-        torch.onnx.export(net, (x,), buf, dynamo=True, opset_version=18, input_names=["x"],
-                          dynamic_shapes={"x": {0: torch.export.Dim("n", min=1, max=64)}})
-    else:
-        torch.onnx.export(net, x, buf, dynamo=False, opset_version=17, input_names=["x"],
-                          dynamic_axes={"x": {0: "n"}})
-    return ox.load(buf.getvalue())
+def _export(net: torch.nn.Module, shape: tuple[int, ...], dynamo: bool = False, opset: int | None = None
+            ) -> ox.Model:
+    """``net`` exported by torch's dynamo exporter (its default opset) or its legacy one
+    (opset 17 unless given), with a dynamic batch."""
+    return ox.adapters.torch.export(net, torch.randn(*shape), exporter="dynamo" if dynamo else "legacy",
+                                    opset=None if dynamo else opset or 17)
 
 
 def _same_as_unfused(model: ox.Model, x: np.ndarray, target: int = 1) -> None:
@@ -89,7 +84,7 @@ def _chain_model(nodes: list, consts: dict[str, np.ndarray]) -> ox.Model:
     return ox.load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
 
 
-def _gelu_nodes(half: float = 0.5, extra_reader: bool = False) -> list:
+def _gelu_nodes(extra_reader: bool = False) -> list:
     """0.5 · x · (1 + erf(x · (1/√2))), the factors in another order than torch's."""
     nodes = [helper.make_node("Mul", ["x", "r2"], ["s"]), helper.make_node("Erf", ["s"], ["e"]),
              helper.make_node("Add", ["one", "e"], ["p"]), helper.make_node("Mul", ["x", "half"], ["h"]),
@@ -294,11 +289,7 @@ class _Normed(torch.nn.Module):
 def test_a_layer_norm_written_out_before_opset_17_becomes_one_call(affine):
     """torch's legacy exporter below opset 17 writes LayerNorm as ReduceMean, Sub, Pow,
     ReduceMean, Add, Sqrt, Div (then Mul by γ, Add of β)."""
-    x = torch.randn(2, 4, 8)
-    buf = io.BytesIO()
-    torch.onnx.export(_Normed(affine), x, buf, dynamo=False, opset_version=14, input_names=["x"],
-                      dynamic_axes={"x": {0: "n"}})
-    model = ox.load(buf.getvalue())
+    model = _export(_Normed(affine), (2, 4, 8), opset=14)
     found = [f for f in torch_fusion.find(model.proto().graph) if f.function == "layer_norm"]
     assert len(found) == 1 and len(found[0].nodes) == (9 if affine else 7)
     _same_as_unfused(model, np.random.default_rng(0).standard_normal((3, 4, 8)).astype(np.float32))

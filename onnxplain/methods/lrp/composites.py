@@ -497,8 +497,7 @@ def _statistic(value: ir.Value, live: set[int]) -> bool:
     an L2 normalisation's norm, found where shape inference cannot tell the broadcast
     (swin's patch-merging norm after strided slices)."""
     producer = value.producer()
-    while producer is not None and producer.op_type in ("Sqrt", "Add", "Mul", "Max", "Clip", "Expand",
-                                                          *_RESHAPING):
+    while producer is not None and producer.op_type in ("Sqrt", "Add", "Mul", "Max", "Clip", *_RESHAPING):
         computed = [v for v in producer.inputs if v is not None and not _is_const(v, live)]
         if producer.op_type == "Expand":
             computed = computed[:1]
